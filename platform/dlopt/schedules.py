@@ -1,0 +1,57 @@
+"""LR schedule catalog: name -> builder(spec, optimizer, total) on torch.optim.lr_scheduler.
+
+`total` counts scheduler steps after warmup (epochs, or batches when interval="step").
+torch has no inverse-time decay, so that one is a LambdaLR over its closed form.
+"""
+from __future__ import annotations
+
+from torch.optim import lr_scheduler as sched
+
+from dlopt.spec import Schedule
+
+DEFAULT_INTERVAL = {"one_cycle": "step"}  # others step once per epoch unless told
+
+
+def inverse_time_factor(t: int, decay_steps: float, power: float) -> float:
+    """lr_t / lr = (1 + t / T) ** -beta."""
+    return (1.0 + t / decay_steps) ** (-power)
+
+
+def _base_lr(opt) -> float:
+    return opt.param_groups[0]["lr"]
+
+
+SCHEDULES = {
+    "constant": lambda s, opt, total: sched.LambdaLR(opt, lambda t: 1.0),
+    "step": lambda s, opt, total: sched.StepLR(opt, step_size=s.step_size, gamma=s.gamma),
+    "multistep": lambda s, opt, total: sched.MultiStepLR(opt, milestones=s.milestones, gamma=s.gamma),
+    "exponential": lambda s, opt, total: sched.ExponentialLR(opt, gamma=s.gamma),
+    "inverse_time": lambda s, opt, total: sched.LambdaLR(
+        opt, lambda t, T=(s.decay_steps or total), p=s.power: inverse_time_factor(t, T, p)),
+    "linear": lambda s, opt, total: sched.LinearLR(
+        opt, start_factor=1.0, end_factor=max(s.min_lr / _base_lr(opt), 0.0),
+        total_iters=int(s.decay_steps or total)),
+    "cosine": lambda s, opt, total: sched.CosineAnnealingLR(
+        opt, T_max=int(s.decay_steps or total), eta_min=s.min_lr),
+    "cosine_restarts": lambda s, opt, total: sched.CosineAnnealingWarmRestarts(
+        opt, T_0=s.step_size, T_mult=s.restart_mult, eta_min=s.min_lr),
+    "one_cycle": lambda s, opt, total: sched.OneCycleLR(
+        opt, max_lr=_base_lr(opt), total_steps=max(int(s.decay_steps or total), 2)),
+}
+
+
+def interval(spec: Schedule) -> str:
+    return spec.interval or DEFAULT_INTERVAL.get(spec.name, "epoch")
+
+
+def build(spec: Schedule, optimizer, epochs: int, steps_per_epoch: int):
+    """The scheduler and how often to step it ("step" or "epoch")."""
+    every = interval(spec)
+    per = steps_per_epoch if every == "step" else 1
+    warmup = spec.warmup_epochs * per
+    total = max(epochs * per - warmup, 1)
+    main = SCHEDULES[spec.name](spec, optimizer, total)
+    if warmup == 0:
+        return main, every
+    ramp = sched.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup]), every

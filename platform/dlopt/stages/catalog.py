@@ -1,0 +1,27 @@
+"""Spec -> ordered list of stages: regularization first, then compression in spec order."""
+from __future__ import annotations
+
+from dlopt.spec import Experiment
+from dlopt.stages import Stage
+from dlopt.stages.regularization import EarlyStopping, GradClip, Penalty
+
+
+def _compression_stage(stage_spec, spec: Experiment) -> Stage:
+    from dlopt.stages import compression  # torch-heavy parts load only when used
+
+    return compression.STAGES[stage_spec.stage](stage_spec, spec)
+
+
+def build(spec: Experiment) -> list[Stage]:
+    reg = spec.regularization
+    stages: list[Stage] = []
+    if reg.l1 or reg.l2:
+        stages.append(Penalty(reg.l1, reg.l2))
+    if reg.grad_clip_norm is not None or reg.grad_clip_value is not None:
+        stages.append(GradClip(reg.grad_clip_norm, reg.grad_clip_value))
+    if reg.early_stopping_patience:
+        metric = spec.search.metric if spec.search.objectives is None else "val_loss"
+        mode = spec.search.mode if spec.search.objectives is None else "min"
+        stages.append(EarlyStopping(metric, mode, reg.early_stopping_patience))
+    stages += [_compression_stage(s, spec) for s in spec.compression]
+    return stages

@@ -1,0 +1,313 @@
+"""Plan -> Ray Tune sweep on the driver: Ray start-up, Tuner, MLflow parent run, registration.
+
+The only module that turns plain plan data into Ray objects (search algorithm,
+scheduler, param space) and the only place that starts Ray.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from dlopt.plan import Plan, make_plan
+from dlopt.spec import Experiment, resolve
+
+# Train V2's controller polls workers every 2 s by default and each `ray.train.report`
+# waits for that poll: at 0.1 s a report costs ~0.1 s instead of up to 2 s (DESIGN facts).
+FAST_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_ENABLE_TELEMETRY": "false",
+             "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+             "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+             "RAY_AIR_NEW_OUTPUT": "1", "PYTHONWARNINGS": "ignore"}
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    run_id: Optional[str]
+    config: dict
+    metrics: dict
+    status: str
+    checkpoint_path: Optional[str]
+
+
+@dataclass
+class SweepResult:
+    plan: Plan
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    storage_path: str
+    trials: list[TrialSummary]
+    best: Optional[TrialSummary]
+    registered: list[dict] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+# The trial function only waits on its TorchTrainer; Tune refuses a zero-resource trial.
+TRIAL_DRIVER_CPU = 0.001
+
+# ------------------------------------------------------------------ plan -> Ray objects
+def is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def to_ray_space(plan: Plan) -> tuple[dict, dict[str, list]]:
+    """Tune param space keyed by spec path, plus index tables for non-scalar choices.
+
+    Optuna and HyperOpt accept only scalar categories, so lists/dicts (e.g. a choice of
+    compression pipelines) are sampled as an index and mapped back in the trial.
+    """
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    tables: dict[str, list] = {}
+    for path, dom in plan.domains.items():
+        kind = dom["domain"]
+        if kind in ("choice", "grid"):
+            values = dom["values"]
+            if not all(is_scalar(v) for v in values):
+                tables[path] = values
+                values = list(range(len(values)))
+            if kind == "grid" or plan.algorithm == "grid":
+                space[path] = tune.grid_search(values)
+            else:
+                space[path] = tune.choice(values)
+        elif kind == "uniform":
+            space[path] = tune.uniform(dom["low"], dom["high"])
+        elif kind == "loguniform":
+            space[path] = tune.loguniform(dom["low"], dom["high"])
+        elif kind == "randint":
+            space[path] = tune.randint(dom["low"], dom["high"])
+    return space, tables
+
+
+def search_algorithm(plan: Plan, spec: Experiment):
+    seed = spec.search.seed
+    if plan.algorithm in ("grid", "random"):
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed)
+    if plan.algorithm in ("bayesian", "bayesian_gp"):
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        if plan.objectives:
+            sampler = optuna.samplers.NSGAIISampler(seed=seed) if plan.algorithm == "bayesian" \
+                else optuna.samplers.GPSampler(seed=seed)
+            return OptunaSearch(metric=list(plan.objectives), mode=list(plan.objectives.values()),
+                                sampler=sampler)
+        sampler = optuna.samplers.TPESampler(seed=seed) if plan.algorithm == "bayesian" \
+            else optuna.samplers.GPSampler(seed=seed)
+        return OptunaSearch(sampler=sampler)
+    if plan.algorithm == "hyperopt":
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        return HyperOptSearch(random_state_seed=seed)
+    raise ValueError(plan.algorithm)
+
+
+def trial_scheduler(plan: Plan, spec: Experiment):
+    from ray.tune import schedulers
+
+    s = spec.search
+    max_t = max(plan.epochs) if isinstance(plan.epochs, list) else spec.epochs
+    if isinstance(max_t, dict):
+        max_t = int(max(max_t.get("values", [max_t.get("high", 1)])))
+    if plan.scheduler == "fifo":
+        return schedulers.FIFOScheduler()
+    if plan.scheduler == "asha":
+        return schedulers.ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=s.grace_period,
+                                        reduction_factor=s.reduction_factor)
+    if plan.scheduler == "hyperband":
+        return schedulers.HyperBandScheduler(time_attr="epoch", max_t=max_t,
+                                             reduction_factor=s.reduction_factor)
+    if plan.scheduler == "median":
+        return schedulers.MedianStoppingRule(time_attr="epoch", grace_period=s.grace_period)
+    if plan.scheduler == "pbt":
+        from ray import tune
+
+        mutations = {}
+        for path, dom in (s.pbt_mutations or {}).items():
+            if isinstance(dom, dict) and dom.get("domain") == "loguniform":
+                mutations[path] = tune.loguniform(dom["low"], dom["high"])
+            elif isinstance(dom, dict) and dom.get("domain") == "uniform":
+                mutations[path] = tune.uniform(dom["low"], dom["high"])
+            elif isinstance(dom, dict) and dom.get("domain") in ("choice", "grid"):
+                mutations[path] = dom["values"]
+            else:
+                mutations[path] = dom
+        return schedulers.PopulationBasedTraining(time_attr="epoch",
+                                                  perturbation_interval=s.perturbation_interval,
+                                                  hyperparam_mutations=mutations, seed=s.seed)
+    raise ValueError(plan.scheduler)
+
+
+# ------------------------------------------------------------------ Ray start-up
+def local_cpus_needed(plan: Plan) -> int:
+    per_trial = plan.resources_per_trial["CPU"] + TRIAL_DRIVER_CPU
+    return max(os.cpu_count() or 1, math.ceil(per_trial * plan.max_concurrent_trials))
+
+
+def init_ray(plan: Plan, address: Optional[str], verbose: bool) -> None:
+    import ray
+
+    os.environ.update({k: v for k, v in FAST_POLL_ENV.items() if k not in os.environ})
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    env_vars = {k: os.environ[k] for k in list(FAST_POLL_ENV) + list(QUIET_ENV)}
+    for key in ("MLFLOW_TRACKING_URI",):
+        if key in os.environ:
+            env_vars.pop(key, None)  # workers need no MLflow settings (DESIGN rule 5)
+    kwargs = dict(runtime_env={"env_vars": env_vars}, log_to_driver=verbose,
+                  logging_level=logging.INFO if verbose else logging.ERROR,
+                  ignore_reinit_error=True)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=local_cpus_needed(plan), include_dashboard=False, **kwargs)
+
+
+def cluster_cpus(address: Optional[str]) -> Optional[float]:
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources().get("CPU")
+    return None
+
+
+# ------------------------------------------------------------------ the sweep
+def reproduce_command() -> str:
+    return " ".join(shlex.quote(a) for a in ["dlopt", *sys.argv[1:]]) if sys.argv and \
+        Path(sys.argv[0]).name == "dlopt" else "dlopt run SPEC"
+
+
+def pick_best(trials: list[TrialSummary], metric: str, mode: str) -> Optional[TrialSummary]:
+    healthy = [t for t in trials if t.status == "ok" and isinstance(t.metrics.get(metric), (int, float))
+               and math.isfinite(t.metrics[metric])]
+    if not healthy:
+        return None
+    key = (lambda t: t.metrics[metric]) if mode == "max" else (lambda t: -t.metrics[metric])
+    return max(healthy, key=key)
+
+
+def latest_sweep_dir(storage: Path, name: str) -> Optional[Path]:
+    candidates = sorted(p for p in storage.glob(f"{name}-*") if p.is_dir())
+    return candidates[-1] if candidates else None
+
+
+def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
+        storage: Optional[str] = None, resume: bool = False, verbose: bool = False,
+        progress: bool = True) -> SweepResult:
+    from dlopt import register as register_mod
+    from dlopt import tracking
+    from dlopt.progress import ProgressCallback
+
+    t0 = time.perf_counter()
+    tracking_uri = tracking_uri or tracking.default_tracking_uri()
+    tracking.check_reachable(tracking_uri)  # before Ray starts
+    storage_path = Path(storage or "ray_results").resolve() if not (storage and "://" in storage) \
+        else storage
+    plan = make_plan(spec)
+    restore_dir = None
+    if resume and "://" not in str(storage_path):
+        restore_dir = latest_sweep_dir(Path(storage_path), spec.name)
+        if restore_dir is not None:
+            plan.sweep_name = restore_dir.name
+
+    init_ray(plan, address, verbose)
+    import ray
+    from ray import tune
+
+    space, tables = to_ray_space(plan)
+    tracker = tracking.Tracker(tracking_uri, plan.tracking_experiment)
+    commit = tracking.git_commit()
+    tags = {"dlopt.sweep": plan.sweep_name, "mlflow.source.name": reproduce_command()}
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    parent_id = tracker.start_parent(plan.sweep_name, plan.to_dict(), tags)
+    callbacks = [tracking.MlflowCallback(tracker, plan.spec_json, tables, tags)]
+    if progress:
+        callbacks.append(ProgressCallback(plan, tables))
+
+    from dlopt.trial import make_trial_fn
+
+    trainable = tune.with_resources(make_trial_fn(plan.spec_json, tables, str(storage_path)),
+                                    {"CPU": TRIAL_DRIVER_CPU})
+    metric, mode = plan.metric, plan.mode
+    if plan.objectives:
+        metric, mode = next(iter(plan.objectives.items()))
+    run_config = tune.RunConfig(name=plan.sweep_name, storage_path=str(storage_path),
+                                callbacks=callbacks, verbose=1 if verbose else 0)
+    if restore_dir is not None and tune.Tuner.can_restore(str(restore_dir)):
+        tuner = tune.Tuner.restore(str(restore_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True, param_space=space)
+        tuner._local_tuner._run_config.callbacks = callbacks  # callbacks are not persisted
+    else:
+        searcher = search_algorithm(plan, spec)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=None if plan.objectives else metric,
+                mode=None if plan.objectives else mode,
+                search_alg=searcher, scheduler=trial_scheduler(plan, spec),
+                num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent_trials),
+            run_config=run_config,
+        )
+    status = "FAILED"
+    try:
+        grid = tuner.fit()
+        trials = []
+        for result in grid:
+            trial_id = result.metrics.get("trial_id") if result.metrics else None
+            trial_id = trial_id or Path(result.path).name
+            history = result.metrics_dataframe
+            diverged = bool(history is not None and "diverged" in history
+                            and (history["diverged"].fillna(0) > 0).any())
+            ok = result.error is None and not diverged
+            trials.append(TrialSummary(
+                trial_id=trial_id, run_id=tracker.children.get(trial_id), config=result.config or {},
+                metrics=dict(result.metrics or {}),
+                status="ok" if ok else ("diverged" if diverged else "error"),
+                checkpoint_path=(result.metrics or {}).get("checkpoint_path")))
+        for t in trials:
+            if t.status == "diverged" and t.run_id:
+                tracker.client.set_tag(t.run_id, "dlopt.status", "diverged")
+        best = pick_best(trials, metric, mode)
+        registered = []
+        if best is not None:
+            tracker.client.set_tag(parent_id, "dlopt.best_trial", best.trial_id)
+            for k, v in tracking.numeric_metrics(best.metrics).items():
+                tracker.client.log_metric(parent_id, f"best_{k}", v)
+        if best is not None and spec.tracking.register_as and best.checkpoint_path and best.run_id:
+            from dlopt.trial import assignment_from_config
+
+            best_spec = resolve(plan.spec_json, assignment_from_config(
+                {k: v for k, v in best.config.items() if k in space}, tables))
+            version_tags = {"dlopt.spec_hash": best_spec.spec_hash(), "dlopt.source_run": best.run_id,
+                            "dlopt.sweep": plan.sweep_name,
+                            **{f"metric.{k}": f"{v:.6g}" for k, v in
+                               tracking.numeric_metrics(best.metrics).items()}}
+            version = register_mod.register(tracker, best.run_id, best.checkpoint_path,
+                                            spec.tracking.register_as, spec.tracking.alias,
+                                            version_tags)
+            registered.append({"name": spec.tracking.register_as, "version": version,
+                               "alias": spec.tracking.alias, "trial_id": best.trial_id})
+            tracker.client.set_tag(parent_id, "dlopt.registered",
+                                   f"{spec.tracking.register_as} v{version}")
+        status = "FINISHED"
+        return SweepResult(plan=plan, parent_run_id=parent_id, experiment_id=tracker.experiment_id,
+                           tracking_uri=tracker.uri, storage_path=str(storage_path), trials=trials,
+                           best=best, registered=registered, wall_seconds=time.perf_counter() - t0)
+    finally:
+        tracker.finish_parent(status)
+        if not address and not os.environ.get("RAY_ADDRESS"):
+            ray.shutdown()

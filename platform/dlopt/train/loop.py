@@ -1,0 +1,187 @@
+"""The training loop: plain PyTorch, read top to bottom (nanoGPT style).
+
+It knows nothing of Ray or MLflow. The caller passes:
+- `report(metrics, write_checkpoint)`: once per epoch and once at the end; `write_checkpoint`
+  is a function that writes files into a directory (rank 0 only, None elsewhere);
+- `resume`: the checkpoint dict to continue from, or None;
+- `wrap`: turns the model into its distributed form (DDP under Ray Train, identity alone).
+Stages hook in at named events (see dlopt.stages).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from dlopt import artifact, data as data_mod, init as init_mod, models, optim, schedules
+from dlopt.spec import Experiment
+from dlopt.stages import State, catalog, run_event
+
+CHECKPOINT_FILE = "checkpoint.pt"
+Report = Callable[[dict, Optional[Callable[[Path], None]]], None]
+
+
+def batch_size_for(spec: Experiment, shard_size: int) -> int:
+    """`gd` is full-batch gradient descent: the whole shard is one batch."""
+    return shard_size if spec.optimizer.name == "gd" else spec.data.batch_size
+
+
+def autocast(precision: str, device: str):
+    if precision == "bf16-mixed":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    if precision == "16-mixed":
+        return torch.autocast(device_type=device, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def loss_function(task: str, label_smoothing: float):
+    if task == "regression":
+        return lambda out, y: F.mse_loss(out.float(), y)
+    return lambda out, y: F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split, task: str, precision: str = "32", device: str = "cpu",
+             batch_size: int = 1024) -> dict:
+    """Validation metrics on the whole split (every rank sees the same numbers)."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    with autocast(precision, device):
+        for i in range(0, len(split), batch_size):
+            outs.append(model(split.x[i:i + batch_size].to(device)).float().cpu())
+    model.train(was_training)
+    out = torch.cat(outs)
+    if task == "regression":
+        err = out - split.y
+        return {"val_loss": err.pow(2).mean().item(), "val_mse": err.pow(2).mean().item(),
+                "val_mae": err.abs().mean().item()}
+    return {"val_loss": F.cross_entropy(out, split.y).item(),
+            "val_accuracy": (out.argmax(1) == split.y).float().mean().item()}
+
+
+def _mean_across_ranks(value: float, world: int) -> float:
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.item() / world
+
+
+def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
+        resume: Optional[dict] = None, wrap: Callable = lambda m: m, device: str = "cpu") -> State:
+    # --- setup: data, model, optimizer, schedule, stages (identical on every rank)
+    torch.manual_seed(spec.seed)
+    datasets = data_mod.load(spec.data, spec.seed)
+    model = models.build(spec.model, datasets.input_shape, datasets.out_features)
+    init_mod.apply(model, spec.model.init)
+    model.to(device)
+    optimizer = optim.build(spec.optimizer, model.parameters())
+    shard = math.ceil(len(datasets.train) / world)
+    batch_size = batch_size_for(spec, shard)
+    steps_per_epoch = math.ceil(shard / batch_size)
+    scheduler, sched_every = schedules.build(spec.schedule, optimizer, spec.epochs, steps_per_epoch)
+    loss_fn = loss_function(datasets.task, spec.regularization.label_smoothing)
+    scaler = torch.amp.GradScaler(device) if spec.precision == "16-mixed" else None
+    stages = catalog.build(spec)
+    state = State(spec=spec, model=model, optimizer=optimizer, datasets=datasets, rank=rank,
+                  world=world, device=device, steps_per_epoch=steps_per_epoch,
+                  evaluate=lambda m: evaluate(m, datasets.val, datasets.task, spec.precision, device))
+    run_event(stages, "setup", state)
+    start_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        for stage, saved in zip(stages, resume.get("stages", [])):
+            stage.load_state_dict(saved)
+        start_epoch, state.step = resume["epoch"], resume["step"]
+    ddp_model = wrap(model)
+
+    # --- train
+    for epoch in range(start_epoch, spec.epochs):
+        state.epoch = epoch
+        t0 = time.perf_counter()
+        ddp_model.train()
+        total, count = 0.0, 0
+        for idx in data_mod.shard_batches(len(datasets.train), batch_size, rank, world,
+                                          spec.seed, epoch):
+            x, y = datasets.train.x[idx].to(device), datasets.train.y[idx].to(device)
+            state.batch = (x, y)
+            with autocast(spec.precision, device):
+                state.outputs = ddp_model(x)
+                state.loss = loss_fn(state.outputs, y)
+            run_event(stages, "loss", state)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(state.loss).backward()
+                scaler.unscale_(optimizer)
+                run_event(stages, "after_backward", state)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                state.loss.backward()
+                run_event(stages, "after_backward", state)
+                optimizer.step()
+            state.step += 1
+            run_event(stages, "after_step", state)
+            if sched_every == "step":
+                scheduler.step()
+            total += state.loss.item() * len(y)
+            count += len(y)
+        lr = optimizer.param_groups[0]["lr"]
+        if sched_every == "epoch":
+            scheduler.step()
+
+        train_loss = _mean_across_ranks(total / max(count, 1), world)
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
+                   **state.evaluate(model), "epoch_seconds": time.perf_counter() - t0}
+        state.metrics = metrics
+        if not all(math.isfinite(v) for k, v in metrics.items() if k in ("train_loss", "val_loss")):
+            report({**metrics, "diverged": 1}, None)
+            state.stop = True
+            state.report["diverged"] = 1
+            return state
+        run_event(stages, "epoch_end", state)
+        saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": state.step,
+                 "stages": [s.state_dict() for s in stages]}
+        write = (lambda d, s=saved: torch.save(s, Path(d) / CHECKPOINT_FILE)) if rank == 0 else None
+        report(metrics, write)
+        if state.stop:
+            break
+
+    # --- compress and save the final model
+    state.artifact = None
+    run_event(stages, "fit_end", state)
+    final = {**state.metrics, **state.report, "final": 1}
+    final.setdefault("compressed_val_accuracy", final.get("val_accuracy", float("nan")))
+    if "dense_bytes" not in final:
+        final["dense_bytes"] = artifact.dense_bytes(model)
+
+    writer = None
+    if rank == 0:
+        # Save once, measure the artifact's real size on disk, then copy it into the checkpoint.
+        saved_dir = Path(tempfile.mkdtemp(prefix="dlopt-model-"))
+        meta = {"input_shape": list(datasets.input_shape), "out_features": datasets.out_features,
+                "task": datasets.task}
+        if state.artifact is not None:
+            state.artifact.save(saved_dir, spec.model_dump(mode="json"), meta)
+        else:
+            artifact.save_dense(model, spec.model_dump(mode="json"), meta, saved_dir)
+        final["model_bytes"] = artifact.model_bytes(saved_dir)
+        final["compression_ratio"] = final["dense_bytes"] / max(final["model_bytes"], 1)
+        writer = lambda d: shutil.copytree(saved_dir, d, dirs_exist_ok=True)  # noqa: E731
+    report(final, writer)
+    return state
+
+
+def load_checkpoint(directory: Path) -> dict:
+    return torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=True)

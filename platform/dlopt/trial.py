@@ -1,0 +1,47 @@
+"""One Tune trial: resolve the sampled config into a concrete spec and fit a TorchTrainer.
+
+This is the Ray Train V2 pattern: a Tune function trial builds the trainer itself and
+forwards worker reports to Tune through `TuneReportCallback`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def assignment_from_config(config: dict, tables: dict[str, list]) -> dict[str, Any]:
+    """Tune config -> {spec path: value}; non-scalar choices travel as indices into `tables`."""
+    return {path: (tables[path][value] if path in tables else value) for path, value in config.items()}
+
+
+def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str):
+    def dlopt_trial(config: dict) -> None:
+        from ray import tune
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from dlopt.spec import resolve
+        from dlopt.train.worker import train_loop_per_worker
+
+        spec = resolve(base_json, assignment_from_config(config, tables))
+        res = spec.resources
+        trial_id = tune.get_context().get_trial_id()
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"spec": spec.model_dump(mode="json")},
+            scaling_config=ScalingConfig(
+                num_workers=res.num_workers, use_gpu=res.use_gpu,
+                resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})},
+                placement_strategy="SPREAD" if res.placement == "spread" else "PACK",
+            ),
+            run_config=RunConfig(
+                name=f"train-{trial_id}",
+                storage_path=storage_path,
+                callbacks=[TuneReportCallback()],
+                failure_config=FailureConfig(max_failures=res.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        trainer.fit()
+
+    return dlopt_trial
