@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib
 import math
 
-import torch
 from torch import nn
 
 from dlopt.spec import Model

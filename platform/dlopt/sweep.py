@@ -13,10 +13,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from dlopt.plan import Plan, make_plan
-from dlopt.spec import Experiment, resolve
+from dlopt.finalize import TrialSummary, finalize
+from dlopt.search import search_algorithm, to_ray_space, trial_scheduler
+from dlopt.spec import Experiment
 
 # Train V2's controller polls workers every 2 s by default and each `ray.train.report`
 # waits for that poll: at 0.1 s a report costs ~0.1 s instead of up to 2 s (DESIGN facts).
@@ -25,16 +27,6 @@ QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_ENABLE_TELEMETRY": "false",
              "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
              "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
              "RAY_AIR_NEW_OUTPUT": "1", "PYTHONWARNINGS": "ignore"}
-
-
-@dataclass
-class TrialSummary:
-    trial_id: str
-    run_id: Optional[str]
-    config: dict
-    metrics: dict
-    status: str
-    checkpoint_path: Optional[str]
 
 
 @dataclass
@@ -52,101 +44,6 @@ class SweepResult:
 
 # The trial function only waits on its TorchTrainer; Tune refuses a zero-resource trial.
 TRIAL_DRIVER_CPU = 0.001
-
-# ------------------------------------------------------------------ plan -> Ray objects
-def is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str))
-
-
-def to_ray_space(plan: Plan) -> tuple[dict, dict[str, list]]:
-    """Tune param space keyed by spec path, plus index tables for non-scalar choices.
-
-    Optuna and HyperOpt accept only scalar categories, so lists/dicts (e.g. a choice of
-    compression pipelines) are sampled as an index and mapped back in the trial.
-    """
-    from ray import tune
-
-    space: dict[str, Any] = {}
-    tables: dict[str, list] = {}
-    for path, dom in plan.domains.items():
-        kind = dom["domain"]
-        if kind in ("choice", "grid"):
-            values = dom["values"]
-            if not all(is_scalar(v) for v in values):
-                tables[path] = values
-                values = list(range(len(values)))
-            if kind == "grid" or plan.algorithm == "grid":
-                space[path] = tune.grid_search(values)
-            else:
-                space[path] = tune.choice(values)
-        elif kind == "uniform":
-            space[path] = tune.uniform(dom["low"], dom["high"])
-        elif kind == "loguniform":
-            space[path] = tune.loguniform(dom["low"], dom["high"])
-        elif kind == "randint":
-            space[path] = tune.randint(dom["low"], dom["high"])
-    return space, tables
-
-
-def search_algorithm(plan: Plan, spec: Experiment):
-    seed = spec.search.seed
-    if plan.algorithm in ("grid", "random"):
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        return BasicVariantGenerator(random_state=seed)
-    if plan.algorithm in ("bayesian", "bayesian_gp"):
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        if plan.objectives:
-            sampler = optuna.samplers.NSGAIISampler(seed=seed) if plan.algorithm == "bayesian" \
-                else optuna.samplers.GPSampler(seed=seed)
-            return OptunaSearch(metric=list(plan.objectives), mode=list(plan.objectives.values()),
-                                sampler=sampler)
-        sampler = optuna.samplers.TPESampler(seed=seed) if plan.algorithm == "bayesian" \
-            else optuna.samplers.GPSampler(seed=seed)
-        return OptunaSearch(sampler=sampler)
-    if plan.algorithm == "hyperopt":
-        from ray.tune.search.hyperopt import HyperOptSearch
-
-        return HyperOptSearch(random_state_seed=seed)
-    raise ValueError(plan.algorithm)
-
-
-def trial_scheduler(plan: Plan, spec: Experiment):
-    from ray.tune import schedulers
-
-    s = spec.search
-    max_t = max(plan.epochs) if isinstance(plan.epochs, list) else spec.epochs
-    if isinstance(max_t, dict):
-        max_t = int(max(max_t.get("values", [max_t.get("high", 1)])))
-    if plan.scheduler == "fifo":
-        return schedulers.FIFOScheduler()
-    if plan.scheduler == "asha":
-        return schedulers.ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=s.grace_period,
-                                        reduction_factor=s.reduction_factor)
-    if plan.scheduler == "hyperband":
-        return schedulers.HyperBandScheduler(time_attr="epoch", max_t=max_t,
-                                             reduction_factor=s.reduction_factor)
-    if plan.scheduler == "median":
-        return schedulers.MedianStoppingRule(time_attr="epoch", grace_period=s.grace_period)
-    if plan.scheduler == "pbt":
-        from ray import tune
-
-        mutations = {}
-        for path, dom in (s.pbt_mutations or {}).items():
-            if isinstance(dom, dict) and dom.get("domain") == "loguniform":
-                mutations[path] = tune.loguniform(dom["low"], dom["high"])
-            elif isinstance(dom, dict) and dom.get("domain") == "uniform":
-                mutations[path] = tune.uniform(dom["low"], dom["high"])
-            elif isinstance(dom, dict) and dom.get("domain") in ("choice", "grid"):
-                mutations[path] = dom["values"]
-            else:
-                mutations[path] = dom
-        return schedulers.PopulationBasedTraining(time_attr="epoch",
-                                                  perturbation_interval=s.perturbation_interval,
-                                                  hyperparam_mutations=mutations, seed=s.seed)
-    raise ValueError(plan.scheduler)
 
 
 # ------------------------------------------------------------------ Ray start-up
@@ -189,15 +86,6 @@ def reproduce_command() -> str:
         Path(sys.argv[0]).name == "dlopt" else "dlopt run SPEC"
 
 
-def pick_best(trials: list[TrialSummary], metric: str, mode: str) -> Optional[TrialSummary]:
-    healthy = [t for t in trials if t.status == "ok" and isinstance(t.metrics.get(metric), (int, float))
-               and math.isfinite(t.metrics[metric])]
-    if not healthy:
-        return None
-    key = (lambda t: t.metrics[metric]) if mode == "max" else (lambda t: -t.metrics[metric])
-    return max(healthy, key=key)
-
-
 def latest_sweep_dir(storage: Path, name: str) -> Optional[Path]:
     candidates = sorted(p for p in storage.glob(f"{name}-*") if p.is_dir())
     return candidates[-1] if candidates else None
@@ -206,7 +94,6 @@ def latest_sweep_dir(storage: Path, name: str) -> Optional[Path]:
 def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
         storage: Optional[str] = None, resume: bool = False, verbose: bool = False,
         progress: bool = True) -> SweepResult:
-    from dlopt import register as register_mod
     from dlopt import tracking
     from dlopt.progress import ProgressCallback
 
@@ -265,44 +152,7 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     status = "FAILED"
     try:
         grid = tuner.fit()
-        trials = []
-        for result in grid:
-            trial_id = result.metrics.get("trial_id") if result.metrics else None
-            trial_id = trial_id or Path(result.path).name
-            history = result.metrics_dataframe
-            diverged = bool(history is not None and "diverged" in history
-                            and (history["diverged"].fillna(0) > 0).any())
-            ok = result.error is None and not diverged
-            trials.append(TrialSummary(
-                trial_id=trial_id, run_id=tracker.children.get(trial_id), config=result.config or {},
-                metrics=dict(result.metrics or {}),
-                status="ok" if ok else ("diverged" if diverged else "error"),
-                checkpoint_path=(result.metrics or {}).get("checkpoint_path")))
-        for t in trials:
-            if t.status == "diverged" and t.run_id:
-                tracker.client.set_tag(t.run_id, "dlopt.status", "diverged")
-        best = pick_best(trials, metric, mode)
-        registered = []
-        if best is not None:
-            tracker.client.set_tag(parent_id, "dlopt.best_trial", best.trial_id)
-            for k, v in tracking.numeric_metrics(best.metrics).items():
-                tracker.client.log_metric(parent_id, f"best_{k}", v)
-        if best is not None and spec.tracking.register_as and best.checkpoint_path and best.run_id:
-            from dlopt.trial import assignment_from_config
-
-            best_spec = resolve(plan.spec_json, assignment_from_config(
-                {k: v for k, v in best.config.items() if k in space}, tables))
-            version_tags = {"dlopt.spec_hash": best_spec.spec_hash(), "dlopt.source_run": best.run_id,
-                            "dlopt.sweep": plan.sweep_name,
-                            **{f"metric.{k}": f"{v:.6g}" for k, v in
-                               tracking.numeric_metrics(best.metrics).items()}}
-            version = register_mod.register(tracker, best.run_id, best.checkpoint_path,
-                                            spec.tracking.register_as, spec.tracking.alias,
-                                            version_tags)
-            registered.append({"name": spec.tracking.register_as, "version": version,
-                               "alias": spec.tracking.alias, "trial_id": best.trial_id})
-            tracker.client.set_tag(parent_id, "dlopt.registered",
-                                   f"{spec.tracking.register_as} v{version}")
+        trials, best, registered = finalize(grid, plan, spec, tracker, tables, space)
         status = "FINISHED"
         return SweepResult(plan=plan, parent_run_id=parent_id, experiment_id=tracker.experiment_id,
                            tracking_uri=tracker.uri, storage_path=str(storage_path), trials=trials,

@@ -1,0 +1,84 @@
+"""After the sweep, on the driver: collect trials, select the best, register its model.
+
+Each step is a function; `finalize` runs them in order. Registration happens here,
+never inside a trial (DESIGN rule 6).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from dlopt import tracking
+from dlopt.spec import resolve
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    run_id: Optional[str]
+    config: dict
+    metrics: dict
+    status: str  # ok | diverged | error
+    checkpoint_path: Optional[str]
+
+
+def pick_best(trials: list[TrialSummary], metric: str, mode: str) -> Optional[TrialSummary]:
+    healthy = [t for t in trials if t.status == "ok" and isinstance(t.metrics.get(metric), (int, float))
+               and math.isfinite(t.metrics[metric])]
+    if not healthy:
+        return None
+    key = (lambda t: t.metrics[metric]) if mode == "max" else (lambda t: -t.metrics[metric])
+    return max(healthy, key=key)
+
+
+def collect(grid, tracker) -> list[TrialSummary]:
+    trials = []
+    for result in grid:
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        history = result.metrics_dataframe
+        diverged = bool(history is not None and "diverged" in history
+                        and (history["diverged"].fillna(0) > 0).any())
+        ok = result.error is None and not diverged
+        trials.append(TrialSummary(
+            trial_id=trial_id, run_id=tracker.children.get(trial_id), config=result.config or {},
+            metrics=dict(result.metrics or {}),
+            status="ok" if ok else ("diverged" if diverged else "error"),
+            checkpoint_path=(result.metrics or {}).get("checkpoint_path")))
+    for t in trials:
+        if t.status == "diverged" and t.run_id:
+            tracker.client.set_tag(t.run_id, "dlopt.status", "diverged")
+    return trials
+
+
+def finalize(grid, plan, spec, tracker, tables, space):
+    from dlopt import register as register_mod
+    from dlopt.trial import assignment_from_config
+
+    parent_id = tracker.parent_id
+    metric, mode = plan.metric, plan.mode
+    if plan.objectives:
+        metric, mode = next(iter(plan.objectives.items()))
+    trials = collect(grid, tracker)
+    best = pick_best(trials, metric, mode)
+    registered = []
+    if best is not None:
+        tracker.client.set_tag(parent_id, "dlopt.best_trial", best.trial_id)
+        for k, v in tracking.numeric_metrics(best.metrics).items():
+            tracker.client.log_metric(parent_id, f"best_{k}", v)
+    if best is not None and spec.tracking.register_as and best.checkpoint_path and best.run_id:
+        best_spec = resolve(plan.spec_json, assignment_from_config(
+            {k: v for k, v in best.config.items() if k in space}, tables))
+        version_tags = {"dlopt.spec_hash": best_spec.spec_hash(), "dlopt.source_run": best.run_id,
+                        "dlopt.sweep": plan.sweep_name,
+                        **{f"metric.{k}": f"{v:.6g}" for k, v in
+                           tracking.numeric_metrics(best.metrics).items()}}
+        version = register_mod.register(tracker, best.run_id, best.checkpoint_path,
+                                        spec.tracking.register_as, spec.tracking.alias,
+                                        version_tags)
+        registered.append({"name": spec.tracking.register_as, "version": version,
+                           "alias": spec.tracking.alias, "trial_id": best.trial_id})
+        tracker.client.set_tag(parent_id, "dlopt.registered",
+                               f"{spec.tracking.register_as} v{version}")
+    return trials, best, registered

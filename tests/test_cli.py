@@ -1,0 +1,50 @@
+"""The CLI contract: exit codes, field-path errors, and nothing started on bad input."""
+import json
+import subprocess
+import sys
+
+from conftest import run_cli
+
+
+def test_validate_ok(root):
+    out = run_cli("validate", str(root / "experiments" / "digits_mlp.py"))
+    assert out.returncode == 0 and out.stdout.strip() == "ok"
+
+
+def test_validate_negative_lr_exits_2_naming_the_field(tmp_path, root):
+    out = run_cli("validate", str(root / "experiments" / "digits_mlp.py"), "--set", "optimizer.lr=-1")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["optimizer.lr: Input should be greater than 0"]
+    bad = tmp_path / "bad.py"
+    bad.write_text("from dlopt import *\nexperiment = Experiment(name='b', optimizer=Optimizer(lr=-1))\n")
+    out = run_cli("validate", str(bad))
+    assert out.returncode == 2 and out.stderr.startswith("optimizer.lr:")
+
+
+def test_invalid_spec_starts_neither_ray_nor_mlflow(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\noptimizer: {lr: -1, nme: sgd}\n")
+    code = (
+        "import sys\nfrom dlopt.cli import main\n"
+        f"try:\n    main(['run', {str(bad)!r}])\nexcept SystemExit as e:\n    rc = e.code\n"
+        "print(rc, 'ray' in sys.modules, 'mlflow' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.stdout.split() == ["2", "False", "False", "False"], out.stderr
+    assert sorted(out.stderr.strip().splitlines()) == [
+        "optimizer.lr: Input should be greater than 0", "optimizer.nme: Extra inputs are not permitted"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written
+
+
+def test_plan_json_counts_grid(root):
+    out = run_cli("plan", str(root / "experiments" / "digits_mlp.py"), "--json")
+    plan = json.loads(out.stdout)
+    assert plan["trials"] == 4 and plan["grid_points"] == 4
+    assert plan["resources_per_trial"] == {"CPU": 2.0}
+    assert set(plan["domains"]) == {"optimizer.name", "optimizer.lr"}
+
+
+def test_schema_is_json_schema():
+    out = run_cli("schema")
+    schema = json.loads(out.stdout)
+    assert {"optimizer", "compression", "search"} <= set(schema["properties"])

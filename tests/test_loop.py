@@ -1,0 +1,62 @@
+"""The training loop without Ray: reports, checkpoints, resume, divergence."""
+import math
+
+import pytest
+import torch
+
+from dlopt import Experiment, Model, Optimizer
+from dlopt.artifact import build_from_dir
+from dlopt.train.loop import CHECKPOINT_FILE, fit, load_checkpoint
+
+
+class Reports:
+    def __init__(self, tmp_path):
+        self.metrics, self.dirs, self.tmp = [], [], tmp_path
+
+    def __call__(self, metrics, write=None):
+        self.metrics.append(metrics)
+        if write is not None:
+            d = self.tmp / f"ckpt{len(self.metrics)}"
+            d.mkdir()
+            write(d)
+            self.dirs.append(d)
+
+
+def spec(**kw):
+    base = dict(name="t", epochs=4, model=Model(hidden=[32]), optimizer=Optimizer(name="adam", lr=3e-3))
+    return Experiment(**{**base, **kw})
+
+
+def test_reports_each_epoch_then_final(tmp_path):
+    r = Reports(tmp_path)
+    fit(spec(), r)
+    epochs = [m["epoch"] for m in r.metrics if not m.get("final")]
+    assert epochs == [1, 2, 3, 4]
+    for m in r.metrics[:-1]:
+        assert {"train_loss", "val_loss", "val_accuracy", "lr", "epoch"} <= set(m)
+    final = r.metrics[-1]
+    assert final["final"] == 1 and final["val_accuracy"] > 0.9
+    assert final["model_bytes"] > 0 and final["dense_bytes"] > 0
+    model = build_from_dir(r.dirs[-1])
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_resume_from_checkpoint_continues_where_it_stopped(tmp_path):
+    full = Reports(tmp_path / "a"); (tmp_path / "a").mkdir()
+    fit(spec(), full)
+    part = Reports(tmp_path / "b"); (tmp_path / "b").mkdir()
+    fit(spec(epochs=2), part)
+    ckpt = load_checkpoint(part.dirs[1])
+    assert ckpt["epoch"] == 2
+    rest = Reports(tmp_path / "c"); (tmp_path / "c").mkdir()
+    fit(spec(), rest, resume=ckpt)
+    assert [m["epoch"] for m in rest.metrics if not m.get("final")] == [3, 4]
+    # same seed, same data order: the resumed run ends where the uninterrupted one did
+    assert rest.metrics[-2]["train_loss"] == pytest.approx(full.metrics[-2]["train_loss"], rel=1e-5)
+
+
+def test_divergence_stops_and_is_flagged(tmp_path):
+    r = Reports(tmp_path)
+    fit(spec(optimizer=Optimizer(name="sgd", lr=1e6), epochs=5), r)
+    assert r.metrics[-1].get("diverged") == 1
+    assert len(r.metrics) <= 5
