@@ -26,7 +26,23 @@ FAST_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_ENABLE_TELEMETRY": "false",
              "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
              "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-             "RAY_AIR_NEW_OUTPUT": "1", "PYTHONWARNINGS": "ignore"}
+             "RAY_AIR_NEW_OUTPUT": "1", "PYTHONWARNINGS": "ignore",
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+
+
+def quiet_driver(verbose: bool) -> None:
+    """Hide MLflow's and Ray's INFO chatter and library warnings unless --verbose."""
+    if verbose:
+        return
+    import warnings
+
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    warnings.filterwarnings("ignore")
+    import mlflow  # noqa: F401  (configures its loggers on import; lower them after)
+
+    for name in ("mlflow", "alembic", "ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @dataclass
@@ -98,6 +114,7 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     from dlopt.progress import ProgressCallback
 
     t0 = time.perf_counter()
+    quiet_driver(verbose)
     tracking_uri = tracking_uri or tracking.default_tracking_uri()
     tracking.check_reachable(tracking_uri)  # before Ray starts
     storage_path = Path(storage or "ray_results").resolve() if not (storage and "://" in storage) \
