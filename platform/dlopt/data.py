@@ -4,6 +4,10 @@ Small datasets (digits, synthetic) live as tensors: batching by index is faster 
 DataLoader for them and keeps each DDP rank's shard explicit. Splits depend only on
 `Experiment.seed`, never on the trial or rank, so every trial of a sweep sees the same
 validation and test examples.
+
+The test split is withheld unless asked for: `load(spec, seed)` (what training and
+selection call) returns `Datasets.test` as a guard that raises `TestSplitWithheld` on any
+use; only the final report after selection (dlopt.evaluation) calls `with_test=True`.
 """
 from __future__ import annotations
 
@@ -25,11 +29,42 @@ class Split:
         return len(self.y)
 
 
+class TestSplitWithheld(RuntimeError):
+    """Raised when training or selection code touches the test split."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+
+class Withheld:
+    """Stands in for the test split during training and selection: any use raises.
+
+    A guard rather than None so that code which forgets to check cannot silently fall back
+    to something else, and code which tries to read the test split fails loudly.
+    """
+
+    def _refuse(self, *args, **kwargs):
+        raise TestSplitWithheld("the test split is withheld until after model selection; "
+                                "only dlopt.evaluation loads it (data.load(..., with_test=True))")
+
+    __len__ = __iter__ = __getitem__ = __bool__ = _refuse
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # copy/pickle protocol probes stay ordinary
+            raise AttributeError(name)
+        self._refuse()
+
+    def __repr__(self) -> str:
+        return "Withheld()"
+
+
+WITHHELD = Withheld()
+
+
 @dataclass
 class Datasets:
     train: Split
     val: Split
-    test: Optional[Split]
+    test: Optional[Split]  # WITHHELD unless loaded with_test=True; None when there is none
     task: str  # "classification" | "regression"
     num_classes: int  # 0 for regression
     input_shape: tuple[int, ...]
@@ -93,11 +128,15 @@ def split_indices(y: np.ndarray, val_fraction: float, test_fraction: float, seed
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-def load(spec: Data, seed: int) -> Datasets:
+def load(spec: Data, seed: int, with_test: bool = False) -> Datasets:
+    """Train and validation splits; the test split too only `with_test` (see module doc)."""
     if spec.dataset not in DATASETS:
         from dlopt import vision_data
 
-        return vision_data.load(spec, seed)
+        datasets = vision_data.load(spec, seed)  # its test split is the official one
+        if not with_test:
+            datasets.test = WITHHELD
+        return datasets
     x, y, task = DATASETS[spec.dataset](spec, seed)
     classification = task == "classification"
     train, val, test = split_indices(y, spec.val_fraction, spec.test_fraction, seed, classification)
@@ -109,8 +148,12 @@ def load(spec: Data, seed: int) -> Datasets:
     def part(i):
         return Split(torch.from_numpy(x[i]), torch.from_numpy(y[i]))
 
+    if not with_test:
+        test_split = WITHHELD
+    else:
+        test_split = part(test) if len(test) else None
     return Datasets(
-        train=part(train), val=part(val), test=part(test) if len(test) else None, task=task,
+        train=part(train), val=part(val), test=test_split, task=task,
         num_classes=int(y.max()) + 1 if classification else 0,
         input_shape=tuple(x.shape[1:]),
         out_features=int(y.max()) + 1 if classification else y.shape[1],

@@ -131,7 +131,8 @@ class Data(_Base):
     dataset: S[Name(DATASETS, "dataset")] = "digits"
     batch_size: S[int, Field(ge=1)] = 64
     val_fraction: S[float, Field(gt=0, lt=1)] = 0.2
-    test_fraction: S[float, Field(ge=0, lt=1)] = 0.0
+    # Held out from training and selection; evaluated once on the chosen model (dlopt.evaluation).
+    test_fraction: S[float, Field(ge=0, lt=1)] = 0.2
     root: Optional[str] = None
     download: bool = False
     # synthetic data (dataset="synthetic"): generated from Experiment.seed
