@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dlopt import artifact, data as data_mod, init as init_mod, models, optim, schedules
+from dlopt import metrics as metrics_mod
 from dlopt.spec import Experiment
 from dlopt.stages import State, catalog, run_event
 
@@ -48,23 +49,29 @@ def loss_function(task: str, label_smoothing: float):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, split, task: str, precision: str = "32", device: str = "cpu",
-             batch_size: int = 1024) -> dict:
-    """Validation metrics on the whole split (every rank sees the same numbers)."""
+def predict(model: torch.nn.Module, x: torch.Tensor, precision: str = "32", device: str = "cpu",
+            batch_size: int = 1024) -> torch.Tensor:
+    """The model's outputs on `x` in eval mode, batched, as float32 on the CPU."""
     was_training = model.training
     model.eval()
     outs = []
     with autocast(precision, device):
-        for i in range(0, len(split), batch_size):
-            outs.append(model(split.x[i:i + batch_size].to(device)).float().cpu())
+        for i in range(0, len(x), batch_size):
+            outs.append(model(x[i:i + batch_size].to(device)).float().cpu())
     model.train(was_training)
-    out = torch.cat(outs)
-    if task == "regression":
-        err = out - split.y
-        return {"val_loss": err.pow(2).mean().item(), "val_mse": err.pow(2).mean().item(),
-                "val_mae": err.abs().mean().item()}
-    return {"val_loss": F.cross_entropy(out, split.y).item(),
-            "val_accuracy": (out.argmax(1) == split.y).float().mean().item()}
+    return torch.cat(outs)
+
+
+def evaluate(model: torch.nn.Module, split, task: str, precision: str = "32", device: str = "cpu",
+             batch_size: int = 1024, prefix: str = "val_") -> dict:
+    """Validation metrics on the whole split (every rank sees the same numbers).
+
+    Names (see dlopt.metrics): classification val_loss, val_accuracy, val_precision,
+    val_recall, val_f1 (macro) and val_top5_accuracy (more than 5 classes); regression
+    val_loss (= val_mse), val_mse, val_mae, val_r2. Each may be Search.metric or an objective.
+    """
+    out = predict(model, split.x, precision, device, batch_size)
+    return metrics_mod.compute(out, split.y, task, prefix=prefix)
 
 
 def _mean_across_ranks(value: float, world: int) -> float:
