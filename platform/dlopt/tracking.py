@@ -30,7 +30,7 @@ PER_EPOCH_STEP_KEY = "epoch"
 # Logged once per epoch; the final report repeats them, so it logs only what is new.
 PER_EPOCH_METRICS = {"train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds", "val_mse",
                      "val_mae", "val_r2", "val_precision", "val_recall", "val_f1",
-                     "val_top5_accuracy"}
+                     "val_top5_accuracy", "report_seconds"}
 
 
 def default_tracking_uri() -> str:

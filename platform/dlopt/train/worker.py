@@ -5,6 +5,7 @@ Only JSON crosses the process boundary (DESIGN rule 2): the worker re-validates 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -26,13 +27,21 @@ def train_loop_per_worker(config: dict) -> None:
             if (Path(d) / CHECKPOINT_FILE).exists():
                 resume = load_checkpoint(Path(d))
 
+    # Platform overhead made visible: each report carries how long the previous
+    # `ray.train.report` call blocked (checkpoint write + upload + controller poll).
+    blocked: list[float] = []
+
     def report(metrics: dict, write=None) -> None:
+        if blocked:
+            metrics = {**metrics, "report_seconds": blocked[-1]}
+        t0 = time.perf_counter()
         if write is None:
             ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            write(Path(d))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                write(Path(d))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        blocked.append(time.perf_counter() - t0)
 
     device = "cuda" if spec.resources.use_gpu else "cpu"
     wrap = ray.train.torch.prepare_model if world > 1 else (lambda m: m)

@@ -1,0 +1,115 @@
+"""Shared helpers for the benchmark scripts: machine facts, timing fits, result files.
+
+Benchmarks are plain scripts (not tests): each runs both sides in one process tree, prints a
+table, writes JSON under benchmarks/results/ and appends a section to BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+REPORT = ROOT / "BENCHMARKS.md"
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = None
+    try:
+        ram = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    import torch
+
+    try:
+        import ray
+        ray_version = ray.__version__
+    except ImportError:
+        ray_version = None
+    return {"nproc": os.cpu_count(), "ram_gib": ram, "cpu": cpu, "python": platform.python_version(),
+            "torch": torch.__version__, "ray": ray_version,
+            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def command() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def line_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares y = a + b*x: b is the steady-state seconds per epoch, a the fixed part."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    return my - b * mx, b
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return "" if v is None else str(v)
+
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def write(name: str, title: str, payload: dict, markdown: str) -> Path:
+    """JSON under benchmarks/results/, and a dated section appended to BENCHMARKS.md."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc)
+    info = {"machine": machine(), "date": stamp.isoformat(timespec="seconds"), "command": command(),
+            "commit": git_commit()}
+    path = RESULTS / f"{name}-{stamp:%Y%m%dT%H%M%S}.json"
+    path.write_text(json.dumps({**info, **payload}, indent=1, default=str))
+    m = info["machine"]
+    header = (f"\n## {title} ({stamp:%Y-%m-%d %H:%M} UTC)\n\n"
+              f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, torch {m['torch']}, "
+              f"Ray {m['ray']}; load average at start {m['load_avg_at_start']} "
+              "(other jobs shared this machine).  \n"
+              f"Command: `{info['command']}` at commit {info['commit']}  \nJSON: `{path.relative_to(ROOT)}`\n\n")
+    if not REPORT.exists():
+        REPORT.write_text("# dlopt benchmarks\n\nAppended by the scripts in benchmarks/ "
+                          "(see benchmarks/README.md). Newest sections last.\n")
+    with REPORT.open("a") as f:
+        f.write(header + markdown.rstrip() + "\n")
+    print(f"wrote {path} and appended to {REPORT}")
+    return path
+
+
+class Timer:
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
