@@ -35,9 +35,20 @@ SCHEDULES = {
         opt, T_max=int(s.decay_steps or total), eta_min=s.min_lr),
     "cosine_restarts": lambda s, opt, total: sched.CosineAnnealingWarmRestarts(
         opt, T_0=s.step_size, T_mult=s.restart_mult, eta_min=s.min_lr),
-    "one_cycle": lambda s, opt, total: sched.OneCycleLR(
-        opt, max_lr=_base_lr(opt), total_steps=max(int(s.decay_steps or total), 2)),
+    "one_cycle": lambda s, opt, total: one_cycle(s, opt, total, warmup=0),
 }
+# Schedules whose rise phase is their own warmup: a LinearLR ramp in front of OneCycleLR
+# would ramp to OneCycle's *initial* lr (max_lr / 25), not to max_lr (measured).
+OWN_WARMUP = {"one_cycle"}
+
+
+def one_cycle(s: Schedule, opt, total: int, warmup: int):
+    """OneCycleLR over the whole run (`total` steps; it raises if stepped past its end, so
+    decay_steps can only lengthen it); with warmup its rise phase lasts the warmup steps
+    (at least 2: a one-step phase divides by zero inside OneCycleLR)."""
+    steps = max(int(max(total, s.decay_steps or 0)), 2)
+    pct = min(max(warmup, 2) / steps, 0.99) if warmup else 0.3
+    return sched.OneCycleLR(opt, max_lr=_base_lr(opt), total_steps=steps, pct_start=pct)
 
 
 def interval(spec: Schedule) -> str:
@@ -49,6 +60,8 @@ def build(spec: Schedule, optimizer, epochs: int, steps_per_epoch: int):
     every = interval(spec)
     per = steps_per_epoch if every == "step" else 1
     warmup = spec.warmup_epochs * per
+    if spec.name in OWN_WARMUP:
+        return one_cycle(spec, optimizer, max(epochs * per, 2), warmup), every
     total = max(epochs * per - warmup, 1)
     main = SCHEDULES[spec.name](spec, optimizer, total)
     if warmup == 0:

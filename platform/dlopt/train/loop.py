@@ -139,11 +139,11 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
                 optimizer.step()
             state.step += 1
             run_event(stages, "after_step", state)
+            lr = optimizer.param_groups[0]["lr"]  # the lr this step used (reported per epoch)
             if sched_every == "step":
                 scheduler.step()
             total += state.loss.item() * len(y)
             count += len(y)
-        lr = optimizer.param_groups[0]["lr"]
         if sched_every == "epoch":
             scheduler.step()
 
