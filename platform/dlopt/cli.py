@@ -1,4 +1,4 @@
-"""`dlopt` console script: validate, plan, run, schema, ui.
+"""`dlopt` console script: validate, plan, run, submit, schema, ui.
 
 Validation errors print one line per problem naming the field path and exit 2,
 before Ray or MLflow are imported.
@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the latest sweep of this experiment")
     s.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     s.set_defaults(fn=cmd_run)
+    from dlopt.submit import add_parser as add_submit_parser
+
+    add_submit_parser(sub)  # `dlopt submit SPEC --address http://HEAD:8265` (Ray job SDK)
     s = sub.add_parser("schema", help="JSON schema of Experiment")
     s.set_defaults(fn=cmd_schema)
     s = sub.add_parser("ui", help="MLflow UI on the local store")
