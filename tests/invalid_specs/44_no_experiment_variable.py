@@ -1,0 +1,4 @@
+# expect: spec
+from dlopt import Experiment
+
+exp = Experiment(name="bad")

@@ -1,0 +1,5 @@
+# expect: compression.0.teacher
+from dlopt import Distill, Experiment
+
+experiment = Experiment(name="bad-run", epochs=1,
+                        compression=[Distill(teacher="models:/no-such-teacher/3")])
