@@ -36,6 +36,8 @@ class Plan:
     tracking_experiment: str
     register_as: Optional[str]
     notes: list[str] = field(default_factory=list)
+    scheduler_detail: str = ""
+    pbt_mutations: Optional[dict] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +48,7 @@ class Plan:
             f"search       {self.algorithm}, scheduler {self.scheduler}, "
             + (f"objectives {self.objectives}" if self.objectives
                else f"metric {self.metric} ({self.mode})"),
+            f"scheduler    {self.scheduler_detail}",
             f"trials       {self.trials}"
             + (f" = {self.grid_points} grid points x {self.num_samples} samples"
                if self.grid_points > 1 else f" ({self.num_samples} samples)"),
@@ -62,6 +65,9 @@ class Plan:
                 lines.append(f"  {path:<28} {_describe_domain(dom)}")
         else:
             lines.append("domains      none (a single configuration)")
+        for path, dom in (self.pbt_mutations or {}).items():
+            shown = _describe_domain(dom) if isinstance(dom, dict) else f"steps through {dom}"
+            lines.append(f"  {path:<28} PBT mutation {shown}")
         lines += [f"note         {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -77,6 +83,22 @@ def _describe_domain(dom: dict) -> str:
 def _short(value) -> str:
     text = str(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def scheduler_detail(spec: Experiment) -> str:
+    """What the scheduler will do, in one line (`dlopt plan`)."""
+    s = spec.search
+    if s.scheduler == "asha":
+        return (f"asha: stops trials at epochs {s.grace_period} x {s.reduction_factor:g}^k "
+                f"unless in the top 1/{s.reduction_factor:g} on {s.metric}")
+    if s.scheduler == "hyperband":
+        return f"hyperband: brackets of epochs, reduction factor {s.reduction_factor:g}"
+    if s.scheduler == "median":
+        return f"median: after {s.grace_period} epoch(s), stops trials below the median {s.metric}"
+    if s.scheduler == "pbt":
+        return (f"pbt: every {s.perturbation_interval} epochs the bottom quarter clones a top "
+                f"trial's checkpoint and perturbs {', '.join(s.pbt_mutations or {})}")
+    return "fifo: every trial runs all its epochs"
 
 
 def grid_size(doms: dict[str, dict], algorithm: str) -> int:
@@ -135,4 +157,6 @@ def make_plan(spec: Experiment, cluster_cpus: Optional[float] = None, now: Optio
         tracking_experiment=spec.tracking.experiment or spec.name,
         register_as=spec.tracking.register_as,
         notes=notes,
+        scheduler_detail=scheduler_detail(spec),
+        pbt_mutations=spec.model_dump(mode="json")["search"]["pbt_mutations"],
     )

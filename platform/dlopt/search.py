@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from dlopt.plan import Plan
-from dlopt.spec import Experiment
+from dlopt.spec import Experiment, _points
 
 # ------------------------------------------------------------------ plan -> Ray objects
 def is_scalar(value: Any) -> bool:
@@ -73,9 +73,7 @@ def trial_scheduler(plan: Plan, spec: Experiment):
     from ray.tune import schedulers
 
     s = spec.search
-    max_t = max(plan.epochs) if isinstance(plan.epochs, list) else spec.epochs
-    if isinstance(max_t, dict):
-        max_t = int(max(max_t.get("values", [max_t.get("high", 1)])))
+    max_t = int(max(_points(spec.epochs)))  # the longest a trial can run
     if plan.scheduler == "fifo":
         return schedulers.FIFOScheduler()
     if plan.scheduler == "asha":
@@ -87,21 +85,42 @@ def trial_scheduler(plan: Plan, spec: Experiment):
     if plan.scheduler == "median":
         return schedulers.MedianStoppingRule(time_attr="epoch", grace_period=s.grace_period)
     if plan.scheduler == "pbt":
-        from ray import tune
-
-        mutations = {}
-        for path, dom in (s.pbt_mutations or {}).items():
-            if isinstance(dom, dict) and dom.get("domain") == "loguniform":
-                mutations[path] = tune.loguniform(dom["low"], dom["high"])
-            elif isinstance(dom, dict) and dom.get("domain") == "uniform":
-                mutations[path] = tune.uniform(dom["low"], dom["high"])
-            elif isinstance(dom, dict) and dom.get("domain") in ("choice", "grid"):
-                mutations[path] = dom["values"]
-            else:
-                mutations[path] = dom
-        return schedulers.PopulationBasedTraining(time_attr="epoch",
-                                                  perturbation_interval=s.perturbation_interval,
-                                                  hyperparam_mutations=mutations, seed=s.seed)
+        mutations, bounds = pbt_mutations(plan.spec_json["search"].get("pbt_mutations") or {})
+        # Synchronous PBT: every trial pauses at the same epoch, so the checkpoint a trial
+        # clones ends at the epoch it left off and its per-epoch history has no gap or repeat.
+        return schedulers.PopulationBasedTraining(
+            time_attr="epoch", perturbation_interval=s.perturbation_interval,
+            hyperparam_mutations=mutations, custom_explore_fn=clip_to(bounds), synch=True)
     raise ValueError(plan.scheduler)
 
 
+def pbt_mutations(spec_mutations: dict) -> tuple[dict, dict[str, tuple[float, float]]]:
+    """Spec `pbt_mutations` (JSON) -> Ray's `hyperparam_mutations`, plus each domain's bounds."""
+    from ray import tune
+
+    mutations: dict = {}
+    bounds: dict[str, tuple[float, float]] = {}
+    for path, dom in spec_mutations.items():
+        if isinstance(dom, dict) and dom.get("domain") in ("uniform", "loguniform"):
+            make = tune.loguniform if dom["domain"] == "loguniform" else tune.uniform
+            mutations[path] = make(dom["low"], dom["high"])
+            bounds[path] = (dom["low"], dom["high"])
+        elif isinstance(dom, dict):  # choice / grid: PBT steps along the ordered values
+            mutations[path] = sorted(dom["values"])
+        else:
+            mutations[path] = sorted(dom)
+    return mutations, bounds
+
+
+def clip_to(bounds: dict[str, tuple[float, float]]):
+    """PBT perturbs a continuous value by x0.8 / x1.2 without looking at its domain; a
+    momentum of 0.9 x 1.2 is no longer a valid spec. Keep perturbed values inside the
+    domain the spec gave (Ray has no option for this, hence the explore hook)."""
+
+    def explore(config: dict) -> dict:
+        for path, (low, high) in bounds.items():
+            if path in config:
+                config[path] = min(max(config[path], low), high)
+        return config
+
+    return explore

@@ -264,7 +264,8 @@ class Search(_Base):
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
     perturbation_interval: int = Field(2, ge=1)
-    pbt_mutations: Optional[dict[str, Any]] = None
+    # spec path -> tune.uniform/loguniform (resampled) or a list of values (PBT steps through it)
+    pbt_mutations: Optional[dict[str, Union[_tune.Domain, list[float]]]] = None
 
     @model_validator(mode="after")
     def _objectives(self):
@@ -276,9 +277,87 @@ class Search(_Base):
                     f"scheduler {self.scheduler!r} needs a single metric; "
                     "a multi-objective search runs with scheduler='fifo'"
                 )
+            if self.algorithm == "hyperopt":
+                raise ValueError("algorithm 'hyperopt' optimizes a single metric; a multi-objective "
+                                 "search runs with 'bayesian', 'bayesian_gp', 'random' or 'grid'")
         if self.scheduler == "pbt" and not self.pbt_mutations:
             raise ValueError("scheduler='pbt' needs pbt_mutations (fields PBT may perturb)")
+        if self.pbt_mutations and self.scheduler != "pbt":
+            raise ValueError("pbt_mutations is only used with scheduler='pbt'")
+        if self.scheduler != "fifo" and self.objectives is None and self.metric in FINAL_METRICS:
+            raise ValueError(f"scheduler {self.scheduler!r} compares trials every epoch, but "
+                             f"{self.metric!r} is only reported at the end; use a per-epoch "
+                             "metric (val_accuracy, val_loss) or scheduler='fifo'")
         return self
+
+
+# Metrics a trial reports only in its final (compression) report, never per epoch.
+FINAL_METRICS = ("compressed_val_accuracy", "model_bytes", "dense_bytes", "compression_ratio",
+                 "sparsity", "latency_ms")
+# Domains a grid cannot enumerate.
+CONTINUOUS_DOMAINS = ("uniform", "loguniform", "randint")
+
+
+def _search_problems(spec: "Experiment") -> list[str]:
+    """Search settings that only make sense together with the rest of the spec."""
+    problems = []
+    search = spec.search
+    doms = domains(spec)
+    if search.algorithm == "grid":
+        for path, dom in doms.items():
+            if dom["domain"] in CONTINUOUS_DOMAINS:
+                problems.append(f"{path}: algorithm='grid' cannot enumerate tune.{dom['domain']}; "
+                                "use tune.grid/tune.choice values or algorithm='random'")
+    if search.scheduler == "pbt":
+        min_epochs = min(_points(spec.epochs))
+        if search.perturbation_interval >= min_epochs:
+            problems.append(f"search.perturbation_interval: {search.perturbation_interval} must be "
+                            f"below epochs ({min_epochs}): PBT exploits checkpoints written before "
+                            "the end of a trial")
+        problems += _pbt_mutation_problems(spec, doms)
+    return problems
+
+
+def _pbt_mutation_problems(spec: "Experiment", doms: dict) -> list[str]:
+    """Each mutated field exists, is continuous (a float), and every mutation value fits it."""
+    problems = []
+    base = spec.model_dump(mode="json")
+    base["search"] = {}  # validating copies must not re-enter these checks
+    for path, mutation in (spec.search.pbt_mutations or {}).items():
+        where = f"search.pbt_mutations.{path}"
+        if path.split(".")[0] in ("search", "resources", "tracking", "name", "seed", "epochs"):
+            problems.append(f"{where}: PBT perturbs training fields; {path!r} cannot change "
+                            "while a trial runs")
+            continue
+        try:
+            node: Any = base
+            for key in path.split("."):
+                node = node[int(key)] if isinstance(node, list) else node[key]
+        except (KeyError, IndexError, ValueError, TypeError):
+            problems.append(f"{where}: no field {path!r} in the spec")
+            continue
+        current = doms[path]["low"] if path in doms and "low" in doms[path] else (
+            doms[path]["values"][0] if path in doms else node)
+        if isinstance(current, bool) or not isinstance(current, float):
+            problems.append(f"{where}: PBT perturbs continuous (float) fields; {path!r} holds "
+                            f"{current!r}")
+            continue
+        if isinstance(mutation, _tune.RandInt):
+            problems.append(f"{where}: use tune.uniform/tune.loguniform, tune.choice or a list "
+                            "of floats, not tune.randint")
+            continue
+        values = mutation.points() if isinstance(mutation, _tune._Domain) else mutation
+        for value in values:
+            trial = json.loads(json.dumps(base))
+            set_path(trial, path, value)
+            try:
+                Experiment.model_validate(trial)
+            except ValidationError as err:
+                first = err.errors()[0]
+                msg = first["msg"].splitlines()[0]
+                problems.append(f"{where}: value {value!r} is invalid for {path}: {msg}")
+                break
+    return problems
 
 
 class Resources(_Base):
@@ -288,6 +367,9 @@ class Resources(_Base):
     max_failures: int = Field(0, ge=-1)
     placement: Literal["pack", "spread"] = "pack"
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    # A 1-worker trial runs the same loop inside its Tune trial (no TorchTrainer, no second
+    # process: ~15 s less start-up per trial); False forces a TorchTrainer worker anyway.
+    in_trial: bool = True
 
 
 class Tracking(_Base):
@@ -332,6 +414,7 @@ class Experiment(_Base):
         if has_grid and self.search.algorithm in ("bayesian", "bayesian_gp", "hyperopt"):
             problems.append(f"search.algorithm: {self.search.algorithm!r} cannot expand "
                             "tune.grid domains; use tune.choice or algorithm='grid'/'random'")
+        problems += _search_problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -226,6 +226,9 @@ class MlflowCallback(Callback):
         self.tables = tables
         self.tags = tags
         self.order: dict[str, int] = {}
+        from dlopt.perturbations import PerturbationLog
+
+        self.pbt = PerturbationLog(tracker)  # PBT config changes: params cannot change
 
     def _ensure_child(self, trial) -> str:
         from dlopt.trial import assignment_from_config
@@ -245,9 +248,11 @@ class MlflowCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._ensure_child(trial)
+        self.pbt.started(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._ensure_child(trial)
+        self.pbt.result(trial, trials, result)
         self.tracker.log_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -107,6 +107,9 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+        # The saved optimizer state carries the old lr/momentum/weight decay; this run's spec
+        # wins (PBT resumes a cloned checkpoint with perturbed values). No-op on a plain restart.
+        optim.apply_spec(optimizer, spec.optimizer, scheduler)
         for stage, saved in zip(stages, resume.get("stages", [])):
             stage.load_state_dict(saved)
         start_epoch, state.step = resume["epoch"], resume["step"]

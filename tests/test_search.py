@@ -1,0 +1,327 @@
+"""Search: grid expansion, domain sampling within field bounds, refused combinations,
+the Ray objects a plan turns into, and PBT's hyperparameter override on resume.
+
+No Ray cluster starts here: Ray Tune's domains, variant generator, searchers and
+schedulers are plain objects until a Tuner runs them.
+"""
+import random
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from dlopt import (Data, Experiment, Model, Optimizer, Prune, Quantize, Regularization, Search,
+                   tune)
+from dlopt.load import error_lines
+from dlopt.plan import make_plan
+from dlopt.spec import resolve
+
+
+def make(**kw):
+    return Experiment(name="t", **kw)
+
+
+def errors_of(**kw):
+    with pytest.raises(ValidationError) as info:
+        make(**kw)
+    return error_lines(info.value)
+
+
+# ------------------------------------------------------------------ grid expansion
+def ray_grid_count(plan) -> int:
+    """How many configurations Ray's own variant generator expands the space into."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    from dlopt.search import to_ray_space
+
+    space, _ = to_ray_space(plan)
+    return sum(1 for _ in generate_variants(space)) * plan.num_samples
+
+
+@pytest.mark.parametrize("kw, expected", [
+    (dict(optimizer=Optimizer(lr=tune.grid([0.1, 0.01, 0.001]))), 3),
+    (dict(optimizer=Optimizer(lr=tune.grid([0.1, 0.01]), name=tune.grid(["sgd", "adam"])),
+          data=Data(batch_size=tune.grid([16, 32, 64]))), 12),
+    # algorithm="grid" enumerates tune.choice too
+    (dict(optimizer=Optimizer(lr=tune.choice([0.1, 0.01]), name=tune.grid(["sgd", "adam"])),
+          search=Search(algorithm="grid")), 4),
+    # num_samples repeats the grid
+    (dict(optimizer=Optimizer(lr=tune.grid([0.1, 0.01])), search=Search(num_samples=3)), 6),
+    # random search over a choice: no grid, just the samples
+    (dict(optimizer=Optimizer(lr=tune.choice([0.1, 0.01])), search=Search(num_samples=5)), 5),
+    # a grid of whole compression pipelines (non-scalar values travel as indices)
+    (dict(epochs=4, compression=tune.grid([[Prune(sparsity=0.5)], [Prune(sparsity=0.8), Quantize()],
+                                           []])), 3),
+])
+def test_grid_expansion_counts(kw, expected):
+    plan = make_plan(make(**kw), cluster_cpus=2)
+    assert plan.trials == expected
+    assert ray_grid_count(plan) == expected
+
+
+def test_grid_values_map_back_to_the_spec():
+    from ray.tune.search.variant_generator import generate_variants
+
+    from dlopt.search import to_ray_space
+    from dlopt.trial import assignment_from_config
+
+    spec = make(epochs=4, compression=tune.grid([[Prune(sparsity=0.5)], [Prune(sparsity=0.8), Quantize()]]),
+                optimizer=Optimizer(lr=tune.grid([0.1, 0.01])))
+    plan = make_plan(spec, cluster_cpus=2)
+    space, tables = to_ray_space(plan)
+    seen = set()
+    for _, config in generate_variants(space):
+        concrete = resolve(plan.spec_json, assignment_from_config(config, tables))
+        seen.add((concrete.optimizer.lr, tuple(s.stage for s in concrete.compression),
+                  concrete.compression[0].sparsity))
+    assert seen == {(0.1, ("prune",), 0.5), (0.01, ("prune",), 0.5),
+                    (0.1, ("prune", "quantize"), 0.8), (0.01, ("prune", "quantize"), 0.8)}
+
+
+# ------------------------------------------------------------------ sampling within bounds
+def wide_spec():
+    """A domain on many fields, each as wide as the field itself allows."""
+    return make(
+        epochs=tune.randint(2, 6),
+        data=Data(batch_size=tune.randint(1, 257), val_fraction=tune.uniform(0.05, 0.5)),
+        model=Model(dropout=tune.uniform(0.0, 0.99), hidden=[tune.randint(1, 64)],
+                    activation=tune.choice(["relu", "tanh"])),
+        optimizer=Optimizer(name="sgd", lr=tune.loguniform(1e-6, 10.0),
+                            momentum=tune.uniform(0.0, 0.999),
+                            weight_decay=tune.loguniform(1e-8, 1.0)),
+        regularization=Regularization(label_smoothing=tune.uniform(0.0, 0.99),
+                                      grad_clip_norm=tune.loguniform(0.01, 100.0)),
+        compression=tune.choice([[Prune(sparsity=0.5, start_epoch=0, end_epoch=1)],
+                                 [Prune(sparsity=0.9, start_epoch=0, end_epoch=1), Quantize()]]),
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["random", "bayesian"])
+def test_every_sample_respects_its_field_bounds(algorithm):
+    from dlopt.search import to_ray_space
+    from dlopt.trial import assignment_from_config
+
+    spec = wide_spec().model_copy(update={"search": Search(algorithm=algorithm, seed=1)})
+    plan = make_plan(spec, cluster_cpus=2)
+    space, tables = to_ray_space(plan)
+    random.seed(0)
+    import numpy as np
+
+    np.random.seed(0)
+    for _ in range(300):
+        config = {k: d.sample() for k, d in space.items()}
+        concrete = resolve(plan.spec_json, assignment_from_config(config, tables))  # validates
+        for path, dom in plan.domains.items():
+            value = config[path]
+            if dom["domain"] in ("uniform", "loguniform"):
+                assert dom["low"] <= value <= dom["high"], (path, value)
+            elif dom["domain"] == "randint":
+                assert dom["low"] <= value < dom["high"] and isinstance(value, int), (path, value)
+        assert 0 < concrete.optimizer.lr and 0 <= concrete.optimizer.momentum < 1
+        assert 0 <= concrete.model.dropout < 1 and concrete.data.batch_size >= 1
+
+
+def test_seed_makes_random_search_reproducible():
+    from ray.tune import register_trainable
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from dlopt.search import search_algorithm, to_ray_space
+
+    def configs(seed):
+        spec = wide_spec().model_copy(update={"search": Search(num_samples=4, seed=seed)})
+        plan = make_plan(spec, cluster_cpus=2)
+        space, _ = to_ray_space(plan)
+        gen = search_algorithm(plan, spec)
+        assert isinstance(gen, BasicVariantGenerator)
+        register_trainable("dlopt_noop", lambda config: None)  # registry only, no cluster
+        gen.add_configurations({"e": {"run": "dlopt_noop", "config": space, "num_samples": 4}})
+        out = []
+        while (trial := gen.next_trial()) is not None:
+            out.append(trial.config)
+        return out
+
+    assert configs(7) == configs(7)
+    assert configs(7) != configs(8)
+
+
+# ------------------------------------------------------------------ refused combinations
+PBT_LR = {"optimizer.lr": tune.loguniform(1e-3, 1e-1)}
+
+
+@pytest.mark.parametrize("kw, expect", [
+    (dict(epochs=3, search=Search(scheduler="asha", grace_period=3)),
+     "search.grace_period: 3 must be below epochs (3)"),
+    (dict(epochs=4, search=Search(scheduler="hyperband", grace_period=5)), "search.grace_period"),
+    (dict(search={"scheduler": "pbt"}), "needs pbt_mutations"),
+    (dict(search={"scheduler": "fifo", "pbt_mutations": {"optimizer.lr": [0.1]}}),
+     "only used with scheduler='pbt'"),
+    (dict(epochs=2, search=Search(scheduler="pbt", perturbation_interval=2, pbt_mutations=PBT_LR)),
+     "search.perturbation_interval: 2 must be below epochs (2)"),
+    (dict(epochs=6, search=Search(scheduler="pbt", pbt_mutations={"optimizer.nope": [0.1, 0.2]})),
+     "search.pbt_mutations.optimizer.nope: no field 'optimizer.nope'"),
+    (dict(epochs=6, search=Search(scheduler="pbt", pbt_mutations={"data.batch_size": [16.0, 32.0]})),
+     "search.pbt_mutations.data.batch_size: PBT perturbs continuous (float) fields"),
+    (dict(epochs=6, search=Search(scheduler="pbt", pbt_mutations={"optimizer.momentum":
+                                                                   tune.uniform(0.5, 1.5)})),
+     "search.pbt_mutations.optimizer.momentum: value 1.5 is invalid"),
+    (dict(epochs=6, search=Search(scheduler="pbt", pbt_mutations={"optimizer.lr": tune.randint(1, 3)})),
+     "not tune.randint"),
+    (dict(epochs=6, search=Search(scheduler="pbt", pbt_mutations={"epochs": [3.0]})),
+     "cannot change while a trial runs"),
+    (dict(search={"scheduler": "asha", "objectives": {"val_accuracy": "max", "model_bytes": "min"}}),
+     "scheduler 'asha' needs a single metric"),
+    (dict(search={"scheduler": "median", "objectives": {"val_accuracy": "max", "model_bytes": "min"}}),
+     "scheduler 'median' needs a single metric"),
+    (dict(epochs=6, search={"scheduler": "pbt", "pbt_mutations": {"optimizer.lr": [0.1, 0.01]},
+                            "objectives": {"val_accuracy": "max", "model_bytes": "min"}}),
+     "scheduler 'pbt' needs a single metric"),
+    (dict(search={"algorithm": "hyperopt", "objectives": {"val_accuracy": "max", "model_bytes": "min"}}),
+     "'hyperopt' optimizes a single metric"),
+    (dict(search={"objectives": {"val_accuracy": "max"}}), "at least two metrics"),
+    (dict(search={"scheduler": "asha", "metric": "model_bytes", "mode": "min"}),
+     "'model_bytes' is only reported at the end"),
+    (dict(optimizer=Optimizer(lr=tune.loguniform(1e-3, 1e-1)), search=Search(algorithm="grid")),
+     "optimizer.lr: algorithm='grid' cannot enumerate tune.loguniform"),
+    (dict(data=Data(batch_size=tune.randint(8, 64)), search=Search(algorithm="grid")),
+     "data.batch_size: algorithm='grid' cannot enumerate tune.randint"),
+    (dict(optimizer=Optimizer(lr=tune.grid([0.1, 0.01])), search=Search(algorithm="bayesian")),
+     "cannot expand tune.grid"),
+])
+def test_invalid_combination_refused_with_message(kw, expect):
+    lines = errors_of(**kw)
+    assert any(expect in line for line in lines), lines
+
+
+def test_empty_grid_is_impossible():
+    with pytest.raises(ValidationError):
+        tune.grid([])
+
+
+def test_valid_pbt_and_multi_objective_specs_pass():
+    spec = make(epochs=6, search=Search(scheduler="pbt", pbt_mutations={
+        "optimizer.lr": tune.loguniform(1e-3, 1e-1), "optimizer.momentum": [0.5, 0.9, 0.99],
+        "regularization.label_smoothing": tune.choice([0.0, 0.1])}))
+    assert set(spec.search.pbt_mutations) == {"optimizer.lr", "optimizer.momentum",
+                                              "regularization.label_smoothing"}
+    make(search=Search(algorithm="bayesian", num_samples=4,
+                       objectives={"compressed_val_accuracy": "max", "model_bytes": "min"}))
+
+
+def test_cli_validate_refuses_a_bad_search(tmp_path):
+    from conftest import run_cli
+
+    f = tmp_path / "bad.py"
+    f.write_text("from dlopt import Experiment, Search, tune, Optimizer\n"
+                 "experiment = Experiment(name='b', epochs=3, optimizer=Optimizer(lr=tune.uniform(0.01, 0.1)),\n"
+                 "    search=Search(algorithm='grid', scheduler='asha', grace_period=3))\n")
+    out = run_cli("validate", str(f))
+    assert out.returncode == 2
+    assert "search.grace_period" in out.stdout + out.stderr
+    assert "optimizer.lr: algorithm='grid'" in out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------ plan -> Ray objects
+def test_schedulers_built_from_the_plan():
+    from ray.tune import schedulers
+
+    from dlopt.search import trial_scheduler
+
+    spec = make(epochs=tune.choice([4, 9]), search=Search(scheduler="asha", grace_period=2,
+                                                          reduction_factor=3))
+    asha = trial_scheduler(make_plan(spec, cluster_cpus=2), spec)
+    assert isinstance(asha, schedulers.AsyncHyperBandScheduler)
+    assert asha._max_t == 9 and asha._reduction_factor == 3
+    assert sorted(m for m, _ in asha._brackets[0]._rungs) == [2, 6]  # grace 2, then x3
+    spec = make(epochs=6, search=Search(scheduler="median", grace_period=2))
+    assert isinstance(trial_scheduler(make_plan(spec), spec), schedulers.MedianStoppingRule)
+    spec = make(epochs=6, search=Search(scheduler="pbt", perturbation_interval=2, pbt_mutations={
+        "optimizer.lr": tune.loguniform(1e-3, 1e-1), "optimizer.momentum": tune.choice([0.9, 0.5])}))
+    pbt = trial_scheduler(make_plan(spec), spec)
+    assert isinstance(pbt, schedulers.PopulationBasedTraining)
+    assert pbt._synch and pbt._perturbation_interval == 2
+    assert pbt._hyperparam_mutations["optimizer.momentum"] == [0.5, 0.9]
+
+
+def test_pbt_explore_stays_inside_the_domain():
+    from dlopt.search import clip_to, pbt_mutations
+
+    _, bounds = pbt_mutations({"optimizer.lr": {"domain": "loguniform", "low": 0.001, "high": 0.1},
+                               "optimizer.momentum": {"domain": "uniform", "low": 0.5, "high": 0.95}})
+    explore = clip_to(bounds)
+    assert explore({"optimizer.lr": 0.12, "optimizer.momentum": 0.95 * 1.2}) == {
+        "optimizer.lr": 0.1, "optimizer.momentum": 0.95}
+    assert explore({"optimizer.lr": 0.01, "optimizer.momentum": 0.7}) == {
+        "optimizer.lr": 0.01, "optimizer.momentum": 0.7}
+
+
+def test_multi_objective_uses_optuna_with_metric_and_mode_lists():
+    from ray.tune.search.optuna import OptunaSearch
+
+    from dlopt.search import search_algorithm
+
+    spec = make(optimizer=Optimizer(lr=tune.loguniform(1e-3, 1e-1)),
+                search=Search(algorithm="bayesian", seed=0,
+                              objectives={"compressed_val_accuracy": "max", "model_bytes": "min"}))
+    alg = search_algorithm(make_plan(spec), spec)
+    assert isinstance(alg, OptunaSearch)
+    assert alg.metric == ["compressed_val_accuracy", "model_bytes"] and alg.mode == ["max", "min"]
+
+
+def test_plan_describes_scheduler_domains_and_concurrency():
+    spec = make(epochs=6, optimizer=Optimizer(lr=tune.loguniform(1e-3, 1e-1)),
+                search=Search(num_samples=5, scheduler="pbt",
+                              pbt_mutations={"optimizer.lr": tune.loguniform(1e-3, 1e-1)}))
+    text = make_plan(spec, cluster_cpus=4).describe()
+    assert "scheduler    pbt: every 2 epochs" in text
+    assert "optimizer.lr                 loguniform(0.001, 0.1)" in text
+    assert "PBT mutation loguniform(0.001, 0.1)" in text
+    assert "trials       5" in text and "trial(s) at once on 4 CPUs" in text
+
+
+# ------------------------------------------------------------------ PBT resume takes the new values
+def test_resumed_optimizer_takes_the_new_spec_values():
+    from dlopt import optim, schedules
+    from dlopt.spec import Schedule
+
+    model = torch.nn.Linear(3, 2)
+    old = Optimizer(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.0)
+    opt = optim.build(old, model.parameters())
+    sched, _ = schedules.build(Schedule(name="step", step_size=2, gamma=0.5), opt, 10, 4)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # 0.1 halved once
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+
+    new = Optimizer(name="sgd", lr=0.02, momentum=0.5, weight_decay=1e-3)
+    opt2 = optim.build(new, model.parameters())
+    sched2, _ = schedules.build(Schedule(name="step", step_size=2, gamma=0.5), opt2, 10, 4)
+    opt2.load_state_dict(saved_opt)
+    sched2.load_state_dict(saved_sched)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.05)  # the old value came back
+    optim.apply_spec(opt2, new, sched2)
+    g = opt2.param_groups[0]
+    assert g["lr"] == pytest.approx(0.01)  # new base lr, same place in the schedule (x0.5)
+    assert g["momentum"] == 0.5 and g["weight_decay"] == 1e-3
+    opt2.step()
+    sched2.step()  # epoch 4: halved again, from the new base
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.005)
+    # the same spec again (a plain restart) changes nothing
+    before = dict(opt2.param_groups[0])
+    optim.apply_spec(opt2, new, sched2)
+    assert {k: v for k, v in opt2.param_groups[0].items() if k != "params"} == \
+        {k: v for k, v in before.items() if k != "params"}
+
+
+# ------------------------------------------------------------------ PBT perturbation bookkeeping
+def test_perturbation_log_finds_the_cloned_trial():
+    from types import SimpleNamespace as NS
+
+    from dlopt.perturbations import changed, source_trial
+
+    a, b = NS(trial_id="a", path="/r/sweep/trial_a"), NS(trial_id="b", path="/r/sweep/trial_ab")
+    assert source_trial("/r/sweep/trial_ab/checkpoint_000003", [a, b]) is b
+    assert source_trial("/r/sweep/trial_a/checkpoint_000001", [a, b]) is a
+    assert source_trial(None, [a, b]) is None
+    assert changed({"optimizer.lr": 0.1, "x": 1}, {"optimizer.lr": 0.12, "x": 1}) == {
+        "optimizer.lr": [0.1, 0.12]}
