@@ -47,10 +47,16 @@ def cmd_schema(args) -> int:
 
 def cmd_run(args) -> int:
     spec = _load(args)
+    from dlopt.load import SpecError
     from dlopt.sweep import run
 
-    result = run(spec, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage,
-                 resume=args.resume, verbose=args.verbose)
+    try:
+        result = run(spec, address=args.address, tracking_uri=args.tracking_uri,
+                     storage=args.storage, resume=args.resume, verbose=args.verbose)
+    except SpecError as err:  # preflight: the run could never succeed (before Ray starts)
+        for line in err.lines:
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
     print_summary(result)
     return 0 if result.best is not None else 1
 
@@ -75,12 +81,44 @@ def print_summary(result) -> None:
         print("  metrics " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
     for reg in result.registered:
         print(f"registered models:/{reg['name']}@{reg['alias']} (version {reg['version']})")
+        if reg.get("test_metrics"):  # the withheld test split, measured after selection
+            print("  test    " + ", ".join(f"{k}={v:.4g}" for k, v in reg["test_metrics"].items()))
     uri = redact_uri(result.tracking_uri)
     print(f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}) at {uri}")
     if uri.startswith("sqlite:"):
         print(f"open the UI: dlopt ui   (or: mlflow ui --backend-store-uri {uri})")
     else:
         print(f"open the UI: {uri}/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}")
+
+
+def cmd_evaluate(args) -> int:
+    """A registered model on its test split (or --data): the metrics the final report logged."""
+    import mlflow
+
+    from dlopt.evaluation import EvaluationError, evaluate_uri
+    from dlopt.tracking import default_tracking_uri
+
+    mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
+    from mlflow.exceptions import MlflowException
+
+    try:
+        report = evaluate_uri(args.model, args.data)
+    except EvaluationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    except MlflowException as err:  # no such model, alias or version
+        print(f"error: {args.model}: {err.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+        return 0
+    print(f"{args.model} on {report.data}")
+    print("\n".join(report.lines()))
+    if report.confusion is not None:
+        print("confusion matrix (rows = true class, columns = predicted):")
+        for row in report.confusion.tolist():
+            print("  " + " ".join(f"{v:4d}" for v in row))
+    return 0
 
 
 def cmd_ui(args) -> int:
@@ -123,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_submit_parser(sub)  # `dlopt submit SPEC --address http://HEAD:8265` (Ray job SDK)
     s = sub.add_parser("schema", help="JSON schema of Experiment")
     s.set_defaults(fn=cmd_schema)
+    s = sub.add_parser("evaluate", help="evaluate a registered model on its test split")
+    s.add_argument("model", help="model URI, e.g. models:/NAME@ALIAS or models:/NAME/VERSION")
+    s.add_argument("--data", default=None,
+                   help="a spec file (its data and seed) or a dataset name; default: the model's own")
+    s.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(fn=cmd_evaluate)
     s = sub.add_parser("ui", help="MLflow UI on the local store")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=5000)

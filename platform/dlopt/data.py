@@ -142,8 +142,10 @@ def load(spec: Data, seed: int, with_test: bool = False) -> Datasets:
     train, val, test = split_indices(y, spec.val_fraction, spec.test_fraction, seed, classification)
     if classification:
         # Standardize with training statistics only (no peeking at val/test).
-        mean, std = x[train].mean(0), x[train].std(0) + 1e-6
-        x = (x - mean) / std
+        # A feature constant on the training split (a digits border pixel) keeps scale 1: dividing
+        # by its ~0 std would turn a rare nonzero validation/test pixel into a 1e5 outlier.
+        mean, std = x[train].mean(0), x[train].std(0)
+        x = (x - mean) / np.where(std > 1e-6, std, 1.0).astype(x.dtype)
 
     def part(i):
         return Split(torch.from_numpy(x[i]), torch.from_numpy(y[i]))

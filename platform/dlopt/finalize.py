@@ -81,4 +81,19 @@ def finalize(grid, plan, spec, tracker, tables, space):
                            "alias": spec.tracking.alias, "trial_id": best.trial_id})
         tracker.client.set_tag(parent_id, "dlopt.registered",
                                f"{spec.tracking.register_as} v{version}")
+    final_test_report(tracker, best, registered, trials)  # after selection, never before
     return trials, best, registered
+
+
+def final_test_report(tracker, best, registered, trials) -> None:
+    """After selection only: the chosen model(s) on the withheld test split (dlopt.evaluation).
+    A failure here is reported, not raised: the sweep and its registered model stand."""
+    import sys
+
+    from dlopt.evaluation import final_report
+
+    try:
+        final_report(tracker, best, registered, trials)
+    except Exception as err:  # noqa: BLE001 (any failure is reported on the parent run)
+        print(f"warning: the test-split report failed: {err!r}", file=sys.stderr)
+        tracker.client.set_tag(tracker.parent_id, "dlopt.test_report", f"failed: {err!r}"[:5000])
