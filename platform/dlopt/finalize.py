@@ -67,7 +67,13 @@ def finalize(grid, plan, spec, tracker, tables, space):
         tracker.client.set_tag(parent_id, "dlopt.best_trial", best.trial_id)
         for k, v in tracking.numeric_metrics(best.metrics).items():
             tracker.client.log_metric(parent_id, f"best_{k}", v)
-    if best is not None and spec.tracking.register_as and best.checkpoint_path and best.run_id:
+    if plan.objectives:
+        # Multi-objective: no single best; every Pareto-optimal model is registered, with
+        # aliases most-accurate / smallest / fastest, plus the front's plot and CSV (dlopt.front).
+        from dlopt.front import register_front
+
+        registered = register_front(tracker, plan, spec, trials, tables, space)
+    elif best is not None and spec.tracking.register_as and best.checkpoint_path and best.run_id:
         best_spec = resolve(plan.spec_json, assignment_from_config(
             {k: v for k, v in best.config.items() if k in space}, tables))
         version_tags = {"dlopt.spec_hash": best_spec.spec_hash(), "dlopt.source_run": best.run_id,
