@@ -126,3 +126,36 @@ def test_compute_dispatches_on_task():
     assert set(metrics.compute(torch.randn(8, 1), torch.randn(8, 1), "regression")) == \
         set(metrics.REGRESSION)
     assert set(metrics.MODES) >= set(metrics.CLASSIFICATION) | set(metrics.REGRESSION)
+
+
+def test_spec_metric_names_match_the_metrics_module():
+    from dlopt.spec import VAL_METRICS
+
+    assert VAL_METRICS["classification"] == tuple(f"val_{n}" for n in metrics.CLASSIFICATION)
+    assert VAL_METRICS["regression"] == tuple(f"val_{n}" for n in metrics.REGRESSION)
+
+
+@pytest.mark.parametrize("data,search,ok", [
+    ({"dataset": "digits"}, {"metric": "val_f1"}, True),
+    ({"dataset": "digits"}, {"metric": "val_top5_accuracy"}, True),
+    ({"dataset": "linear_1d"}, {"metric": "val_r2"}, True),
+    ({"dataset": "linear_1d"}, {"metric": "val_mae", "mode": "min"}, True),
+    ({"dataset": "digits"}, {"objectives": {"val_f1": "max", "model_bytes": "min"}}, True),
+    ({"dataset": "linear_1d"}, {}, False),  # default val_accuracy on a regression task
+    ({"dataset": "digits"}, {"metric": "val_r2"}, False),
+    ({"dataset": "synthetic", "n_classes": 3}, {"metric": "val_top5_accuracy"}, False),
+    ({"dataset": "linear_1d"}, {"objectives": {"val_mse": "min", "val_f1": "max"}}, False),
+])
+def test_search_metric_must_be_one_the_task_reports(data, search, ok, tmp_path):
+    import json
+
+    from dlopt.load import SpecError, load
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"name": "m", "data": data, "search": search}))
+    if ok:
+        load(path)
+    else:
+        with pytest.raises(SpecError) as err:
+            load(path)
+        assert err.value.lines[0].startswith("search.") and "does not report" in err.value.lines[0]

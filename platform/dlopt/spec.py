@@ -294,6 +294,31 @@ class Search(_Base):
 # Metrics a trial reports only in its final (compression) report, never per epoch.
 FINAL_METRICS = ("compressed_val_accuracy", "model_bytes", "dense_bytes", "compression_ratio",
                  "sparsity", "latency_ms")
+# Per-epoch validation metrics by task (names from dlopt.metrics with the prefix val_;
+# tests/test_metrics.py checks the two agree). val_top5_accuracy needs more than 5 classes.
+VAL_METRICS = {
+    "classification": ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
+                       "val_top5_accuracy"),
+    "regression": ("val_loss", "val_mse", "val_mae", "val_r2"),
+}
+
+
+def _metric_task_problems(spec) -> list[str]:
+    """A selection metric the task never reports would leave the sweep without a best trial."""
+    if ":" in spec.data.dataset:
+        return []  # a custom dataset's task is known only once it loads
+    task = spec.task
+    other = "regression" if task == "classification" else "classification"
+    wrong = set(VAL_METRICS[other]) - set(VAL_METRICS[task])
+    if spec.data.dataset == "synthetic" and task == "classification" and spec.data.n_classes <= 5:
+        wrong.add("val_top5_accuracy")
+    named = ([("search.metric", spec.search.metric)] if spec.search.objectives is None else
+             [(f"search.objectives.{k}", k) for k in spec.search.objectives])
+    return [f"{path}: a {task} task does not report {name}; its validation metrics are "
+            f"{', '.join(m for m in VAL_METRICS[task] if m not in wrong)}"
+            for path, name in named if name in wrong]
+
+
 # Domains a grid cannot enumerate.
 CONTINUOUS_DOMAINS = ("uniform", "loguniform", "randint")
 
@@ -404,10 +429,7 @@ class Experiment(_Base):
         if self.search.scheduler in ("asha", "hyperband") and self.search.grace_period >= min_epochs:
             problems.append(f"search.grace_period: {self.search.grace_period} must be below "
                             f"epochs ({min_epochs}) or no trial can be stopped early")
-        if self.data.task == "regression" and self.data.dataset == "synthetic":
-            if self.search.metric == "val_accuracy" and self.search.objectives is None:
-                problems.append("search.metric: a regression task has no val_accuracy; "
-                                "use val_loss (mode='min')")
+        problems += _metric_task_problems(self)
         for options in _compression_options(self.compression):
             problems += _check_stage_order(options, max_epochs)
         has_grid = any(d["domain"] == "grid" for d in domains(self).values())
