@@ -45,7 +45,10 @@ def collect(grid, tracker) -> list[TrialSummary]:
             trial_id=trial_id, run_id=tracker.children.get(trial_id), config=result.config or {},
             metrics=dict(result.metrics or {}),
             status="ok" if ok else ("diverged" if diverged else "error"),
-            checkpoint_path=(result.metrics or {}).get("checkpoint_path")))
+            # a TorchTrainer trial reports its checkpoint's path; an in-trial run's final
+            # checkpoint is Tune's own (dlopt.train.worker.fit_in_trial)
+            checkpoint_path=(result.metrics or {}).get("checkpoint_path")
+            or (result.checkpoint.path if result.checkpoint else None)))
     for t in trials:
         if t.status == "diverged" and t.run_id:
             tracker.client.set_tag(t.run_id, "dlopt.status", "diverged")

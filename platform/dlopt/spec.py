@@ -395,6 +395,9 @@ class Resources(_Base):
     # A 1-worker trial runs the same loop inside its Tune trial (no TorchTrainer, no second
     # process: ~15 s less start-up per trial); False forces a TorchTrainer worker anyway.
     in_trial: bool = True
+    # A 1-worker trial runs the same loop inside its Tune trial (no TorchTrainer, no second
+    # process: ~15 s less start-up per trial); False forces a TorchTrainer worker anyway.
+    in_trial: bool = True
 
 
 class Tracking(_Base):

@@ -19,6 +19,7 @@ from dlopt.plan import Plan, make_plan
 from dlopt.finalize import TrialSummary, finalize
 from dlopt.search import search_algorithm, to_ray_space, trial_scheduler
 from dlopt.spec import Experiment
+from dlopt.trial import TRIAL_DRIVER_CPU
 
 # Train V2's controller polls workers every 2 s by default and each `ray.train.report`
 # waits for that poll: at 0.1 s a report costs ~0.1 s instead of up to 2 s (DESIGN facts).
@@ -58,8 +59,6 @@ class SweepResult:
     wall_seconds: float = 0.0
 
 
-# The trial function only waits on its TorchTrainer; Tune refuses a zero-resource trial.
-TRIAL_DRIVER_CPU = 0.001
 
 
 # ------------------------------------------------------------------ Ray start-up
@@ -141,15 +140,26 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     if progress:
         callbacks.append(ProgressCallback(plan, tables))
 
-    from dlopt.trial import make_trial_fn
+    from dlopt.spec import resolve
+    from dlopt.trial import assignment_from_config, make_trial_fn, runs_in_trial, trial_resources
 
-    trainable = tune.with_resources(make_trial_fn(plan.spec_json, tables, str(storage_path)),
-                                    {"CPU": TRIAL_DRIVER_CPU})
+    # A 1-worker trial reserves its worker's CPU/GPU itself (it runs the loop in-trial);
+    # a multi-worker trial reserves next to nothing and its TorchTrainer asks for workers.
+    trainable = tune.with_resources(
+        make_trial_fn(plan.spec_json, tables, str(storage_path)),
+        lambda config: tune.PlacementGroupFactory([trial_resources(
+            resolve(plan.spec_json, assignment_from_config(config, tables)))]))
     metric, mode = plan.metric, plan.mode
     if plan.objectives:
         metric, mode = next(iter(plan.objectives.items()))
-    run_config = tune.RunConfig(name=plan.sweep_name, storage_path=str(storage_path),
-                                callbacks=callbacks, verbose=1 if verbose else 0)
+    # In-trial runs: Tune keeps the last 2 checkpoints (the final one holds the model) and
+    # retries a failed trial from its latest checkpoint, as Train's FailureConfig would.
+    in_trial = runs_in_trial(spec)
+    run_config = tune.RunConfig(
+        name=plan.sweep_name, storage_path=str(storage_path), callbacks=callbacks,
+        verbose=1 if verbose else 0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures if in_trial else 0))
     if restore_dir is not None and tune.Tuner.can_restore(str(restore_dir)):
         tuner = tune.Tuner.restore(str(restore_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=space)

@@ -13,6 +13,23 @@ def assignment_from_config(config: dict, tables: dict[str, list]) -> dict[str, A
     return {path: (tables[path][value] if path in tables else value) for path, value in config.items()}
 
 
+# Tune refuses a zero-resource trial; a trial that only waits on its TorchTrainer takes this.
+TRIAL_DRIVER_CPU = 0.001
+
+
+def runs_in_trial(spec) -> bool:
+    """One worker: run the loop in the trial itself (dlopt.train.worker.fit_in_trial)."""
+    return spec.resources.num_workers == 1 and spec.resources.in_trial
+
+
+def trial_resources(spec) -> dict[str, float]:
+    """What the Tune trial itself reserves: the worker's share in-trial, else next to nothing."""
+    res = spec.resources
+    if runs_in_trial(spec):
+        return {"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})}
+    return {"CPU": TRIAL_DRIVER_CPU}
+
+
 def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str):
     def dlopt_trial(config: dict) -> None:
         from ray import tune
@@ -21,9 +38,12 @@ def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str):
         from ray.tune.integration.ray_train import TuneReportCallback
 
         from dlopt.spec import resolve
-        from dlopt.train.worker import train_loop_per_worker
+        from dlopt.train.worker import fit_in_trial, train_loop_per_worker
 
         spec = resolve(base_json, assignment_from_config(config, tables))
+        if runs_in_trial(spec):
+            fit_in_trial(spec)
+            return
         res = spec.resources
         trial_id = tune.get_context().get_trial_id()
         trainer = TorchTrainer(

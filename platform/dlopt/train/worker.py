@@ -1,34 +1,39 @@
-"""Ray Train entry point: adapts the plain loop to a Ray Train worker.
+"""Ray entry points: adapt the plain loop to a Ray Train worker, or to the Tune trial itself.
 
 Only JSON crosses the process boundary (DESIGN rule 2): the worker re-validates the spec.
+Both entry points run the same `fit`; they differ only in where `report` sends metrics and
+checkpoints (Ray Train's controller, or Tune directly) and where a restart resumes from.
 """
 from __future__ import annotations
 
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Optional
+
+from dlopt.train import faults
 
 
-def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
+def resume_from(checkpoint) -> Optional[dict]:
+    """The loop's checkpoint dict inside a Ray checkpoint, or None (fresh start)."""
+    from dlopt.train.loop import CHECKPOINT_FILE, load_checkpoint
 
-    from dlopt.spec import Experiment
-    from dlopt.train.loop import CHECKPOINT_FILE, fit, load_checkpoint
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        if (Path(d) / CHECKPOINT_FILE).exists():
+            resume = load_checkpoint(Path(d))
+            faults.resumed(resume)
+            return resume
+    return None
 
-    spec = Experiment.model_validate(config["spec"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
 
-    resume = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            if (Path(d) / CHECKPOINT_FILE).exists():
-                resume = load_checkpoint(Path(d))
+def reporter(send: Callable, checkpoint_cls) -> Callable:
+    """The loop's `report(metrics, write)` on top of a Ray `send(metrics, checkpoint)`.
 
-    # Platform overhead made visible: each report carries how long the previous
-    # `ray.train.report` call blocked (checkpoint write + upload + controller poll).
+    Platform overhead made visible: each report carries `report_seconds`, how long the
+    previous send blocked (checkpoint write + persist + waiting on Ray).
+    """
     blocked: list[float] = []
 
     def report(metrics: dict, write=None) -> None:
@@ -36,15 +41,53 @@ def train_loop_per_worker(config: dict) -> None:
             metrics = {**metrics, "report_seconds": blocked[-1]}
         t0 = time.perf_counter()
         if write is None:
-            ray.train.report(metrics)
+            send(metrics, None)
         else:
             with tempfile.TemporaryDirectory() as d:
                 write(Path(d))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+                send(metrics, checkpoint_cls.from_directory(d))
         blocked.append(time.perf_counter() - t0)
+        if write is not None:
+            faults.after_report(metrics, "train")  # test-only SIGKILL hook, off unless env set
 
+    return report
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker of a TorchTrainer (DDP rank `rank` of `world`)."""
+    import ray.train
+    import ray.train.torch
+
+    from dlopt.spec import Experiment
+    from dlopt.train.loop import fit
+
+    spec = Experiment.model_validate(config["spec"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    report = reporter(lambda m, c: ray.train.report(m, checkpoint=c), ray.train.Checkpoint)
     device = "cuda" if spec.resources.use_gpu else "cpu"
     wrap = ray.train.torch.prepare_model if world > 1 else (lambda m: m)
     if device == "cuda":
         device = str(ray.train.torch.get_device())
-    fit(spec, report, rank=rank, world=world, resume=resume, wrap=wrap, device=device)
+    fit(spec, report, rank=rank, world=world, resume=resume_from(ray.train.get_checkpoint()),
+        wrap=wrap, device=device)
+
+
+def fit_in_trial(spec) -> None:
+    """A 1-worker trial: the same loop in the Tune trial's own process, no TorchTrainer.
+
+    Why: a TorchTrainer costs a controller actor, a worker actor and a placement group per
+    trial (~15 s of start-up on 2 cores) and each `ray.train.report` waits for the
+    controller's poll. Here metrics and checkpoints go straight to `ray.tune.report`; Tune
+    persists each checkpoint into the trial directory. A failed trial is retried by Tune
+    (`tune.RunConfig(failure_config=FailureConfig(max_failures))`, set by dlopt.sweep) and
+    resumes from its latest checkpoint via `tune.get_checkpoint()` - the same semantics as
+    Ray Train's worker-group restart. PBT's exploit also restores through it.
+    """
+    from ray import tune
+
+    from dlopt.train.loop import fit
+
+    report = reporter(lambda m, c: tune.report(m, checkpoint=c), tune.Checkpoint)
+    device = "cuda" if spec.resources.use_gpu else "cpu"  # Tune sets CUDA_VISIBLE_DEVICES
+    fit(spec, report, rank=0, world=1, resume=resume_from(tune.get_checkpoint()), device=device)
