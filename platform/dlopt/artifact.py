@@ -33,8 +33,12 @@ def model_bytes(directory: Path) -> int:
 
 
 def dense_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the fp32 state dict's tensors (the uncompressed baseline)."""
-    return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+    """Bytes of the fp32 state dict's tensors (the uncompressed baseline).
+
+    Pruning masks are bookkeeping, not weights: a model under torch's pruning
+    reparametrization (weight_orig + weight_mask) counts each weight once."""
+    return sum(t.numel() * 4 for k, t in model.state_dict().items()
+               if t.is_floating_point() and not k.endswith("_mask"))
 
 
 def build_from_dir(directory: Path) -> torch.nn.Module:

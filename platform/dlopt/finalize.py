@@ -83,6 +83,9 @@ def finalize(grid, plan, spec, tracker, tables, space):
                         "dlopt.sweep": plan.sweep_name,
                         **{f"metric.{k}": f"{v:.6g}" for k, v in
                            tracking.numeric_metrics(best.metrics).items()}}
+        from dlopt import teachers  # distilled: the teacher URI and its pinned version
+
+        version_tags.update(teachers.registry_tags(best_spec))
         version = register_mod.register(tracker, best.run_id, best.checkpoint_path,
                                         spec.tracking.register_as, spec.tracking.alias,
                                         version_tags)

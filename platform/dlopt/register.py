@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-PIP_REQUIREMENTS = ["torch", "safetensors", "pydantic", "dlopt"]
+PIP_REQUIREMENTS = ["torch", "torchao", "safetensors", "pydantic", "dlopt"]
 
 
 def _local_copy(checkpoint_path: str) -> Path:

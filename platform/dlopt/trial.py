@@ -5,7 +5,7 @@ forwards worker reports to Tune through `TuneReportCallback`.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 
 def assignment_from_config(config: dict, tables: dict[str, list]) -> dict[str, Any]:
@@ -30,7 +30,10 @@ def trial_resources(spec) -> dict[str, float]:
     return {"CPU": TRIAL_DRIVER_CPU}
 
 
-def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str):
+def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str,
+                  teachers: Optional[dict] = None):
+    """`teachers`: distillation teachers' files fetched by the driver (dlopt.teachers)."""
+
     def dlopt_trial(config: dict) -> None:
         from ray import tune
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -41,6 +44,9 @@ def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str):
         from dlopt.train.worker import fit_in_trial, train_loop_per_worker
 
         spec = resolve(base_json, assignment_from_config(config, tables))
+        from dlopt import teachers as teachers_mod
+
+        teachers_mod.install(teachers or {})
         if runs_in_trial(spec):
             fit_in_trial(spec)
             return
@@ -48,7 +54,7 @@ def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str):
         trial_id = tune.get_context().get_trial_id()
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"spec": spec.model_dump(mode="json")},
+            train_loop_config={"spec": spec.model_dump(mode="json"), "teachers": teachers or {}},
             scaling_config=ScalingConfig(
                 num_workers=res.num_workers, use_gpu=res.use_gpu,
                 resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})},

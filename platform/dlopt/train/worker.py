@@ -62,6 +62,9 @@ def train_loop_per_worker(config: dict) -> None:
     from dlopt.train.loop import fit
 
     spec = Experiment.model_validate(config["spec"])
+    from dlopt import teachers
+
+    teachers.install(config.get("teachers") or {})
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     report = reporter(lambda m, c: ray.train.report(m, checkpoint=c), ray.train.Checkpoint)

@@ -1,0 +1,179 @@
+"""Compact model artifact: sparse int8/fp32 weights in one safetensors file, nothing pickled.
+
+Why hand-written: safetensors stores dense tensors only, and torch's sparse layouts
+(COO/CSR) keep int64/int32 indices (4-8 bytes per non-zero), more than the dense weights
+they replace at the sparsities pruning reaches. So each weight is stored in the
+smallest of three layouts, chosen per tensor by its byte count:
+
+- "dense":   the tensor as is;
+- "bitmask": one bit per element (numpy.packbits) + the non-zero values;
+- "delta":   Deep Compression's relative index (Han et al. 2016, sec. 3): one uint8 gap
+             per non-zero + its value; gaps over 255 insert a zero-valued filler entry.
+
+An int8-quantized weight (a torchao `Int8Tensor`) is stored as its int8 `qdata` (sparse as
+above) plus per-row `scale` and, for static quantization, the activation scale. The
+layout of every entry lives in the safetensors header metadata, so the file alone is
+enough to decode the tensors; the spec JSON beside it rebuilds the architecture.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_bytes
+
+FORMAT = "compact-v1"
+WEIGHTS = "model.safetensors"
+_MAX_GAP = 255  # uint8 relative index
+
+
+# ------------------------------------------------------------------ one tensor
+def _delta_gaps(flat_nonzero: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of non-zeros -> (uint8 gaps, index into the values per entry or -1 for fillers)."""
+    gaps = np.diff(np.concatenate([[-1], flat_nonzero]))  # each >= 1
+    fillers = (gaps - 1) // _MAX_GAP
+    counts = fillers + 1
+    out = np.full(int(counts.sum()), _MAX_GAP, dtype=np.int64)
+    last = np.cumsum(counts) - 1
+    out[last] = gaps - _MAX_GAP * fillers
+    which = np.full(len(out), -1, dtype=np.int64)
+    which[last] = np.arange(len(flat_nonzero))
+    return out.astype(np.uint8), which
+
+
+def encode(name: str, t: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
+    """A tensor -> (tensors to store, layout info); the layout is the one with fewest bytes."""
+    t = t.detach().cpu().contiguous()
+    flat = t.reshape(-1)
+    info = {"shape": list(t.shape)}  # dtype: the stored values' own
+    item = t.element_size()
+    nz = torch.nonzero(flat, as_tuple=True)[0].numpy()
+    n = flat.numel()
+    dense_cost = n * item
+    bitmask_cost = (n + 7) // 8 + len(nz) * item
+    gaps, which = _delta_gaps(nz) if n else (np.zeros(0, np.uint8), np.zeros(0, np.int64))
+    delta_cost = len(gaps) * (1 + item)
+    best = min(dense_cost, bitmask_cost, delta_cost)
+    if best == dense_cost or n == 0:
+        return {name: t}, {"layout": "dense"}  # shape and dtype: the safetensors header's
+    values = flat[torch.from_numpy(nz)]
+    if best == bitmask_cost:
+        mask = np.packbits((flat != 0).numpy().astype(np.uint8))
+        return ({f"{name}::mask": torch.from_numpy(mask), f"{name}::values": values.clone()},
+                {**info, "layout": "bitmask"})
+    vals = torch.zeros(len(gaps), dtype=t.dtype)
+    keep = torch.from_numpy(which >= 0)
+    vals[keep] = values
+    return ({f"{name}::gaps": torch.from_numpy(gaps), f"{name}::values": vals},
+            {**info, "layout": "delta"})
+
+
+def decode(name: str, info: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    layout = info["layout"]
+    if layout == "dense":
+        return tensors[name]
+    values = tensors[f"{name}::values"]
+    n = int(np.prod(info["shape"])) if info["shape"] else 1
+    out = torch.zeros(n, dtype=values.dtype)
+    if layout == "bitmask":
+        bits = np.unpackbits(tensors[f"{name}::mask"].numpy(), count=n).astype(bool)
+        out[torch.from_numpy(bits)] = values
+    elif layout == "delta":
+        pos = np.cumsum(tensors[f"{name}::gaps"].numpy().astype(np.int64)) - 1
+        out[torch.from_numpy(pos)] = values  # fillers write zeros
+    else:
+        raise ValueError(f"unknown layout {layout!r} for {name}")
+    return out.reshape(info["shape"])
+
+
+# ------------------------------------------------------------------ a whole model
+def _is_int8(t) -> bool:
+    return hasattr(t, "qdata") and hasattr(t, "scale")
+
+
+def pack(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """State dict -> stored tensors + per-entry layout. Masks from pruning must be removed first."""
+    tensors: dict[str, torch.Tensor] = {}
+    entries: dict[str, dict] = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("_mask") or key.endswith("_orig"):
+            raise ValueError(f"{key}: make pruning permanent (prune.remove) before packing")
+        if _is_int8(value):
+            parts = {"qdata": value.qdata, "scale": value.scale}
+            if getattr(value, "act_quant_scale", None) is not None:
+                parts["act_scale"] = value.act_quant_scale
+            zp = getattr(value, "zero_point", None)
+            if zp is not None and bool((zp != 0).any()):  # symmetric: all zero, rebuilt on load
+                parts["zero_point"] = zp
+            entry = {"kind": "int8", "parts": {}}
+            for part, t in parts.items():
+                stored, info = encode(f"{key}.{part}", t) if part == "qdata" else \
+                    ({f"{key}.{part}": t.detach().cpu().contiguous()}, {"layout": "dense"})
+                tensors.update(stored)
+                entry["parts"][part] = info
+            entries[key] = entry
+        else:
+            stored, info = encode(key, value)
+            tensors.update(stored)
+            if info["layout"] != "dense":  # a plain dense tensor needs no entry
+                entries[key] = {"kind": "plain", **info}
+    return tensors, entries
+
+
+def to_bytes(tensors: dict, entries: dict) -> bytes:
+    header = json.dumps({"format": FORMAT, "entries": entries}, separators=(",", ":"))
+    return save_bytes(tensors, metadata={"dlopt": header})
+
+
+def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict], dict]:
+    """File -> (float state dict with int8 weights dequantized, int8 parts by key, entries)."""
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()["dlopt"])
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} file")
+    state: dict[str, torch.Tensor] = {}
+    int8: dict[str, dict[str, torch.Tensor]] = {}
+    covered = set(header["entries"])
+    covered |= {f"{k}.{p}" for k, e in header["entries"].items() for p in e.get("parts", ())}
+    for key, t in stored.items():
+        if "::" not in key and key not in covered:
+            state[key] = t  # plain dense
+    for key, entry in header["entries"].items():
+        if entry["kind"] == "plain":
+            state[key] = decode(key, entry, stored)
+            continue
+        parts = {p: decode(f"{key}.{p}", info, stored) for p, info in entry["parts"].items()}
+        int8[key] = parts
+        scale = parts["scale"].float()
+        zp = parts.get("zero_point")
+        q = parts["qdata"].float() - (zp.float() if zp is not None else 0.0)
+        state[key] = q * scale.reshape(scale.shape + (1,) * (q.dim() - scale.dim()))
+    return state, int8, header["entries"]
+
+
+class CompactArtifact:
+    """What a compression stage hands the loop at fit_end: `.save()` writes the artifact."""
+
+    def __init__(self, model: torch.nn.Module, quantization: Optional[dict] = None,
+                 extra_meta: Optional[dict] = None):
+        self.tensors, self.entries = pack(model)
+        self.quantization = quantization
+        self.extra_meta = extra_meta or {}
+
+    def nbytes(self) -> int:
+        """Exactly the size of the weights file `.save()` writes."""
+        return len(to_bytes(self.tensors, self.entries))
+
+    def save(self, directory: Path, spec_json: dict, meta: dict) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / WEIGHTS).write_bytes(to_bytes(self.tensors, self.entries))
+        (directory / "spec.json").write_text(json.dumps(spec_json, indent=1))
+        full = {**meta, **self.extra_meta, "format": FORMAT, "quantization": self.quantization}
+        (directory / "meta.json").write_text(json.dumps(full, indent=1))
+        return directory / WEIGHTS

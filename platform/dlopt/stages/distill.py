@@ -1,0 +1,72 @@
+"""Knowledge distillation (Hinton et al. 2015) from a registered teacher.
+
+loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)
+
+The T^2 factor keeps the soft-target gradients on the scale of the hard-target ones
+when T changes. The teacher comes from `dlopt.teachers` (resolved and pinned to one
+registry version by the driver before the sweep) and runs in eval mode, without
+gradients, on every worker.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dlopt.stages import Stage, State
+
+
+def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+              ) -> torch.Tensor:
+    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits.float() / t, dim=-1),
+                    F.log_softmax(teacher_logits.float() / t, dim=-1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+            temperature: float, alpha: float) -> torch.Tensor:
+    hard = F.cross_entropy(student_logits.float(), targets)
+    return alpha * soft_loss(student_logits, teacher_logits, temperature) + (1 - alpha) * hard
+
+
+class Distill(Stage):
+    name = "distill"
+
+    def __init__(self, spec, experiment):
+        self.spec = spec
+        self.label_smoothing = experiment.regularization.label_smoothing
+        self.teacher = None
+        self.teacher_version = None
+
+    def setup(self, state: State) -> None:
+        from dlopt import teachers
+
+        self.teacher, info = teachers.load(self.spec.teacher, state.device)
+        self.teacher_version = info.get("version")
+
+    def loss(self, state: State) -> None:
+        """Swap the loop's hard loss term for the KD mix; other terms (penalties) stay."""
+        x, y = state.batch
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        hard = F.cross_entropy(state.outputs.float(), y, label_smoothing=self.label_smoothing)
+        a = self.spec.alpha
+        soft = soft_loss(state.outputs, teacher_logits, self.spec.temperature)
+        state.loss = state.loss + a * (soft - hard)
+
+    @torch.no_grad()
+    def agreement(self, model: torch.nn.Module, split) -> float:
+        was = model.training
+        model.eval()
+        same = (model(split.x).argmax(1) == self.teacher(split.x).argmax(1)).float().mean().item()
+        model.train(was)
+        return same
+
+    def fit_end(self, state: State) -> None:
+        val = state.datasets.val
+        state.report["distill_teacher_agreement"] = self.agreement(
+            state.model, type(val)(val.x.to(state.device), val.y))
+        if self.teacher_version is not None:
+            state.report["distill_teacher_version"] = int(self.teacher_version)
+        self.teacher = None  # free it before compression and saving

@@ -1,0 +1,196 @@
+"""Int8 quantization of Linear layers with torchao (`quantize_`), not the deprecated torch.ao.
+
+Methods:
+- "dynamic": post-training; int8 per-row weights, activations quantized per token at run
+  time (`Int8DynamicActivationInt8WeightConfig`);
+- "static": post-training; activation scales fixed from `calibration_batches` training
+  batches observed with torchao's min/max observer (`Int8StaticActivationInt8WeightConfig`,
+  per-tensor activation scale per layer);
+- "qat": quantization-aware training. torchao's `QATConfig` swaps Linear for
+  `FakeQuantizedLinear` at setup (before DDP wraps the model) with fake quantization off;
+  it is switched on for the last `qat_epochs`; at the end the fake-quant modules convert
+  back and the dynamic int8 config is applied. torchao's per-token fake quantizer is
+  asymmetric only, so the converted model uses asymmetric per-token activations too and
+  inference matches what training saw.
+
+All of these run on CPU (torchao 0.18 `Int8Tensor`), so no method needs a GPU. A pruned
+weight stays zero: symmetric weight quantization maps 0 to 0.
+
+`apply(model, quantization, act_scales)` is also how a saved artifact is rebuilt, so the
+trained and the loaded model go through the same code.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from dlopt.stages import Stage, State
+
+
+def _ao():
+    import torchao.quantization as q
+
+    return q
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def dynamic_config(asymmetric: bool = False):
+    q = _ao()
+    mapping = q.MappingType.ASYMMETRIC if asymmetric else q.MappingType.SYMMETRIC
+    return q.Int8DynamicActivationInt8WeightConfig(act_mapping_type=mapping,
+                                                   set_inductor_config=False)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-Linear symmetric per-tensor activation scale from observed inputs."""
+    q = _ao()
+    observers, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            obs = q.AffineQuantizedMinMaxObserver(
+                q.MappingType.SYMMETRIC, torch.int8, granularity=q.PerTensor(),
+                eps=torch.finfo(torch.float32).eps, scale_dtype=torch.float32,
+                zero_point_dtype=torch.int32)
+            observers[name] = obs
+            hooks.append(m.register_forward_pre_hook(lambda mod, inp, o=obs: [o(inp[0]), None][1]))
+    was_training = model.training
+    model.eval()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {name: obs.calculate_qparams()[0].reshape(1, 1).float() for name, obs in observers.items()}
+
+
+def apply(model: nn.Module, quantization: dict,
+          act_scales: Optional[dict[str, torch.Tensor]] = None) -> nn.Module:
+    """Quantize every Linear in place as `quantization` ({"method": ...}) says."""
+    q = _ao()
+    is_linear = lambda m, fqn: isinstance(m, nn.Linear)  # noqa: E731
+    if quantization["method"] == "dynamic":
+        q.quantize_(model, dynamic_config(quantization.get("act_mapping") == "asymmetric"),
+                    filter_fn=is_linear)
+    elif quantization["method"] == "static":
+        for name in linear_names(model):
+            cfg = q.Int8StaticActivationInt8WeightConfig(
+                act_quant_scale=act_scales[name], granularity=[q.PerTensor(), q.PerRow()],
+                set_inductor_config=False)
+            q.quantize_(model, cfg, filter_fn=lambda m, fqn, n=name: fqn == n)
+    else:
+        raise ValueError(f"unknown quantization method {quantization['method']!r}")
+    return model
+
+
+# ------------------------------------------------------------------ QAT
+def qat_prepare(model: nn.Module) -> None:
+    """Swap Linear -> FakeQuantizedLinear (same Parameter objects), fake quant off.
+
+    A module already under torch's pruning reparametrization has no `weight` Parameter
+    for torchao to reuse, so its mask is lifted for the swap and put back on the new module
+    (`prune.custom_from_mask`): the Parameter object, hence the optimizer state, is kept."""
+    from torch.nn.utils import prune
+
+    q = _ao()
+    from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
+
+    masks = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and hasattr(m, "weight_mask"):
+            masks[name] = m.weight_mask.detach().clone()
+            prune.remove(m, "weight")
+    q.quantize_(model, QATConfig(
+        activation_config=IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False),
+        weight_config=IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=True),
+        step="prepare"))
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        prune.custom_from_mask(modules[name], "weight", mask)
+    set_fake_quant(model, False)
+
+
+def set_fake_quant(model: nn.Module, enabled: bool) -> None:
+    from torchao.quantization.qat.linear import enable_linear_fake_quant
+
+    model.apply(lambda m: enable_linear_fake_quant(m, enabled))
+
+
+def qat_convert(model: nn.Module) -> None:
+    from torchao.quantization.qat import QATConfig
+
+    _ao().quantize_(model, QATConfig(step="convert"))
+
+
+def is_int8(model: nn.Module) -> bool:
+    return any(hasattr(getattr(m, "weight", None), "qdata") for m in model.modules())
+
+
+# ------------------------------------------------------------------ the stage
+class Quantize(Stage):
+    name = "quantize"
+
+    def __init__(self, spec, experiment):
+        self.spec = spec
+        self.epochs = experiment.epochs
+        self.fake_quant = False
+        self.quantization: Optional[dict] = None
+        self._model: Optional[nn.Module] = None
+
+    def _qat_on_at(self) -> int:
+        """0-based epoch from which fake quantization is on."""
+        return max(self.epochs - self.spec.qat_epochs, 0)
+
+    def setup(self, state: State) -> None:
+        self._model = state.model
+        if self.spec.method == "qat":
+            qat_prepare(state.model)
+            self._set(state, self._qat_on_at() == 0)
+
+    def _set(self, state: State, on: bool) -> None:
+        set_fake_quant(state.model, on)
+        self.fake_quant = on
+
+    def epoch_end(self, state: State) -> None:
+        if self.spec.method == "qat" and not self.fake_quant and state.epoch + 1 >= self._qat_on_at():
+            self._set(state, True)
+
+    def fit_end(self, state: State) -> None:
+        from dlopt.stages.prune import make_permanent
+
+        model = state.model
+        make_permanent(model)
+        method = self.spec.method
+        if method == "qat":
+            qat_convert(model)
+            quantization = {"method": "dynamic", "act_mapping": "asymmetric", "trained": "qat"}
+            apply(model, quantization)
+        elif method == "static":
+            x = state.datasets.train.x
+            bs = state.spec.data.batch_size
+            g = torch.Generator().manual_seed(state.spec.seed)
+            order = torch.randperm(len(x), generator=g)
+            batches = [x[order[i * bs:(i + 1) * bs]].to(state.device)
+                       for i in range(min(self.spec.calibration_batches, -(-len(x) // bs)))]
+            quantization = {"method": "static", "calibration_batches": len(batches)}
+            apply(model, quantization, calibrate(model, batches))
+        else:
+            quantization = {"method": "dynamic", "act_mapping": "symmetric"}
+            apply(model, quantization)
+        self.quantization = quantization
+
+    def state_dict(self) -> dict:
+        return {"fake_quant": self.fake_quant}
+
+    def load_state_dict(self, data: dict) -> None:
+        # The loop restores stage state after setup built the fake-quant modules.
+        if self.spec.method == "qat" and self._model is not None:
+            set_fake_quant(self._model, bool(data.get("fake_quant", False)))
+        self.fake_quant = bool(data.get("fake_quant", False))
