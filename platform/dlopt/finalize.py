@@ -38,8 +38,11 @@ def collect(grid, tracker) -> list[TrialSummary]:
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         history = result.metrics_dataframe
-        diverged = bool(history is not None and "diverged" in history
-                        and (history["diverged"].fillna(0) > 0).any())
+        # a diverged trial's last report carries `diverged` (the loop stops right after it);
+        # the history may be missing for a trial restored by --resume
+        diverged = bool((result.metrics or {}).get("diverged")) or bool(
+            history is not None and "diverged" in history
+            and (history["diverged"].fillna(0) > 0).any())
         ok = result.error is None and not diverged
         trials.append(TrialSummary(
             trial_id=trial_id, run_id=tracker.children.get(trial_id), config=result.config or {},
