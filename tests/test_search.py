@@ -257,14 +257,25 @@ def test_pbt_explore_stays_inside_the_domain():
 def test_multi_objective_uses_optuna_with_metric_and_mode_lists():
     from ray.tune.search.optuna import OptunaSearch
 
-    from dlopt.search import search_algorithm
+    from dlopt.search import search_algorithm, tune_config_metric
 
     spec = make(optimizer=Optimizer(lr=tune.loguniform(1e-3, 1e-1)),
                 search=Search(algorithm="bayesian", seed=0,
                               objectives={"compressed_val_accuracy": "max", "model_bytes": "min"}))
-    alg = search_algorithm(make_plan(spec), spec)
-    assert isinstance(alg, OptunaSearch)
-    assert alg.metric == ["compressed_val_accuracy", "model_bytes"] and alg.mode == ["max", "min"]
+    plan = make_plan(spec)
+    alg = search_algorithm(plan, spec)
+    # Tune's per-result metric check does not see the objectives (they come in the final
+    # report); the Optuna searcher inside has them, and TuneConfig gets no metric.
+    assert alg.metric is None and tune_config_metric(plan) == (None, None)
+    inner = alg.searcher
+    inner = getattr(inner, "searcher", inner)  # inside a ConcurrencyLimiter when one is set
+    assert isinstance(inner, OptunaSearch)
+    assert inner.metric == ["compressed_val_accuracy", "model_bytes"] and inner.mode == ["max", "min"]
+    # a single metric reported every epoch goes to TuneConfig as usual
+    spec = make(optimizer=Optimizer(lr=tune.loguniform(1e-3, 1e-1)), search=Search(algorithm="bayesian"))
+    plan = make_plan(spec)
+    assert tune_config_metric(plan) == ("val_accuracy", "max")
+    assert isinstance(search_algorithm(plan, spec), OptunaSearch)
 
 
 def test_plan_describes_scheduler_domains_and_concurrency():

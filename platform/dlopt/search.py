@@ -4,10 +4,10 @@ Plain plan data comes in; Ray objects go out. Nothing here starts Ray.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from dlopt.plan import Plan
-from dlopt.spec import Experiment, _points
+from dlopt.spec import FINAL_METRICS, Experiment, _points
 
 # ------------------------------------------------------------------ plan -> Ray objects
 def is_scalar(value: Any) -> bool:
@@ -44,29 +44,76 @@ def to_ray_space(plan: Plan) -> tuple[dict, dict[str, list]]:
     return space, tables
 
 
+def reported_at_end(plan: Plan) -> bool:
+    """Whether the searched metric(s) include one a trial reports only in its final report."""
+    names = list(plan.objectives) if plan.objectives else [plan.metric]
+    return any(n in FINAL_METRICS for n in names)
+
+
+def tune_config_metric(plan: Plan) -> tuple[Optional[str], Optional[str]]:
+    """metric/mode for `tune.TuneConfig`: None where the searcher carries its own metric(s)
+    (multi-objective, or a metric only the final report has; see `_EndOfTrialMetrics`)."""
+    if plan.objectives or reported_at_end(plan):
+        return None, None
+    return plan.metric, plan.mode
+
+
 def search_algorithm(plan: Plan, spec: Experiment):
     seed = spec.search.seed
     if plan.algorithm in ("grid", "random"):
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         return BasicVariantGenerator(random_state=seed)
+    # A model-based searcher gets its metric(s) here when Tune is not told them (see above).
+    if plan.objectives:
+        metric, mode = list(plan.objectives), list(plan.objectives.values())
+    else:
+        metric, mode = (plan.metric, plan.mode) if reported_at_end(plan) else (None, None)
     if plan.algorithm in ("bayesian", "bayesian_gp"):
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        if plan.objectives:
-            sampler = optuna.samplers.NSGAIISampler(seed=seed) if plan.algorithm == "bayesian" \
-                else optuna.samplers.GPSampler(seed=seed)
-            return OptunaSearch(metric=list(plan.objectives), mode=list(plan.objectives.values()),
-                                sampler=sampler)
-        sampler = optuna.samplers.TPESampler(seed=seed) if plan.algorithm == "bayesian" \
-            else optuna.samplers.GPSampler(seed=seed)
-        return OptunaSearch(sampler=sampler)
-    if plan.algorithm == "hyperopt":
+        if plan.algorithm == "bayesian_gp":
+            sampler = optuna.samplers.GPSampler(seed=seed)
+        elif plan.objectives:  # Optuna's multi-objective evolutionary sampler
+            sampler = optuna.samplers.NSGAIISampler(seed=seed)
+        else:
+            sampler = optuna.samplers.TPESampler(seed=seed)
+        searcher = OptunaSearch(metric=metric, mode=mode, sampler=sampler)
+    elif plan.algorithm == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
 
-        return HyperOptSearch(random_state_seed=seed)
-    raise ValueError(plan.algorithm)
+        searcher = HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed)
+    else:
+        raise ValueError(plan.algorithm)
+    if metric is None:
+        return searcher
+    from ray.tune.search import ConcurrencyLimiter
+
+    if plan.max_concurrent_trials:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent_trials)
+    return _EndOfTrialMetrics(searcher)
+
+
+def _end_of_trial_metrics_cls():
+    from ray.tune.search import SearchGenerator
+
+    class EndOfTrialMetrics(SearchGenerator):
+        """The searcher learns from each trial's last result (Optuna's multi-objective `tell`
+        happens at completion), but Tune's strict check wants every per-epoch result to carry
+        the search metric; `model_bytes` or `compressed_val_accuracy` exist only in the final
+        report. Hiding the metric from that check (and only from it) keeps the check on for
+        everything else, unlike TUNE_DISABLE_STRICT_METRIC_CHECKING."""
+
+        @property
+        def metric(self):
+            return None
+
+    return EndOfTrialMetrics
+
+
+def _EndOfTrialMetrics(searcher):
+    return _end_of_trial_metrics_cls()(searcher)
 
 
 def trial_scheduler(plan: Plan, spec: Experiment):
@@ -88,9 +135,9 @@ def trial_scheduler(plan: Plan, spec: Experiment):
         mutations, bounds = pbt_mutations(plan.spec_json["search"].get("pbt_mutations") or {})
         # Synchronous PBT: every trial pauses at the same epoch, so the checkpoint a trial
         # clones ends at the epoch it left off and its per-epoch history has no gap or repeat.
-        return schedulers.PopulationBasedTraining(
-            time_attr="epoch", perturbation_interval=s.perturbation_interval,
-            hyperparam_mutations=mutations, custom_explore_fn=clip_to(bounds), synch=True)
+        return _make_pbt(max_t, time_attr="epoch", perturbation_interval=s.perturbation_interval,
+                         hyperparam_mutations=mutations, custom_explore_fn=clip_to(bounds),
+                         synch=True)
     raise ValueError(plan.scheduler)
 
 
@@ -124,3 +171,22 @@ def clip_to(bounds: dict[str, tuple[float, float]]):
         return config
 
     return explore
+
+
+def _make_pbt(max_t: int, **kwargs):
+    """PBT that leaves a trial's last epoch alone.
+
+    A trial whose last epoch falls on a perturbation step would otherwise be paused,
+    cloned and restarted only to run zero epochs; the final (compression) report repeats
+    the last epoch too. Results at or past the trial's own `epochs` just continue.
+    """
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    class DloptPBT(PopulationBasedTraining):
+        def on_trial_result(self, tune_controller, trial, result):
+            last = trial.config.get("epochs", max_t)
+            if result.get("final") or result.get("epoch", 0) >= last:
+                return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
+
+    return DloptPBT(**kwargs)
