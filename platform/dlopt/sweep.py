@@ -17,7 +17,7 @@ from typing import Optional
 
 from dlopt.plan import Plan, make_plan
 from dlopt.finalize import TrialSummary, finalize
-from dlopt.search import search_algorithm, to_ray_space, trial_scheduler
+from dlopt.search import search_algorithm, to_ray_space, trial_scheduler, tune_config_metric
 from dlopt.spec import Experiment
 from dlopt.trial import TRIAL_DRIVER_CPU
 
@@ -170,8 +170,8 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
             trainable,
             param_space=space,
             tune_config=tune.TuneConfig(
-                metric=None if plan.objectives else metric,
-                mode=None if plan.objectives else mode,
+                # None when the searcher holds the metric(s) itself (dlopt.search)
+                metric=tune_config_metric(plan)[0], mode=tune_config_metric(plan)[1],
                 search_alg=searcher, scheduler=trial_scheduler(plan, spec),
                 num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent_trials),
             run_config=run_config,
