@@ -24,7 +24,7 @@ experiment = Experiment(
     model=Model(arch="linear"),
     optimizer=Optimizer(name="sgd", lr=0.1, momentum=0.8),
     schedule=Schedule(name="cosine"),
-    search=Search(algorithm="grid", metric="val_loss", mode="min", max_concurrent_trials=2),
+    search=Search(algorithm="grid", metric="val_loss", mode="min", max_concurrent_trials=3),
     resources=Resources(num_workers=1),
     tracking=Tracking(experiment="linear-regression-gd"),
 )

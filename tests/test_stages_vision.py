@@ -103,3 +103,13 @@ def test_lenet5_trains_on_local_mnist_copy(tmp_path):
     reports = []
     fit(spec, lambda m, w=None: reports.append(m))
     assert reports[-1]["final"] == 1 and 0 <= reports[-1]["val_accuracy"] <= 1
+
+
+def test_spec_requires_a_root_and_refuses_download():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="data.root: dataset 'cifar10' is read from a local copy"):
+        Experiment(name="v", data=Data(dataset="cifar10"))
+    with pytest.raises(ValidationError, match="data.download: dlopt cannot download"):
+        Experiment(name="v", data=Data(dataset="mnist", root="/data", download=True))
+    assert Experiment(name="v", data=Data(dataset="mnist", root="/data")).data.root == "/data"

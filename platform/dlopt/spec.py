@@ -31,6 +31,7 @@ from dlopt import tune as _tune
 
 # ---------------------------------------------------------------- catalog names
 DATASETS = ("digits", "synthetic", "linear_1d", "mnist", "fashion_mnist", "cifar10")
+LOCAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")  # read from Data.root (dlopt.vision_data)
 ARCHS = ("mlp", "linear", "lenet5", "cnn", "resnet")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu", "elu", "silu")
 INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
@@ -433,6 +434,14 @@ class Experiment(_Base):
             problems.append(f"search.grace_period: {self.search.grace_period} must be below "
                             f"epochs ({min_epochs}) or no trial can be stopped early")
         problems += _metric_task_problems(self)
+        local = [d for d in _points(self.data.dataset) if d in LOCAL_DATASETS]
+        if local and self.data.root is None:
+            problems.append(f"data.root: dataset {local[0]!r} is read from a local copy; set "
+                            "data.root to the folder holding its raw files")
+        if self.data.download:
+            problems.append("data.download: dlopt cannot download datasets (that needs torchvision, "
+                            "which does not work with the pinned torch); copy the raw files under "
+                            "data.root and leave download=False")
         for options in _compression_options(self.compression):
             problems += _check_stage_order(options, max_epochs)
         has_grid = any(d["domain"] == "grid" for d in domains(self).values())
