@@ -121,3 +121,23 @@ def test_cli_validate_unknown_optimizer_exit_2_names_field_and_choices(tmp_path)
 def test_16_mixed_without_gpu_is_a_validation_error():
     with pytest.raises(ValidationError, match="16-mixed"):
         Experiment(name="p", precision="16-mixed")
+
+
+def xor_dataset(spec, seed):
+    """A custom dataset by import path: (x, y, task) as the built-in ones return."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (400, 2)).astype(np.float32)
+    return x, ((x[:, 0] * x[:, 1]) > 0).astype(np.int64), "classification"
+
+
+def test_custom_dataset_by_import_path_trains():
+    from dlopt.train.loop import fit
+
+    spec = Experiment(name="x", epochs=15, data=Data(dataset=f"{__name__}:xor_dataset", batch_size=32),
+                      model=Model(hidden=[32, 32]), optimizer=Optimizer(name="adam", lr=1e-2))
+    reports = []
+    state = fit(spec, lambda m, w=None: reports.append(m))
+    assert state.datasets.input_shape == (2,) and state.datasets.num_classes == 2
+    assert reports[-1]["val_accuracy"] > 0.9

@@ -120,3 +120,26 @@ def test_catalog_orders_regularization_stages():
     spec = Experiment(name="c", regularization=Regularization(
         l1=0.1, grad_clip_value=1.0, early_stopping_patience=2))
     assert [s.name for s in catalog.build(spec)] == ["penalty", "grad_clip", "early_stopping"]
+
+
+def test_label_smoothing_loss_equals_formula():
+    from dlopt.train.loop import loss_function
+
+    torch.manual_seed(0)
+    logits, y, eps = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1]), 0.1
+    logp = logits.log_softmax(1)
+    # (1 - eps) * NLL of the true class + eps * mean over classes of -log p
+    expected = ((1 - eps) * -logp[torch.arange(6), y] + eps * -logp.mean(1)).mean()
+    assert loss_function("classification", eps)(logits, y).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_dropout_in_the_mlp_is_active_in_training_only():
+    from dlopt import models
+
+    m = models.build(Model(hidden=[256], dropout=0.5), (64,), 10)
+    assert [mod.p for mod in m.modules() if isinstance(mod, nn.Dropout)] == [0.5]
+    x = torch.randn(4, 64)
+    m.train()
+    assert not torch.equal(m(x), m(x))
+    m.eval()
+    assert torch.equal(m(x), m(x))

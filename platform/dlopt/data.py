@@ -130,14 +130,20 @@ def split_indices(y: np.ndarray, val_fraction: float, test_fraction: float, seed
 
 def load(spec: Data, seed: int, with_test: bool = False) -> Datasets:
     """Train and validation splits; the test split too only `with_test` (see module doc)."""
-    if spec.dataset not in DATASETS:
+    builder = DATASETS.get(spec.dataset)
+    if builder is None and ":" in spec.dataset:
+        from dlopt.models import import_path
+
+        # custom "pkg.module:fn": fn(spec.Data, seed) -> (x, y, "classification"|"regression")
+        builder = import_path(spec.dataset)
+    if builder is None:
         from dlopt import vision_data
 
         datasets = vision_data.load(spec, seed)  # its test split is the official one
         if not with_test:
             datasets.test = WITHHELD
         return datasets
-    x, y, task = DATASETS[spec.dataset](spec, seed)
+    x, y, task = builder(spec, seed)
     classification = task == "classification"
     train, val, test = split_indices(y, spec.val_fraction, spec.test_fraction, seed, classification)
     if classification:
