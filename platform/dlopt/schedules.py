@@ -2,6 +2,12 @@
 
 `total` counts scheduler steps after warmup (epochs, or batches when interval="step").
 torch has no inverse-time decay, so that one is a LambdaLR over its closed form.
+Spec fields per schedule: step (step_size, gamma), multistep (milestones, gamma),
+exponential (gamma), inverse_time (decay_steps = T, default the run; power = beta),
+linear and cosine (decay_steps, default the run; min_lr), cosine_restarts (step_size = the
+first period T_0, restart_mult = T_mult, min_lr), one_cycle (the run; its rise phase is the
+warmup, 30% of the run without one). warmup_epochs ramps linearly from lr/(W+1) up to lr.
+Tests: tests/test_stages_schedules.py checks each against its closed form.
 """
 from __future__ import annotations
 
