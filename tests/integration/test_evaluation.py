@@ -118,10 +118,12 @@ def test_dlopt_evaluate_reproduces_the_tags_exactly(digits):
     assert "confusion matrix" in stdout
 
 
-def test_dlopt_evaluate_refuses_unknown_model(digits):
-    _, _, work, uri = digits
-    out = run_cli("evaluate", "models:/no-such-model@champion", "--tracking-uri", uri, cwd=work)
-    assert out.returncode != 0 and "no-such-model" in out.stderr
+def test_dlopt_evaluate_refuses_unknown_model(digits, capsys):
+    from dlopt.cli import main
+
+    _, _, _, uri = digits
+    assert main(["evaluate", "models:/no-such-model@champion", "--tracking-uri", uri]) == 1
+    assert "no-such-model" in capsys.readouterr().err
 
 
 def test_linear_regression_test_metrics_equal_sklearn(linear):
