@@ -1,4 +1,4 @@
-"""`dlopt` console script: validate, plan, run, submit, schema, ui.
+"""`dlopt` console script: validate, plan, run, submit, evaluate, schema, ui.
 
 Validation errors print one line per problem naming the field path and exit 2,
 before Ray or MLflow are imported.
