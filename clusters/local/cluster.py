@@ -114,22 +114,24 @@ def up(state_dir: Path, workers: int, head_cpus: int, worker_cpus: int, mlflow: 
     state_dir.mkdir(parents=True, exist_ok=True)
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
-    # Ray's unix sockets live under the temp dir and must stay short (108-byte limit).
-    temp_dir = tempfile.mkdtemp(prefix="dlray-", dir="/tmp")
+    # One temp dir per node: on one host, nodes sharing a session dir would share the
+    # runtime_env working_dir copies, and a worker node's agent would delete the package
+    # the head's job driver still runs in. Ray's unix sockets live under it: keep it short.
+    temp_dirs = [tempfile.mkdtemp(prefix="dlray-", dir="/tmp") for _ in range(1 + workers)]
     token_path = state_dir / "auth_token"
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
     gcs_port, dash_port = free_port(), free_port()
-    state = {"host": HOST, "temp_dir": temp_dir, "token_path": str(token_path),
+    state = {"host": HOST, "temp_dirs": temp_dirs, "token_path": str(token_path),
              "gcs_address": f"{HOST}:{gcs_port}", "dashboard": f"http://{HOST}:{dash_port}",
              "pids": {}, "state_dir": str(state_dir)}
     write_state(state_dir, state)
     env = ray_env(state)
     ray = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
-           "--node-ip-address", HOST, "--temp-dir", temp_dir, "--disable-usage-stats"]
+           "--node-ip-address", HOST, "--disable-usage-stats"]
     try:
         state["pids"]["head"] = spawn(
-            ray + ["--head", "--port", str(gcs_port), "--num-cpus", str(head_cpus), "--num-gpus", "0",
+            ray + ["--temp-dir", temp_dirs[0], "--head", "--port", str(gcs_port), "--num-cpus", str(head_cpus), "--num-gpus", "0",
                    "--include-dashboard", "true", "--dashboard-host", HOST,
                    "--dashboard-port", str(dash_port), "--ray-client-server-port", str(free_port()),
                    *node_ports()], logs / "head.log", env)
@@ -139,7 +141,8 @@ def up(state_dir: Path, workers: int, head_cpus: int, worker_cpus: int, mlflow: 
                  [state["pids"]["head"]])
         for i in range(workers):
             state["pids"][f"worker{i}"] = spawn(
-                ray + ["--address", state["gcs_address"], "--num-cpus", str(worker_cpus),
+                ray + ["--temp-dir", temp_dirs[1 + i], "--address", state["gcs_address"],
+                       "--num-cpus", str(worker_cpus),
                        "--num-gpus", "0", *node_ports()], logs / f"worker{i}.log", env)
             write_state(state_dir, state)
         wait_for(f"{workers} worker node(s)", lambda: alive_nodes(state, token) >= 1 + workers,
@@ -177,17 +180,16 @@ def write_state(state_dir: Path, state: dict) -> None:
     (state_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
 
 
-def down(state_dir: Path, grace_s: float = 15.0) -> None:
-    """End the sessions `up` started (workers first, head last), nothing else."""
+def down(state_dir: Path, grace_s: float = 10.0) -> None:
+    """End the sessions `up` started, nothing else: SIGTERM to every process in them, then
+    SIGKILL to what is left after `grace_s`."""
     path = state_dir / STATE_FILE
     if not path.exists():
         return
     state = json.loads(path.read_text())
-    order = [k for k in state["pids"] if k.startswith("worker")] + \
-            [k for k in ("mlflow", "head") if k in state["pids"]]
-    for name in order:
-        stop_group(state["pids"][name], grace_s)
-    shutil.rmtree(state.get("temp_dir", ""), ignore_errors=True)
+    stop_sessions(list(state["pids"].values()), grace_s)
+    for temp_dir in state.get("temp_dirs", []):
+        shutil.rmtree(temp_dir, ignore_errors=True)
     state["pids"] = {}
     write_state(state_dir, state)
 
@@ -209,17 +211,19 @@ def session_members(sid: int) -> list[int]:
     return pids
 
 
-def stop_group(sid: int, grace_s: float) -> None:
+def stop_sessions(sids: list[int], grace_s: float) -> None:
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        for pid in session_members(sid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        for sid in sids:
+            for pid in session_members(sid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            pid_alive(sid)  # reap our own child (when `up` itself is stopping)
-            if not session_members(sid):
+            for sid in sids:
+                pid_alive(sid)  # reap our own children (when `up` itself is stopping)
+            if not any(session_members(sid) for sid in sids):
                 return
             time.sleep(0.2)
 

@@ -126,6 +126,9 @@ def submit(spec, spec_path: str, *, address: str, sets: list[str], tracking_uri:
         print(f"\nstopped following; job {job_id} keeps running "
               f"(ray job stop --address {address} {job_id})", file=sys.stderr)
         return 130
+    except Exception as err:  # head went away mid-job: the log stream or status call fails
+        print(f"lost job {job_id}: {err}", file=sys.stderr)
+        return 1
     print(f"job {job_id} {status}")
     return 0 if status == "SUCCEEDED" else 1
 

@@ -374,6 +374,10 @@ class Tracker:
                 path = result["checkpoint_path"]
                 self._write(f"set_tag {trial_id}", lambda: self.client.set_tag(
                     self._run_id(trial_id), "dlopt.model_checkpoint", path))
+            if result.get("worker_nodes"):  # Ray node id of each DDP rank (train/worker.py)
+                nodes = result["worker_nodes"]
+                self._write(f"set_tag {trial_id}", lambda: self.client.set_tag(
+                    self._run_id(trial_id), "dlopt.worker_nodes", nodes))
             batch = [Metric(k, v, now, epoch) for k, v in metrics.items()
                      if k not in PER_EPOCH_METRICS and math.isfinite(v)]
             self._write(f"log_batch {trial_id} final", lambda: self.client.log_batch(

@@ -69,5 +69,29 @@ def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str,
             ),
         )
         trainer.fit()
+        wait_until_tune_took_last_report()
 
     return dlopt_trial
+
+
+def wait_until_tune_took_last_report(poll_s: float = 0.05, settle_s: float = 1.0) -> None:
+    """Work around a Ray 2.60 deadlock between TuneReportCallback and a returning trial.
+
+    The Train controller hands each report to the trial through a 1-slot actor queue that
+    the trial's main thread drains. If the trial function returns while the final report is
+    still in that queue, Tune's end-of-trial marker takes the 1-slot local result queue
+    first, and the main thread then blocks forever putting the final report into it (seen
+    under load: the job hung after the final report, stack in `_TrainSession.report`). So
+    the trial returns only after the main thread has taken the last report. Uses Ray's
+    private session attribute; without it (another Ray version) this does nothing.
+    """
+    import time
+
+    from ray.train._internal.session import get_session
+
+    queue = getattr(get_session(), "_inter_actor_queue", None)
+    if queue is None:
+        return
+    while not queue.empty():
+        time.sleep(poll_s)
+    time.sleep(settle_s)  # the taken item still has to reach the local queue

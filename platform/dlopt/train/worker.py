@@ -53,6 +53,19 @@ def reporter(send: Callable, checkpoint_cls) -> Callable:
     return report
 
 
+def placement_report(world: int) -> dict:
+    """Where the DDP ranks ran, for the final report: Ray node id of each rank, and how many
+    distinct nodes (shows `Resources.placement` "spread" at work). All ranks must call it."""
+    import ray
+
+    nodes = [ray.get_runtime_context().get_node_id()] * world
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_gather_object(nodes, nodes[0])
+    return {"worker_nodes": ",".join(nodes), "num_nodes": len(set(nodes))}
+
+
 def train_loop_per_worker(config: dict) -> None:
     """One Ray Train worker of a TorchTrainer (DDP rank `rank` of `world`)."""
     import ray.train
@@ -67,7 +80,9 @@ def train_loop_per_worker(config: dict) -> None:
     teachers.install(config.get("teachers") or {})
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    report = reporter(lambda m, c: ray.train.report(m, checkpoint=c), ray.train.Checkpoint)
+    placed = placement_report(world)
+    report = reporter(lambda m, c: ray.train.report({**m, **placed} if m.get("final") else m,
+                                                    checkpoint=c), ray.train.Checkpoint)
     device = "cuda" if spec.resources.use_gpu else "cpu"
     wrap = ray.train.torch.prepare_model if world > 1 else (lambda m: m)
     if device == "cuda":
