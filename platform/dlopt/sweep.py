@@ -173,7 +173,10 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
                 # None when the searcher holds the metric(s) itself (dlopt.search)
                 metric=tune_config_metric(plan)[0], mode=tune_config_metric(plan)[1],
                 search_alg=searcher, scheduler=trial_scheduler(plan, spec),
-                num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent_trials),
+                num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent_trials,
+                # a finished trial's process runs the next one: no new Python, torch, sklearn
+                # imports per trial (dlopt.train.loop.fit re-seeds and rebuilds everything)
+                reuse_actors=True),
             run_config=run_config,
         )
     status = "FAILED"
