@@ -78,14 +78,23 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
     import urllib.error
     import urllib.request
 
-    url = tracking_uri.rstrip("/") + "/health"
+    from urllib.parse import unquote, urlsplit
+
+    # urllib cannot take user:password@ in the host; send it as basic auth, as requests does
+    parts = urlsplit(tracking_uri)
+    request = urllib.request.Request(redact_uri(tracking_uri).rstrip("/") + "/health")
+    if parts.username is not None:
+        import base64
+
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (user's URI)
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310 (user's URI)
             if resp.status >= 500:
                 raise ConnectionError(f"HTTP {resp.status}")
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
         raise SystemExit(f"error: MLflow tracking server {redact_uri(tracking_uri)} is not "
-                         f"reachable ({err}); start it or pass --tracking-uri") from None
+                         f"reachable ({scrub(str(err))}); start it or pass --tracking-uri") from None
 
 
 # ------------------------------------------------------------------ secrets
@@ -447,7 +456,7 @@ class MlflowCallback(Callback):
         self.tracker = tracker
         self.base_json = base_json
         self.tables = tables
-        self.tags = tags
+        self.tags = {k: _scrub_value(v) for k, v in tags.items()}  # also pickled in tuner.pkl
         self.order: dict[str, int] = {}
         from dlopt.perturbations import PerturbationLog
 

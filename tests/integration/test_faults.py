@@ -91,7 +91,7 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+def wait_for(predicate, timeout: float, what: str, *procs: subprocess.Popen):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -100,9 +100,10 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
             value = None
         if value:
             return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}: "
-                                 f"{proc.stderr.read() if proc.stderr else ''}")
+        for proc in procs:
+            if proc.poll() is not None:
+                raise AssertionError(f"process ended (rc {proc.returncode}) before {what}: "
+                                     f"{proc.stderr.read()[-3000:] if proc.stderr else ''}")
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -301,7 +302,9 @@ def start_server(db: Path, artifacts: Path, port: int, log: Path) -> subprocess.
            "--workers", "1"]
     proc = subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT,
                             start_new_session=True,
-                            env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false"})
+                            env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false",
+                                 # no background job runner (7 extra processes on 2 cores)
+                                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     import urllib.request
 
     wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
@@ -338,7 +341,7 @@ def test_server_outage_two_concurrent_sweeps_and_no_secret_leaks(tmp_path):
                 ok += bool(runs and plain.get_metric_history(runs[0].info.run_id, "train_loss"))
             return ok == 2
 
-        wait_for(both_logging, 240, "both sweeps logging epochs")
+        wait_for(both_logging, 300, "both sweeps logging epochs", *sweeps)
         kill_group(server)  # the server goes away mid-sweep
         time.sleep(8)
         server = start_server(db, art, port, server_log)  # same port, same store
