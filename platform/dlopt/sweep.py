@@ -67,6 +67,18 @@ def local_cpus_needed(plan: Plan) -> int:
     return max(os.cpu_count() or 1, math.ceil(per_trial * plan.max_concurrent_trials))
 
 
+def keep_credentials_out_of_runtime_env(storage_path) -> None:
+    """Ray Tune copies AWS_* credentials into every trial's runtime_env, and Ray's
+    runtime_env_agent logs runtime envs in plain text (session logs). They are needed there
+    only for s3:// storage; otherwise trials inherit the environment like any process."""
+    if str(storage_path).startswith("s3://"):
+        return
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(
+        k for k in class_cache.ENV_VARS_TO_PROPAGATE if not k.startswith("AWS_"))
+
+
 def init_ray(plan: Plan, address: Optional[str], verbose: bool) -> None:
     import ray
 
@@ -74,6 +86,7 @@ def init_ray(plan: Plan, address: Optional[str], verbose: bool) -> None:
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
     env_vars = {k: os.environ[k] for k in list(FAST_POLL_ENV) + list(QUIET_ENV)}
+    env_vars.update({k: v for k, v in os.environ.items() if k.startswith("DLOPT_FAULT_")})  # tests
     for key in ("MLFLOW_TRACKING_URI",):
         if key in os.environ:
             env_vars.pop(key, None)  # workers need no MLflow settings (DESIGN rule 5)
@@ -102,7 +115,12 @@ def reproduce_command() -> str:
 
 
 def latest_sweep_dir(storage: Path, name: str) -> Optional[Path]:
-    candidates = sorted(p for p in storage.glob(f"{name}-*") if p.is_dir())
+    """The newest `NAME-YYYYmmdd-HHMMSS` sweep directory Tune can restore (not `NAME-x-...`)."""
+    import re
+
+    stamp = re.compile(re.escape(name) + r"-\d{8}-\d{6}$")
+    candidates = sorted(p for p in storage.glob(f"{name}-*")
+                        if p.is_dir() and stamp.match(p.name) and (p / "tuner.pkl").exists())
     return candidates[-1] if candidates else None
 
 
@@ -116,16 +134,35 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     quiet_driver(verbose)
     tracking_uri = tracking_uri or tracking.default_tracking_uri()
     tracking.check_reachable(tracking_uri)  # before Ray starts
+    from dlopt import preflight
+
+    preflight.check(spec, tracking_uri, address or os.environ.get("RAY_ADDRESS"))
     storage_path = Path(storage or "ray_results").resolve() if not (storage and "://" in storage) \
         else storage
     plan = make_plan(spec)
     restore_dir = None
-    if resume and "://" not in str(storage_path):
+    if resume and "://" in str(storage_path):
+        raise SystemExit("error: --resume needs a local --storage path (remote storage: "
+                         "restore with ray.tune.Tuner.restore)")
+    if resume:
+        # --resume: the same sweep name, so the MLflow parent run (tag dlopt.sweep) and its
+        # child runs (tag dlopt.trial_id) are found and reused instead of duplicated.
         restore_dir = latest_sweep_dir(Path(storage_path), spec.name)
-        if restore_dir is not None:
+        if restore_dir is None:
+            print(f"note: no sweep of {spec.name!r} under {storage_path} to resume; starting a "
+                  "new one", file=sys.stderr)
+        else:
             plan.sweep_name = restore_dir.name
+            print(f"resuming sweep {plan.sweep_name}", file=sys.stderr)
+    # Tune saves its experiment state at most every 10 s by default; a driver killed in that
+    # window would rerun trials that had finished. The state of a dlopt sweep is small.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
+    keep_credentials_out_of_runtime_env(storage_path)
     init_ray(plan, address, verbose)
+    if address or os.environ.get("RAY_ADDRESS"):
+        for line in preflight.cluster_warnings(spec):
+            print(line, file=sys.stderr)
     import ray
     from ray import tune
 
@@ -163,7 +200,9 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     if restore_dir is not None and tune.Tuner.can_restore(str(restore_dir)):
         tuner = tune.Tuner.restore(str(restore_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=space)
-        tuner._local_tuner._run_config.callbacks = callbacks  # callbacks are not persisted
+        # Tuner.restore takes no RunConfig: this run's callbacks (with this process's MLflow
+        # tracker) replace the ones pickled in tuner.pkl. Ray 2.60 has no public setter.
+        tuner._local_tuner._run_config.callbacks = callbacks
     else:
         searcher = search_algorithm(plan, spec)
         tuner = tune.Tuner(
@@ -182,6 +221,7 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     status = "FAILED"
     try:
         grid = tuner.fit()
+        tracker.drain()  # writes buffered during an MLflow outage: written, or a clear error
         trials, best, registered = finalize(grid, plan, spec, tracker, tables, space)
         status = "FINISHED"
         return SweepResult(plan=plan, parent_run_id=parent_id, experiment_id=tracker.experiment_id,
@@ -189,5 +229,8 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
                            best=best, registered=registered, wall_seconds=time.perf_counter() - t0)
     finally:
         tracker.finish_parent(status)
+        if not tracker.flush(wait_s=30.0):
+            print(f"error: {len(tracker.pending)} MLflow writes could not be made (store "
+                  "unreachable); rerun with --resume once it is back", file=sys.stderr)
         if not address and not os.environ.get("RAY_ADDRESS"):
             ray.shutdown()
