@@ -49,6 +49,7 @@ def cmd_run(args) -> int:
     spec = _load(args)
     from dlopt.load import SpecError
     from dlopt.sweep import run
+    from dlopt.tracking import SweepFinished
 
     try:
         result = run(spec, address=args.address, tracking_uri=args.tracking_uri,
@@ -57,6 +58,9 @@ def cmd_run(args) -> int:
         for line in err.lines:
             print(line, file=sys.stderr)
         return EXIT_INVALID
+    except SweepFinished as done:  # --resume of a finished sweep: nothing to do
+        print(done, file=sys.stderr)
+        return 0
     print_summary(result)
     return 0 if result.best is not None else 1
 
@@ -76,19 +80,27 @@ def print_summary(result) -> None:
         shown = {k: best.metrics[k] for k in ("val_accuracy", "val_loss", "train_loss",
                                                "compressed_val_accuracy", "model_bytes",
                                                "compression_ratio") if k in best.metrics}
-        print(f"best trial {best.trial_id} ({metric} = {best.metrics.get(metric):.4g})")
+        from dlopt.review import fmt, run_name
+
+        name = run_name(result.tracking_uri, best.run_id) or best.trial_id
+        print(f"best trial {name} ({metric} = {best.metrics.get(metric):.4g})")
         print("  config  " + (", ".join(f"{k}={v}" for k, v in best.config.items()) or "(no domains)"))
-        print("  metrics " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+        print("  metrics " + ", ".join(f"{k}={fmt(v)}" for k, v in shown.items()))
     for reg in result.registered:
         print(f"registered models:/{reg['name']}@{reg['alias']} (version {reg['version']})")
         if reg.get("test_metrics"):  # the withheld test split, measured after selection
             print("  test    " + ", ".join(f"{k}={v:.4g}" for k, v in reg["test_metrics"].items()))
     uri = redact_uri(result.tracking_uri)
     print(f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}) at {uri}")
-    if uri.startswith("sqlite:"):
-        print(f"open the UI: dlopt ui   (or: mlflow ui --backend-store-uri {uri})")
-    else:
-        print(f"open the UI: {uri}/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}")
+    from dlopt.review import UI_QUERY
+    from dlopt.tracking import default_tracking_uri
+
+    route = f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}{UI_QUERY}"
+    if uri.startswith(("http://", "https://")):
+        print(f"open the UI: {uri.rstrip('/')}/{route}")
+    else:  # a local store: `dlopt ui` serves it
+        store = "" if uri == default_tracking_uri() else f" --backend-store-uri {uri}"
+        print(f"open the UI: dlopt ui{store}   then http://127.0.0.1:5000/{route}")
 
 
 def cmd_evaluate(args) -> int:
@@ -124,10 +136,14 @@ def cmd_evaluate(args) -> int:
 def cmd_ui(args) -> int:
     from dlopt.tracking import default_tracking_uri
 
+    from dlopt.review import UI_QUERY
+
     uri = args.backend_store_uri or default_tracking_uri()
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}", flush=True)
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}/#/experiments{UI_QUERY}",
+          flush=True)
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", args.host, "--port", str(args.port)])
+                               "--host", args.host, "--port", str(args.port),
+                               "--workers", str(args.workers)])
     return 0
 
 
@@ -173,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=5000)
     s.add_argument("--backend-store-uri", default=None)
+    s.add_argument("--workers", type=int, default=1,
+                   help="server processes (MLflow's default of 4 is for shared servers)")
     s.set_defaults(fn=cmd_ui)
     return p
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from dlopt import tracking
+from dlopt import review, tracking
 from dlopt.spec import resolve
 
 
@@ -97,6 +97,8 @@ def finalize(grid, plan, spec, tracker, tables, space):
         tracker.client.set_tag(parent_id, "dlopt.registered",
                                f"{spec.tracking.register_as} v{version}")
     final_test_report(tracker, best, registered, trials)  # after selection, never before
+    # Multi-objective sweeps: the Pareto plot joins review.PLOTS (written with the others).
+    review.publish_safely(tracker, plan, spec, trials, best, registered, tables, space)
     return trials, best, registered
 
 

@@ -34,9 +34,10 @@ class ProgressCallback(Callback):
         self.last_print = now
         done = sum(r["status"] != "RUNNING" for r in self.rows.values())
         lines = [f"-- {self.plan.sweep_name}: {done}/{self.plan.trials} trials done"]
+        width = min(60, max((len(r["name"]) for r in self.rows.values()), default=10))
         for r in self.rows.values():
             value = "-" if r["value"] is None else f"{r['value']:.4g}"
-            lines.append(f"   {r['name'][:60]:<60} {r['status']:<10} epoch {r['epoch']:>3}/"
+            lines.append(f"   {r['name'][:width]:<{width}}  {r['status']:<8} epoch {r['epoch']:>3}/"
                          f"{self.plan.epochs}  {self.metric} {value}")
         print("\n".join(lines), file=self.stream, flush=True)
 
@@ -57,3 +58,44 @@ class ProgressCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._row(trial)["status"] = "ERROR"
         self._print(force=True)
+
+
+class _Stderr:
+    """sys.stderr looked up at each write (pytest and others swap it)."""
+
+    def write(self, text):
+        return sys.stderr.write(text)
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+class _Discard:
+    """Where MLflow's event prints go when the driver is quiet; `enabled` as MLflow's stream has."""
+
+    enabled = False
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def silence_mlflow_events() -> None:
+    """Drop MLflow's event prints ("Successfully registered model ...", "Created version ...")
+    while its logger's warnings and errors still reach stderr.
+
+    Why by hand: `mlflow.utils.logging_utils.disable_logging()` silences both, and MLflow's
+    own context managers call `enable_logging()` again on exit. Its `eprint` looks the stream
+    up at each call, so pointing that name at a sink (and the logger at stderr) holds.
+    """
+    import logging
+
+    from mlflow.utils import logging_utils
+
+    old = logging_utils.MLFLOW_LOGGING_STREAM
+    for handler in logging.getLogger("mlflow").handlers:
+        if getattr(handler, "stream", None) is old:
+            handler.setStream(_Stderr())
+    logging_utils.MLFLOW_LOGGING_STREAM = _Discard()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,9 +38,20 @@ def quiet_driver(verbose: bool) -> None:
 
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
+    # Tune's banner ("Configuration for experiment", "View detailed results here") comes from
+    # its new output engine even at verbose=0; the old one is silent there. dlopt prints its
+    # own table (progress.py). MLflow prints "View run ... at" links for every run it ends.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     warnings.filterwarnings("ignore")
+    # MLflow's log_model re-enables UserWarnings inside `catch_warnings` ("once"); dropping
+    # them at display time hides those too.
+    warnings.showwarning = lambda *args, **kwargs: None
     import mlflow  # noqa: F401  (configures its loggers on import; lower them after)
 
+    from dlopt.progress import silence_mlflow_events
+
+    silence_mlflow_events()  # "Successfully registered model ...", "Created version ..."
     for name in ("mlflow", "alembic", "ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -109,11 +119,6 @@ def cluster_cpus(address: Optional[str]) -> Optional[float]:
 
 
 # ------------------------------------------------------------------ the sweep
-def reproduce_command() -> str:
-    return " ".join(shlex.quote(a) for a in ["dlopt", *sys.argv[1:]]) if sys.argv and \
-        Path(sys.argv[0]).name == "dlopt" else "dlopt run SPEC"
-
-
 def latest_sweep_dir(storage: Path, name: str) -> Optional[Path]:
     """The newest `NAME-YYYYmmdd-HHMMSS` sweep directory Tune can restore (not `NAME-x-...`)."""
     import re
@@ -168,10 +173,10 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
 
     space, tables = to_ray_space(plan)
     tracker = tracking.Tracker(tracking_uri, plan.tracking_experiment)
-    commit = tracking.git_commit()
-    tags = {"dlopt.sweep": plan.sweep_name, "mlflow.source.name": reproduce_command()}
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
+    from dlopt.review import source_tags
+
+    # user, source (the experiment file), git commit, and the command that reproduces the sweep
+    tags = {"dlopt.sweep": plan.sweep_name, **source_tags(sys.argv)}
     parent_id = tracker.start_parent(plan.sweep_name, plan.to_dict(), tags)
     callbacks = [tracking.MlflowCallback(tracker, plan.spec_json, tables, tags)]
     if progress:
