@@ -142,6 +142,10 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     from dlopt import preflight
 
     preflight.check(spec, tracking_uri, address or os.environ.get("RAY_ADDRESS"))
+    from dlopt import teachers
+
+    # distillation teachers: versions pinned and files read here; workers get the files
+    teacher_files = teachers.fetch(spec.model_dump(mode="json"), tracking_uri)
     storage_path = Path(storage or "ray_results").resolve() if not (storage and "://" in storage) \
         else storage
     plan = make_plan(spec)
@@ -188,7 +192,7 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     # A 1-worker trial reserves its worker's CPU/GPU itself (it runs the loop in-trial);
     # a multi-worker trial reserves next to nothing and its TorchTrainer asks for workers.
     trainable = tune.with_resources(
-        make_trial_fn(plan.spec_json, tables, str(storage_path)),
+        make_trial_fn(plan.spec_json, tables, str(storage_path), teachers=teacher_files),
         lambda config: tune.PlacementGroupFactory([trial_resources(
             resolve(plan.spec_json, assignment_from_config(config, tables)))]))
     metric, mode = plan.metric, plan.mode
