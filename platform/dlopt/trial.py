@@ -52,22 +52,29 @@ def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str,
             return
         res = spec.resources
         trial_id = tune.get_context().get_trial_id()
+        loop_config = {"spec": spec.model_dump(mode="json"), "teachers": teachers or {}}
+        run_name, forward = f"train-{trial_id}", None
+        if spec.search.scheduler == "pbt":  # PBT clones Tune checkpoints: see pbt_setup
+            loop_config, run_name, forward = pbt_setup(loop_config, run_name)
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"spec": spec.model_dump(mode="json"), "teachers": teachers or {}},
+            train_loop_config=loop_config,
             scaling_config=ScalingConfig(
                 num_workers=res.num_workers, use_gpu=res.use_gpu,
                 resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})},
                 placement_strategy="SPREAD" if res.placement == "spread" else "PACK",
             ),
             run_config=RunConfig(
-                name=f"train-{trial_id}",
+                name=run_name,
                 storage_path=storage_path,
-                callbacks=[TuneReportCallback()],
+                callbacks=[forward.callback if forward else TuneReportCallback()],
                 failure_config=FailureConfig(max_failures=res.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
         )
+        if forward is not None:
+            forward.fit_and_report(trainer)
+            return
         trainer.fit()
         wait_until_tune_took_last_report()
 
@@ -95,3 +102,83 @@ def wait_until_tune_took_last_report(poll_s: float = 0.05, settle_s: float = 1.0
     while not queue.empty():
         time.sleep(poll_s)
     time.sleep(settle_s)  # the taken item still has to reach the local queue
+
+
+# ------------------------------------------------------------------ PBT with a TorchTrainer
+# PBT clones a Tune checkpoint from a top trial into a bottom one, but TuneReportCallback
+# forwards only metrics to Tune (the Train checkpoint stays a path in the metrics). Under PBT
+# the trial therefore runs the trainer in a thread, receives (metrics, checkpoint) from a Train
+# callback through a queue, and reports both with `tune.report`, which copies the checkpoint
+# into the trial's Tune storage. On restart (after a PBT pause or exploit) `tune.get_checkpoint()`
+# is the checkpoint to continue from (its own, or the cloned trial's). Train V2 refuses the
+# deprecated `resume_from_checkpoint`, so its location goes to the workers in the loop config
+# (`resume_from`), and the Train run gets a fresh name: Train V2 would otherwise restore the
+# trial's previous run of the same name from storage and ignore the clone.
+# (1-worker trials run in-trial, dlopt.train.worker.fit_in_trial, and need none of this.)
+def checkpoint_uri(checkpoint) -> str:
+    """A checkpoint's location as one string a worker can open (`ray.train.Checkpoint(uri)`)."""
+    import pyarrow.fs
+
+    fs = checkpoint.filesystem
+    if fs is None or isinstance(fs, pyarrow.fs.LocalFileSystem):
+        return checkpoint.path
+    return f"{fs.type_name}://{checkpoint.path}"
+
+
+class CheckpointForwarder:
+    """Train controller -> trial: rank 0's metrics with the checkpoint, reported to Tune."""
+
+    def __init__(self):
+        from ray.train import UserCallback
+        from ray.util.queue import Queue
+
+        self.queue = queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+
+        class Forward(UserCallback):
+            def after_report(self, run_context, metrics, checkpoint):
+                item = dict(metrics[0])
+                if checkpoint is not None:
+                    item["checkpoint_path"] = checkpoint.path  # as TuneReportCallback does
+                queue.put((item, checkpoint))
+
+        self.callback = Forward()
+
+    def fit_and_report(self, trainer) -> None:
+        import queue as queue_mod
+        import threading
+
+        from ray import tune
+
+        failure: list[BaseException] = []
+
+        def fit():
+            try:
+                trainer.fit()
+            except BaseException as err:  # noqa: BLE001 (re-raised in the trial below)
+                failure.append(err)
+
+        thread = threading.Thread(target=fit, name="dlopt-pbt-fit", daemon=True)
+        thread.start()
+        while thread.is_alive() or not self.queue.empty():
+            try:
+                metrics, checkpoint = self.queue.get(timeout=0.2)
+            except queue_mod.Empty:
+                continue
+            tune.report(metrics, checkpoint=None if checkpoint is None else tune.Checkpoint(
+                path=checkpoint.path, filesystem=checkpoint.filesystem))
+        thread.join()
+        if failure:
+            raise failure[0]
+
+
+def pbt_setup(loop_config: dict, run_name: str):
+    """Loop config, Train run name and forwarder of a PBT trial (see the note above)."""
+    import uuid
+
+    from ray import tune
+
+    start = tune.get_checkpoint()
+    if start is not None:
+        loop_config = {**loop_config, "resume_from": checkpoint_uri(start)}
+        run_name = f"{run_name}-{uuid.uuid4().hex[:6]}"
+    return loop_config, run_name, CheckpointForwarder()
