@@ -87,8 +87,12 @@ def train_loop_per_worker(config: dict) -> None:
     wrap = ray.train.torch.prepare_model if world > 1 else (lambda m: m)
     if device == "cuda":
         device = str(ray.train.torch.get_device())
-    fit(spec, report, rank=rank, world=world, resume=resume_from(ray.train.get_checkpoint()),
-        wrap=wrap, device=device)
+    # This run's own latest checkpoint (a worker-group restart) wins; else, under PBT, the
+    # checkpoint the trial continues from, maybe a cloned trial's (dlopt.trial.pbt_setup).
+    resume = resume_from(ray.train.get_checkpoint())
+    if resume is None and config.get("resume_from"):
+        resume = resume_from(ray.train.Checkpoint(config["resume_from"]))
+    fit(spec, report, rank=rank, world=world, resume=resume, wrap=wrap, device=device)
 
 
 def fit_in_trial(spec) -> None:
