@@ -392,10 +392,9 @@ class Resources(_Base):
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(0, ge=-1)
     placement: Literal["pack", "spread"] = "pack"
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    # A 1-worker trial runs the same loop inside its Tune trial (no TorchTrainer, no second
-    # process: ~15 s less start-up per trial); False forces a TorchTrainer worker anyway.
-    in_trial: bool = True
+    # "ddp": a full model copy per worker; "fsdp": FSDP2, each worker holds 1/N of every
+    # weight (dlopt.train.sharding); "pipeline" is reserved and refused by validation.
+    strategy: Literal["ddp", "fsdp", "pipeline"] = "ddp"
     # A 1-worker trial runs the same loop inside its Tune trial (no TorchTrainer, no second
     # process: ~15 s less start-up per trial); False forces a TorchTrainer worker anyway.
     in_trial: bool = True
@@ -449,6 +448,7 @@ class Experiment(_Base):
             problems.append(f"search.algorithm: {self.search.algorithm!r} cannot expand "
                             "tune.grid domains; use tune.choice or algorithm='grid'/'random'")
         problems += _search_problems(self)
+        problems += _strategy_problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -462,6 +462,39 @@ class Experiment(_Base):
     def task(self) -> str:
         return "regression" if (self.data.dataset == "linear_1d" or self.data.task == "regression"
                                 and self.data.dataset == "synthetic") else "classification"
+
+
+def _strategy_problems(spec: "Experiment") -> list[str]:
+    """Combinations with resources.strategy that cannot work, each with the reason."""
+    strategy = spec.resources.strategy
+    if strategy == "pipeline":
+        return ["resources.strategy: 'pipeline' (torch.distributed.pipelining) is not "
+                "implemented; use 'ddp' or 'fsdp'"]
+    if strategy != "fsdp":
+        return []
+    problems = []
+    if spec.resources.num_workers < 2:
+        problems.append("resources.strategy: 'fsdp' shards every weight across workers; with "
+                        "num_workers=1 there is nothing to shard (use 'ddp' or num_workers >= 2)")
+    reg = spec.regularization
+    for name in ("l1", "l2"):
+        if any(_points(getattr(reg, name))):
+            problems.append(f"regularization.{name}: the penalty adds FSDP's DTensor weight "
+                            "shards into the plain loss, which torch refuses; with strategy "
+                            "'fsdp' use optimizer.weight_decay instead")
+    for options in _compression_options(spec.compression):
+        for i, s in enumerate(options):
+            if s.stage == "prune":
+                problems.append(f"compression.{i}: prune keeps full-size masks that it applies "
+                                "to the weights after every step, but under strategy 'fsdp' each "
+                                "worker holds only a DTensor shard of a weight; use strategy "
+                                "'ddp' to prune (quantize works with 'fsdp')")
+            if s.stage == "quantize" and "qat" in _points(s.method):
+                problems.append(f"compression.{i}.method: 'qat' swaps Linear layers for "
+                                "fake-quantized ones during training, which is not supported "
+                                "with strategy 'fsdp'; use 'dynamic' or 'static' (applied to the "
+                                "gathered full model after training)")
+    return list(dict.fromkeys(problems))  # a compression search lists each problem once
 
 
 def _compression_options(compression) -> list[list]:

@@ -24,6 +24,7 @@ from dlopt import artifact, data as data_mod, init as init_mod, models, optim, s
 from dlopt import metrics as metrics_mod
 from dlopt.spec import Experiment
 from dlopt.stages import State, catalog, run_event
+from dlopt.train import sharding
 
 CHECKPOINT_FILE = "checkpoint.pt"
 Report = Callable[[dict, Optional[Callable[[Path], None]]], None]
@@ -90,6 +91,9 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
     model = models.build(spec.model, datasets.input_shape, datasets.out_features)
     init_mod.apply(model, spec.model.init)
     model.to(device)
+    sharded = spec.resources.strategy == "fsdp" and world > 1
+    if sharded:  # FSDP2: parameters become DTensor shards, so shard before the optimizer
+        sharding.shard(model, spec.precision)
     optimizer = optim.build(spec.optimizer, model.parameters())
     shard = math.ceil(len(datasets.train) / world)
     batch_size = batch_size_for(spec, shard)
@@ -104,8 +108,11 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
     run_event(stages, "setup", state)
     start_epoch = 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        if sharded:  # each rank reads its own shards of model and optimizer state
+            sharding.load(model, optimizer, resume["sharded"])
+        else:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         # The saved optimizer state carries the old lr/momentum/weight decay; this run's spec
         # wins (PBT resumes a cloned checkpoint with perturbed values). No-op on a plain restart.
@@ -113,7 +120,7 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
         for stage, saved in zip(stages, resume.get("stages", [])):
             stage.load_state_dict(saved)
         start_epoch, state.step = resume["epoch"], resume["step"]
-    ddp_model = wrap(model)
+    ddp_model = model if sharded else wrap(model)
 
     # --- train
     for epoch in range(start_epoch, spec.epochs):
@@ -160,15 +167,30 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
             state.report["diverged"] = 1
             return state
         run_event(stages, "epoch_end", state)
-        saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": state.step,
+        saved = {"scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": state.step,
                  "stages": [s.state_dict() for s in stages]}
-        write = (lambda d, s=saved: torch.save(s, Path(d) / CHECKPOINT_FILE)) if rank == 0 else None
+        if sharded:  # every rank writes its shard; rank 0 also the replicated rest
+            def write(d, s=saved):
+                sharding.save(model, optimizer, d)
+                if rank == 0:
+                    torch.save(s, Path(d) / CHECKPOINT_FILE)
+        else:
+            saved.update(model=model.state_dict(), optimizer=optimizer.state_dict())
+            write = (lambda d, s=saved: torch.save(s, Path(d) / CHECKPOINT_FILE)) if rank == 0 \
+                else None
         report(metrics, write)
         if state.stop:
             break
 
     # --- compress and save the final model
+    if sharded:  # gather the full weights into a plain model on rank 0; compress that
+        placed = {"shard_fraction_max": sharding.max_shard_fraction(model)}
+        model = state.model = sharding.full_model(model, lambda: models.build(
+            spec.model, datasets.input_shape, datasets.out_features), rank)
+        if model is None:
+            report({**state.metrics, **placed, "final": 1}, None)
+            return state
+        state.report.update(placed)
     state.artifact = None
     run_event(stages, "fit_end", state)
     final = {**state.metrics, **state.report, "final": 1}

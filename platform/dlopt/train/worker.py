@@ -16,6 +16,7 @@ from dlopt.train import faults
 
 def resume_from(checkpoint) -> Optional[dict]:
     """The loop's checkpoint dict inside a Ray checkpoint, or None (fresh start)."""
+    from dlopt.train import sharding
     from dlopt.train.loop import CHECKPOINT_FILE, load_checkpoint
 
     if checkpoint is None:
@@ -23,6 +24,8 @@ def resume_from(checkpoint) -> Optional[dict]:
     with checkpoint.as_directory() as d:
         if (Path(d) / CHECKPOINT_FILE).exists():
             resume = load_checkpoint(Path(d))
+            # FSDP: every rank's shards, merged by Ray into this dir (dlopt.train.sharding)
+            resume["sharded"] = sharding.keep_local_copy(Path(d))
             faults.resumed(resume)
             return resume
     return None
