@@ -1,0 +1,124 @@
+"""`dlopt submit` to a real local multi-node Ray cluster with token auth and a real MLflow server.
+
+The cluster (head + 1 worker node, 2 CPUs each) and the `mlflow server` (SQLite backend,
+local artifact root) come from clusters/local/cluster.py, the script users run, and are
+stopped after. The spec asks for 2 DDP workers with placement "spread": its ranks must
+report two different Ray node ids.
+"""
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "clusters" / "local" / "cluster.py"
+SPEC = "tests/integration/specs/submit_spread.py"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state_dir = tmp_path_factory.mktemp("cluster")
+    up = subprocess.run([sys.executable, str(SCRIPT), "up", str(state_dir), "--workers", "1",
+                         "--head-cpus", "2", "--worker-cpus", "2"],
+                        capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = json.loads((state_dir / "cluster.json").read_text())
+        env = dict(line.removeprefix("export ").split("=", 1)
+                   for line in (state_dir / "env.sh").read_text().splitlines())
+        yield state, env
+    finally:
+        subprocess.run([sys.executable, str(SCRIPT), "down", str(state_dir)], timeout=120)
+        alive = [pid for pid in json.loads((state_dir / "cluster.json").read_text())["pids"]]
+        assert alive == []  # `down` ended every process it started
+
+
+def run_cli(*args, env: dict, timeout: float = 120):
+    """`dlopt` in a fresh process from the project root (the directory the job uploads)."""
+    return subprocess.run([sys.executable, "-m", "dlopt.cli", *args], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def api(state: dict, path: str) -> dict:
+    token = open(state["token_path"]).read().strip()
+    req = urllib.request.Request(state["dashboard"] + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def node_ids(state: dict) -> set[str]:
+    rows = api(state, "/api/v0/nodes?limit=100")["data"]["result"]["result"]
+    return {r["node_id"] for r in rows if r["state"] == "ALIVE"}
+
+
+def jobs(state: dict) -> list[dict]:
+    return api(state, "/api/jobs/")
+
+
+def test_cluster_has_two_nodes_and_requires_the_token(cluster):
+    state, _ = cluster
+    assert len(node_ids(state)) == 2
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(state["dashboard"] + "/api/jobs/", timeout=10)
+    assert err.value.code == 401
+
+
+def test_invalid_spec_exits_2_and_submits_nothing(cluster):
+    state, env = cluster
+    before = len(jobs(state))
+    out = run_cli("submit", SPEC, "--set", "resources.placement=diagonal", env=env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith("resources.placement:")
+    assert len(jobs(state)) == before
+
+
+def test_failed_job_exits_nonzero(cluster):
+    state, env = cluster
+    # valid spec, but the job's MLflow server is unreachable: `dlopt run` fails inside the job
+    out = run_cli("submit", SPEC, "--tracking-uri", "http://127.0.0.1:9", env=env,
+                  timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    job_id = out.stdout.split("submitted job ", 1)[1].split()[0]
+    assert f"job {job_id} FAILED" in out.stdout
+    assert {j["submission_id"]: j["status"] for j in jobs(state)}[job_id] == "FAILED"
+
+
+def test_submit_runs_ddp_across_two_nodes_and_tracks_to_the_server(cluster):
+    state, env = cluster
+    secret = "tok-should-not-leak-42"  # forwarded to the job, never printed
+    out = run_cli("submit", SPEC, env={**env, "MLFLOW_TRACKING_TOKEN": secret},
+                  timeout=400)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    job_id = out.stdout.split("submitted job ", 1)[1].split()[0]
+    assert job_id.startswith("raysubmit_") and f"job {job_id} SUCCEEDED" in out.stdout
+    assert secret not in text
+    assert open(state["token_path"]).read().strip() not in text
+    (job,) = [j for j in jobs(state) if j["submission_id"] == job_id]
+    assert job["runtime_env"]["working_dir"].startswith("gcs://")  # uploaded, not a local path
+
+    client = MlflowClient(state["mlflow"])
+    (exp,) = [e for e in client.search_experiments() if e.name == "it-submit"]
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("dlopt.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("dlopt.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 1
+    child = children[0]
+    assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert child.info.status == "FINISHED" and parents[0].info.status == "FINISHED"
+    # the two DDP ranks ran on the cluster's two different nodes
+    ranks = child.data.tags["dlopt.worker_nodes"].split(",")
+    print(f"DDP rank -> Ray node: {ranks}")
+    assert len(ranks) == 2 and len(set(ranks)) == 2
+    assert set(ranks) == node_ids(state)
+    assert child.data.metrics["num_nodes"] == 2
+    assert child.data.metrics["val_accuracy"] > 0.5
+    version = client.get_model_version_by_alias("it-submit-model", "champion")
+    assert version.tags["dlopt.source_run"] == child.info.run_id
