@@ -51,3 +51,37 @@ def test_missing_or_nan_objectives_are_left_out():
 def test_empty_input():
     assert pareto.front([], OBJ) == []
     assert pareto.extremes([], [], OBJ) == {"acc": None, "bytes": None}
+
+
+# ------------------------------------------------------------------ dlopt.front (pure parts)
+def test_alias_targets_pick_the_fronts_extremes():
+    from dlopt.front import accuracy_objective, alias_targets
+
+    obj = {"compressed_val_accuracy": "max", "model_bytes": "min"}
+    points = [{"compressed_val_accuracy": 0.97, "model_bytes": 9000, "latency_ms": 0.3},
+              {"compressed_val_accuracy": 0.90, "model_bytes": 3000, "latency_ms": 0.2},
+              {"compressed_val_accuracy": 0.95, "model_bytes": 5000, "latency_ms": 0.1},
+              {"compressed_val_accuracy": 0.89, "model_bytes": 9500, "latency_ms": 0.01}]  # dominated
+    front = pareto.front(points, obj)
+    assert front == [0, 1, 2]
+    assert accuracy_objective(obj) == "compressed_val_accuracy"
+    # fastest is chosen on the front only: the dominated (but quickest) point 3 is not a version
+    assert alias_targets(points, front, obj) == {"most-accurate": 0, "smallest": 1, "fastest": 2}
+    no_latency = [{k: v for k, v in p.items() if k != "latency_ms"} for p in points]
+    assert "fastest" not in alias_targets(no_latency, front, obj)
+
+
+def test_trials_csv_has_every_trial_with_its_rank():
+    import csv
+    import io
+    from types import SimpleNamespace as T
+
+    from dlopt.front import trials_csv
+
+    obj = {"acc": "max", "bytes": "min"}
+    trials = [T(trial_id="a", run_id="r1", status="ok", metrics={"acc": 0.9, "bytes": 10},
+                config={"optimizer.lr": 0.1}),
+              T(trial_id="b", run_id=None, status="error", metrics={}, config={"optimizer.lr": 0.2})]
+    rows = list(csv.DictReader(io.StringIO(trials_csv(trials, [1, None], obj))))
+    assert [(r["trial_id"], r["pareto_rank"], r["acc"], r["optimizer.lr"]) for r in rows] == [
+        ("a", "1", "0.9", "0.1"), ("b", "", "", "0.2")]
