@@ -186,6 +186,8 @@ PBT_LR = {"optimizer.lr": tune.loguniform(1e-3, 1e-1)}
      "data.batch_size: algorithm='grid' cannot enumerate tune.randint"),
     (dict(optimizer=Optimizer(lr=tune.grid([0.1, 0.01])), search=Search(algorithm="bayesian")),
      "cannot expand tune.grid"),
+    (dict(epochs=4, compression=tune.choice([[Prune(sparsity=tune.uniform(0.5, 0.9))], []])),
+     "compression: a search domain inside tune.choice values is not sampled"),
 ])
 def test_invalid_combination_refused_with_message(kw, expect):
     lines = errors_of(**kw)

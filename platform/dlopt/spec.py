@@ -334,6 +334,10 @@ def _search_problems(spec: "Experiment") -> list[str]:
             if dom["domain"] in CONTINUOUS_DOMAINS:
                 problems.append(f"{path}: algorithm='grid' cannot enumerate tune.{dom['domain']}; "
                                 "use tune.grid/tune.choice values or algorithm='random'")
+    for path, dom in doms.items():
+        if dom["domain"] in ("choice", "grid") and domains({"v": dom["values"]}):
+            problems.append(f"{path}: a search domain inside tune.{dom['domain']} values is not "
+                            "sampled; list concrete values (e.g. one pipeline per sparsity)")
     if search.scheduler == "pbt":
         min_epochs = min(_points(spec.epochs))
         if search.perturbation_interval >= min_epochs:
