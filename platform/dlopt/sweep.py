@@ -162,6 +162,10 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
                   "new one", file=sys.stderr)
         else:
             plan.sweep_name = restore_dir.name
+            done = tracking.finished_sweep(tracking_uri, plan.tracking_experiment, plan.sweep_name)
+            if done:
+                raise tracking.SweepFinished(f"sweep {plan.sweep_name} already finished (MLflow "
+                                             f"parent run {done}); nothing to resume")
             print(f"resuming sweep {plan.sweep_name}", file=sys.stderr)
     # Tune saves its experiment state at most every 10 s by default; a driver killed in that
     # window would rerun trials that had finished. The state of a dlopt sweep is small.

@@ -211,6 +211,24 @@ class TrackingUnavailable(RuntimeError):
     """The MLflow store stayed unreachable past the bounded retry; writes were not made."""
 
 
+class SweepFinished(RuntimeError):
+    """--resume of a sweep whose MLflow parent run already FINISHED: nothing to resume
+    (finishing it again would register its model a second time)."""
+
+
+def finished_sweep(tracking_uri: str, experiment_name: str, sweep_name: str) -> Optional[str]:
+    """The parent run id when the sweep `sweep_name` already finished, else None."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.`dlopt.sweep` = '{sweep_name}' and "
+                              "tags.`dlopt.role` = 'sweep' and attributes.status = 'FINISHED'")
+    return runs[0].info.run_id if runs else None
+
+
 class Tracker:
     """Owns the MlflowClient, the parent run and the trial -> child run map.
 

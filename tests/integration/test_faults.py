@@ -267,6 +267,12 @@ def test_driver_sigkilled_then_resume_reuses_runs(tmp_path):
     resumed = [int(x) for x in Path(f"{marker}.resumed").read_text().split()]
     assert resumed and min(resumed) >= 2, resumed  # trial 2 continued from its checkpoint
     assert client.get_model_version_by_alias("fault-driver", "champion")
+    # resuming a finished sweep does nothing (no Ray, no second model version)
+    third = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert third.returncode == 0 and "already finished" in third.stderr, third.stderr[-2000:]
+    assert len(client.search_model_versions("name = 'fault-driver'")) == 1
+    assert len(client.search_runs([exp.experiment_id])) == 3
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
