@@ -133,17 +133,39 @@ class CheckpointForwarder:
         from ray.util.queue import Queue
 
         self.queue = queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+        self.controller = None
 
         class Forward(UserCallback):
             def after_report(self, run_context, metrics, checkpoint):
+                import ray
+
                 item = dict(metrics[0])
                 if checkpoint is not None:
                     item["checkpoint_path"] = checkpoint.path  # as TuneReportCallback does
-                queue.put((item, checkpoint))
+                # this runs in the Train controller: its own handle lets the trial abort it
+                queue.put((item, checkpoint, ray.get_runtime_context().current_actor))
 
         self.callback = Forward()
 
+    def abort(self) -> None:
+        """Stop the Train run (workers and their placement group) before the trial exits.
+
+        PBT pauses every trial at a perturbation step and Tune ends the paused trial's
+        process. The controller dies with it, but its placement group is only removed by
+        Ray's PlacementGroupCleaner, which needs the state API (dashboard, one Ray instance
+        per machine); where that fails, the restarted trial waits forever for its workers.
+        The controller's own abort removes them at once."""
+        import ray
+
+        controller, self.controller = self.controller, None
+        if controller is not None:
+            try:
+                ray.get(controller.abort.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 (already gone: nothing left to stop)
+                pass
+
     def fit_and_report(self, trainer) -> None:
+        import atexit
         import queue as queue_mod
         import threading
 
@@ -159,14 +181,22 @@ class CheckpointForwarder:
 
         thread = threading.Thread(target=fit, name="dlopt-pbt-fit", daemon=True)
         thread.start()
+        # Tune may end this process without unwinding the trial thread: abort at exit too.
+        atexit.register(self.abort)
         while thread.is_alive() or not self.queue.empty():
             try:
-                metrics, checkpoint = self.queue.get(timeout=0.2)
+                metrics, checkpoint, self.controller = self.queue.get(timeout=0.2)
             except queue_mod.Empty:
                 continue
-            tune.report(metrics, checkpoint=None if checkpoint is None else tune.Checkpoint(
-                path=checkpoint.path, filesystem=checkpoint.filesystem))
+            try:
+                tune.report(metrics, checkpoint=None if checkpoint is None else tune.Checkpoint(
+                    path=checkpoint.path, filesystem=checkpoint.filesystem))
+            except BaseException:  # Tune stops the trial (PBT pause, ASHA stop): SystemExit
+                self.abort()
+                raise
         thread.join()
+        self.controller = None  # finished: nothing to abort
+        atexit.unregister(self.abort)
         if failure:
             raise failure[0]
 
