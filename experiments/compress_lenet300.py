@@ -13,8 +13,19 @@ Run it: `dlopt run experiments/compress_lenet300.py`
 (DDP: `--set resources.num_workers=2`; a sparsity sweep: `--set 'compression.0.sparsity=...'`
 or edit `sparsity=tune.choice([0.9, 0.95])`.)
 """
-from dlopt import (Data, Experiment, Model, Optimizer, Prune, Quantize, Regularization, Resources,
-                   Schedule, Search, Tracking)
+from dlopt import (
+    Data,
+    Experiment,
+    Model,
+    Optimizer,
+    Prune,
+    Quantize,
+    Regularization,
+    Resources,
+    Schedule,
+    Search,
+    Tracking,
+)
 
 experiment = Experiment(
     name="digits-lenet300-compress",

@@ -3,15 +3,14 @@ the compact artifact (bytes and exact round trip)."""
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from dlopt import Experiment, Model, Optimizer, Prune, Quantize
+from dlopt import Experiment, Model, Prune
 from dlopt.compact import CompactArtifact, decode, encode
 from dlopt.stages import State
 from dlopt.stages import prune as P
 from dlopt.stages import quantize as Q
 from dlopt.stages.compression import load_compressed, weight_sparsity
 from dlopt.stages.distill import kd_loss
+from torch import nn
 
 
 def mlp(seed=0, sizes=(64, 48, 32, 10)):
@@ -40,7 +39,7 @@ def test_gradual_stage_updates_every_frequency_steps_and_masks_reach_the_formula
                  frequency=3)
     stage = P.Prune(spec, experiment(epochs=5))
     spe = 5  # steps per epoch: window is steps 5..20
-    due = [t for t in range(0, 26) if stage.target(t, spe) is not None]
+    due = [t for t in range(26) if stage.target(t, spe) is not None]
     assert due == [5, 8, 11, 14, 17, 20]
     model = mlp()
     state = State(spec=None, model=model, steps_per_epoch=spe)

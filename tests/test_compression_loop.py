@@ -2,7 +2,6 @@
 resume with masks, distillation from an installed teacher."""
 import pytest
 import torch
-
 from dlopt import Data, Distill, Experiment, Model, Optimizer, Prune, Quantize
 from dlopt.artifact import build_from_dir
 from dlopt.data import load

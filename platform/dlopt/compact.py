@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -100,7 +99,7 @@ def pack(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dic
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, dict] = {}
     for key, value in model.state_dict().items():
-        if key.endswith("_mask") or key.endswith("_orig"):
+        if key.endswith(("_mask", "_orig")):
             raise ValueError(f"{key}: make pruning permanent (prune.remove) before packing")
         if _is_int8(value):
             parts = {"qdata": value.qdata, "scale": value.scale}
@@ -133,7 +132,7 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict], dict]:
     """File -> (float state dict with int8 weights dequantized, int8 parts by key, entries)."""
     with safe_open(str(path), framework="pt") as f:
         header = json.loads(f.metadata()["dlopt"])
-        stored = {k: f.get_tensor(k) for k in f.keys()}
+        stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     if header.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} file")
     state: dict[str, torch.Tensor] = {}
@@ -159,8 +158,8 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict], dict]:
 class CompactArtifact:
     """What a compression stage hands the loop at fit_end: `.save()` writes the artifact."""
 
-    def __init__(self, model: torch.nn.Module, quantization: Optional[dict] = None,
-                 extra_meta: Optional[dict] = None):
+    def __init__(self, model: torch.nn.Module, quantization: dict | None = None,
+                 extra_meta: dict | None = None):
         self.tensors, self.entries = pack(model)
         self.quantization = quantization
         self.extra_meta = extra_meta or {}

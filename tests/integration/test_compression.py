@@ -16,14 +16,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
-
-from dlopt import (Data, Distill, Experiment, Model, Optimizer, Prune, Resources, Schedule, Search,
-                   Tracking, tune)
+from dlopt import (
+    Data,
+    Distill,
+    Experiment,
+    Model,
+    Optimizer,
+    Prune,
+    Resources,
+    Schedule,
+    Search,
+    Tracking,
+    tune,
+)
 from dlopt.artifact import build_from_dir
 from dlopt.data import load as load_data
 from dlopt.load import load as load_spec
 from dlopt.sweep import run
+from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = ROOT / "experiments" / "compress_lenet300.py"
@@ -116,9 +126,8 @@ def test_champion_loads_in_a_fresh_process_and_reproduces_accuracy(compressed, w
 
 
 def test_distilled_student_agrees_with_teacher_more_than_alone(dense, work):
-    import mlflow
-
     import dlopt
+    import mlflow
 
     teacher_uri = "models:/digits-lenet300-dense@champion"
     spec = Experiment(

@@ -28,7 +28,8 @@ from dlopt import compact
 from dlopt.stages import Stage, State
 from dlopt.stages.distill import Distill
 from dlopt.stages.prune import PRUNABLE, Prune
-from dlopt.stages.quantize import Quantize, apply as apply_quantization
+from dlopt.stages.quantize import Quantize
+from dlopt.stages.quantize import apply as apply_quantization
 
 
 # ------------------------------------------------------------------ measurements (pure)

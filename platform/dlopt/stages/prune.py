@@ -21,8 +21,6 @@ updating masks every `frequency` steps between `start_epoch` and `end_epoch`.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -153,7 +151,7 @@ class Prune(Stage):
     def _mods(self, state: State) -> list[nn.Module]:
         return [m for _, m in targets(state.model, self.spec.structured)]
 
-    def target(self, step: int, steps_per_epoch: int) -> Optional[float]:
+    def target(self, step: int, steps_per_epoch: int) -> float | None:
         """Sparsity to reach at `step`, or None when masks do not change there."""
         start, end = self._window(steps_per_epoch)
         if self.spec.schedule == "one_shot":

@@ -21,8 +21,6 @@ trained and the loaded model go through the same code.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -72,10 +70,10 @@ def calibrate(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, torch.
 
 
 def apply(model: nn.Module, quantization: dict,
-          act_scales: Optional[dict[str, torch.Tensor]] = None) -> nn.Module:
+          act_scales: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Quantize every Linear in place as `quantization` ({"method": ...}) says."""
     q = _ao()
-    is_linear = lambda m, fqn: isinstance(m, nn.Linear)  # noqa: E731
+    is_linear = lambda m, fqn: isinstance(m, nn.Linear)
     if quantization["method"] == "dynamic":
         q.quantize_(model, dynamic_config(quantization.get("act_mapping") == "asymmetric"),
                     filter_fn=is_linear)
@@ -141,8 +139,8 @@ class Quantize(Stage):
         self.spec = spec
         self.epochs = experiment.epochs
         self.fake_quant = False
-        self.quantization: Optional[dict] = None
-        self._model: Optional[nn.Module] = None
+        self.quantization: dict | None = None
+        self._model: nn.Module | None = None
 
     def _qat_on_at(self) -> int:
         """0-based epoch from which fake quantization is on."""
