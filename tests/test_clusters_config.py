@@ -18,8 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
-
+ROOT = Path(__file__).resolve().parents[1]
 CLUSTERS = ROOT / "clusters"
 LAUNCHER_YAMLS = sorted((CLUSTERS / "aws").glob("*.yaml")) + sorted((CLUSTERS / "gcp").glob("*.yaml"))
 KUBE_YAMLS = sorted((CLUSTERS / "kuberay").glob("*.yaml"))
@@ -180,6 +179,16 @@ def test_job_env_carries_mlflow_settings_not_local_stores(monkeypatch):
     assert cmd == ("python -m dlopt.cli run experiments/x.py --set optimizer.lr=0.1 "
                    "--set 'name=a b' --storage s3://b/p")
     assert "s3cret" not in cmd and "mlflow:5000" not in cmd
+
+
+def run_cli(*args, cwd, env=None):
+    """The real `dlopt` entry in a fresh process (own copy: `conftest` is ambiguous here)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "dlopt.cli", *args], cwd=cwd,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=120)
 
 
 def closed_port() -> int:
