@@ -18,10 +18,4 @@ def root() -> Path:
     return ROOT
 
 
-def run_cli(*args, cwd=None, env=None, timeout=600):
-    """Run the real `dlopt` console entry in a fresh process."""
-    import subprocess
-
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "dlopt.cli", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+from dlopt_testing import run_cli  # noqa: E402,F401  (kept importable for old tests)

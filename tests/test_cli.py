@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from conftest import run_cli
+from dlopt_testing import run_cli
 
 
 def test_validate_ok(root):

@@ -210,7 +210,7 @@ def test_valid_pbt_and_multi_objective_specs_pass():
 
 
 def test_cli_validate_refuses_a_bad_search(tmp_path):
-    from conftest import run_cli
+    from dlopt_testing import run_cli
 
     f = tmp_path / "bad.py"
     f.write_text("from dlopt import Experiment, Search, tune, Optimizer\n"

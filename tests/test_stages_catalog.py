@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from dlopt import (Data, Experiment, Model, Optimizer, Schedule, data, init as init_mod, models,
                    optim, schedules, spec as spec_mod, vision_data, vision_models)
-from conftest import run_cli
+from dlopt_testing import run_cli
 
 
 def test_spec_names_equal_torch_side_catalog_keys():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from dlopt_testing import run_cli
 from dlopt.load import apply_overrides, load
 from dlopt.train.loop import fit
 
