@@ -29,8 +29,8 @@ rank, out = int(sys.argv[1]), Path(sys.argv[2])
 spec_json = json.loads(sys.argv[3])
 dist.init_process_group("gloo", rank=rank, world_size=2)
 
-def run(strategy, tag, resume=None):
-    spec = Experiment.model_validate({**spec_json,
+def run(strategy, tag, resume=None, **override):
+    spec = Experiment.model_validate({**spec_json, **override,
                                       "resources": {"num_workers": 2, "strategy": strategy}})
     reports = []
     def report(metrics, write):
@@ -46,6 +46,10 @@ def run(strategy, tag, resume=None):
     return reports
 
 result = {"ddp": run("ddp", "ddp"), "fsdp": run("fsdp", "fsdp")}
+# bf16: DDP under autocast vs FSDP's MixedPrecisionPolicy (bf16 params, fp32 reduction)
+bf16 = {"epochs": 1, "precision": "bf16-mixed", "compression": []}
+result["ddp_bf16"] = run("ddp", "ddp_bf16", **bf16)
+result["fsdp_bf16"] = run("fsdp", "fsdp_bf16", **bf16)
 # resume the FSDP run from its merged epoch-1 checkpoint (as dlopt.train.worker.resume_from)
 ckpt = out / "fsdp" / "epoch1"
 resume = load_checkpoint(ckpt)
@@ -59,7 +63,7 @@ dist.destroy_process_group()
 (out / f"rank{rank}.json").write_text(json.dumps(result))
 """
 
-SPEC = {"name": "fsdp-unit", "seed": 3, "epochs": 3,
+SPEC = {"name": "fsdp-unit", "seed": 3, "epochs": 2,
         "data": {"dataset": "digits", "batch_size": 64},
         "model": {"arch": "mlp", "hidden": [64, 32]},
         "optimizer": {"name": "adam", "lr": 0.003},
@@ -93,11 +97,21 @@ def _epochs(reports):
 def test_fsdp_losses_match_ddp(two_ranks):
     _, (r0, _) = two_ranks
     ddp, fsdp = _epochs(r0["ddp"]), _epochs(r0["fsdp"])
-    assert [r["epoch"] for r in fsdp] == [1, 2, 3]
+    assert [r["epoch"] for r in fsdp] == [1, 2]
     for a, b in zip(ddp, fsdp):
         for key in ("train_loss", "val_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), (key, a["epoch"])
-    assert fsdp[-1]["val_accuracy"] > 0.8  # it learned (adam, 3 epochs on digits)
+    assert fsdp[-1]["val_accuracy"] > 0.5  # it learned (chance is 0.1 on digits)
+
+
+def test_bf16_mixed_fsdp_matches_ddp_autocast(two_ranks):
+    _, (r0, _) = two_ranks
+    ddp, fsdp = r0["ddp_bf16"][0], r0["fsdp_bf16"][0]
+    assert ddp["epoch"] == fsdp["epoch"] == 1
+    # bf16 rounding differs slightly between autocast and FSDP's bf16 parameter copies
+    assert fsdp["train_loss"] == pytest.approx(ddp["train_loss"], rel=1e-2)
+    assert fsdp["val_loss"] == pytest.approx(ddp["val_loss"], rel=1e-2)
+    assert fsdp["train_loss"] != r0["fsdp"][0]["train_loss"]  # bf16 really ran, not fp32
 
 
 def test_each_rank_holds_half_of_every_weight(two_ranks):
@@ -117,7 +131,7 @@ def test_sharded_checkpoint_has_every_rank_and_resumes_without_repeating(two_ran
     files = sorted(p.name for p in (out / "fsdp" / "epoch1" / "sharded").iterdir())
     assert ".metadata" in files and sum(f.endswith(".distcp") for f in files) == 2
     resumed, full = _epochs(r0["resumed"]), _epochs(r0["fsdp"])
-    assert [r["epoch"] for r in resumed] == [2, 3]  # epoch 1 is not trained again
+    assert [r["epoch"] for r in resumed] == [2]  # epoch 1 is not trained again
     for a, b in zip(full[1:], resumed):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-6)
