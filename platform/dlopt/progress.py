@@ -99,3 +99,33 @@ def silence_mlflow_events() -> None:
         if getattr(handler, "stream", None) is old:
             handler.setStream(_Stderr())
     logging_utils.MLFLOW_LOGGING_STREAM = _Discard()
+
+
+# Ray messages that tell a dlopt user nothing they can act on. The raylet pushes them to every
+# driver through its error channel, which Ray prints whatever `log_to_driver` says.
+RAY_NOISE = ("PYTHON worker processes have been started on node",)
+
+
+def drop_ray_noise(data: dict) -> dict | None:
+    """A Ray driver message (`{"lines": [...], ...}`) without the noisy lines; None if empty."""
+    lines = [line for line in data.get("lines", []) if not any(n in line for n in RAY_NOISE)]
+    return {**data, "lines": lines} if lines else None
+
+
+def hide_ray_noise() -> None:
+    """Filter the raylet's pushed messages on this driver (others, e.g. out-of-memory kills,
+    still print). Why by hand: Ray has no switch for them; its listener thread looks up
+    `ray._private.worker.print_to_stdstream` at each message, so a wrapper there holds."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "dlopt_filtered", False):
+        return
+
+    def filtered(data, ignore_prefix):
+        kept = drop_ray_noise(data)
+        if kept is not None:
+            original(kept, ignore_prefix)
+
+    filtered.dlopt_filtered = True
+    ray_worker.print_to_stdstream = filtered

@@ -49,9 +49,10 @@ def quiet_driver(verbose: bool) -> None:
     warnings.showwarning = lambda *args, **kwargs: None
     import mlflow  # noqa: F401  (configures its loggers on import; lower them after)
 
-    from dlopt.progress import silence_mlflow_events
+    from dlopt.progress import hide_ray_noise, silence_mlflow_events
 
     silence_mlflow_events()  # "Successfully registered model ...", "Created version ..."
+    hide_ray_noise()  # "(raylet) WARNING: N PYTHON worker processes have been started ..."
     for name in ("mlflow", "alembic", "ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
