@@ -184,13 +184,12 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
 
     # --- compress and save the final model
     if sharded:  # gather the full weights into a plain model on rank 0; compress that
-        placed = {"shard_fraction_max": sharding.max_shard_fraction(model)}
+        state.report["shard_fraction_max"] = sharding.max_shard_fraction(model)
         model = state.model = sharding.full_model(model, lambda: models.build(
             spec.model, datasets.input_shape, datasets.out_features), rank)
-        if model is None:
-            report({**state.metrics, **placed, "final": 1}, None)
+        if model is None:  # other ranks: nothing left to compress or save
+            report({**state.metrics, **state.report, "final": 1}, None)
             return state
-        state.report.update(placed)
     state.artifact = None
     run_event(stages, "fit_end", state)
     final = {**state.metrics, **state.report, "final": 1}
