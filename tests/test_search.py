@@ -338,3 +338,16 @@ def test_perturbation_log_finds_the_cloned_trial():
     assert source_trial(None, [a, b]) is None
     assert changed({"optimizer.lr": 0.1, "x": 1}, {"optimizer.lr": 0.12, "x": 1}) == {
         "optimizer.lr": [0.1, 0.12]}
+
+
+def test_grid_and_random_generators_carry_the_concurrency_limit():
+    """Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator instance."""
+    from dlopt import Experiment, Optimizer, Search, tune
+    from dlopt.plan import make_plan
+    from dlopt.search import search_algorithm
+
+    for algorithm in ("grid", "random"):
+        spec = Experiment(name="c", optimizer=Optimizer(lr=tune.grid([0.1, 0.01, 0.001])),
+                          search=Search(algorithm=algorithm, max_concurrent_trials=1))
+        gen = search_algorithm(make_plan(spec), spec)
+        assert gen.max_concurrent == 1

@@ -61,6 +61,15 @@ def cmd_run(args) -> int:
     except SweepFinished as done:  # --resume of a finished sweep: nothing to do
         print(done, file=sys.stderr)
         return 0
+    except Exception as err:  # noqa: BLE001 - one clear line, with credentials scrubbed
+        from dlopt.tracking import scrub
+
+        if args.verbose:
+            import traceback
+
+            print(scrub(traceback.format_exc()), file=sys.stderr)
+        print(f"error: {scrub(f'{type(err).__name__}: {err}')}", file=sys.stderr)
+        return 1
     print_summary(result)
     return 0 if result.best is not None else 1
 

@@ -89,9 +89,11 @@ def finalize(grid, plan, spec, tracker, tables, space):
         from dlopt import teachers  # distilled: the teacher URI and its pinned version
 
         version_tags.update(teachers.registry_tags(best_spec))
-        version = register_mod.register(tracker, best.run_id, best.checkpoint_path,
-                                        spec.tracking.register_as, spec.tracking.alias,
-                                        version_tags)
+        version = tracking.retry_transient(
+            lambda: register_mod.register(tracker, best.run_id, best.checkpoint_path,
+                                          spec.tracking.register_as, spec.tracking.alias,
+                                          version_tags),
+            tracking.DRAIN_TIMEOUT_S, "registering the best model")
         registered.append({"name": spec.tracking.register_as, "version": version,
                            "alias": spec.tracking.alias, "trial_id": best.trial_id})
         tracker.client.set_tag(parent_id, "dlopt.registered",

@@ -139,7 +139,10 @@ def register_front(tracker, plan, spec, trials, tables, space) -> list[dict]:
                     f"{k}:{m}" for k, m in objectives.items()),
                 **{f"metric.{k}": f"{v:.6g}" for k, v in tracking.numeric_metrics(t.metrics).items()},
                 **{f"objective.{k}": f"{t.metrics[k]:.6g}" for k in objectives}}
-        version = register_mod.register(tracker, t.run_id, t.checkpoint_path, name, None, tags)
+        version = tracking.retry_transient(
+            lambda t=t, tags=tags: register_mod.register(tracker, t.run_id, t.checkpoint_path,
+                                                         name, None, tags),
+            tracking.DRAIN_TIMEOUT_S, "registering a Pareto-optimal model")
         by_index[i] = version
         registered.append({"name": name, "version": version, "alias": None, "aliases": [],
                            "trial_id": t.trial_id, "pareto_rank": 1,

@@ -63,7 +63,9 @@ def search_algorithm(plan: Plan, spec: Experiment):
     if plan.algorithm in ("grid", "random"):
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed)
+        # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in (it only
+        # wraps Searchers in a ConcurrencyLimiter), so the limit goes to the generator itself.
+        return BasicVariantGenerator(random_state=seed, max_concurrent=plan.max_concurrent_trials)
     # A model-based searcher gets its metric(s) here when Tune is not told them (see above).
     if plan.objectives:
         metric, mode = list(plan.objectives), list(plan.objectives.values())

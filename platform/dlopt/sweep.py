@@ -236,6 +236,9 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     try:
         grid = tuner.fit()
         tracker.drain()  # writes buffered during an MLflow outage: written, or a clear error
+        # From here the driver writes directly (registry, test report, review): each call
+        # retries through an outage, bounded like the drain, instead of failing the sweep.
+        tracker.client = tracking.RetryingClient(tracker.client, tracking.DRAIN_TIMEOUT_S)
         trials, best, registered = finalize(grid, plan, spec, tracker, tables, space)
         status = "FINISHED"
         return SweepResult(plan=plan, parent_run_id=parent_id, experiment_id=tracker.experiment_id,

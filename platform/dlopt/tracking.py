@@ -207,6 +207,41 @@ def is_transient(err: BaseException) -> bool:
     return isinstance(err, (ConnectionError, TimeoutError)) or any(t in text for t in _TRANSIENT)
 
 
+def retry_transient(fn, timeout_s: float, what: str = "MLflow call"):
+    """Call fn(); on a transient store error (server down, SQLite locked) retry with backoff
+    until timeout_s, then raise TrackingUnavailable. Used after the Tune loop, when the driver
+    writes directly (registration, test report, review) instead of through the write queue."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - only transient errors are retried
+            if not is_transient(err):
+                raise
+            if time.monotonic() >= deadline:
+                raise TrackingUnavailable(f"{what}: MLflow stayed unreachable for "
+                                          f"{timeout_s:.0f} s ({scrub(str(err))[:200]})") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class RetryingClient:
+    """Wraps the (scrubbing) client so every call retries transient errors, bounded."""
+
+    def __init__(self, client, timeout_s: float):
+        self._client, self._timeout_s = client, timeout_s
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_client", "_timeout_s"):
+            raise AttributeError(name)
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+        return lambda *a, **kw: retry_transient(lambda: attr(*a, **kw), self._timeout_s,
+                                                f"MLflow {name}")
+
+
 class TrackingUnavailable(RuntimeError):
     """The MLflow store stayed unreachable past the bounded retry; writes were not made."""
 

@@ -27,8 +27,18 @@ def _config():
     return int(epoch), marker
 
 
+DELAY_ENV = "DLOPT_FAULT_EPOCH_DELAY_S"
+
+
 def after_report(metrics: dict, where: str) -> None:
-    """Called after each report; kills this process once when the chosen epoch is reached."""
+    """Called after each report; kills this process once when the chosen epoch is reached.
+
+    `DLOPT_FAULT_EPOCH_DELAY_S=S` (test-only) also sleeps S seconds after each report, so a
+    test can act while a fast trial is still mid-way (e.g. kill the driver at epoch 2).
+    """
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    if delay > 0:
+        time.sleep(delay)
     cfg = _config()
     if cfg is None or metrics.get("final") or int(metrics.get("epoch", 0)) != cfg[0]:
         return
