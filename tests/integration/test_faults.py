@@ -266,7 +266,10 @@ def test_driver_sigkilled_then_resume_reuses_runs(tmp_path):
                for m in client.get_metric_history(finished.info.run_id, k)]
     assert max(m.timestamp for m in history) < killed_at  # finished trial: nothing rerun
     resumed = [int(x) for x in Path(f"{marker}.resumed").read_text().split()]
-    assert resumed and min(resumed) >= 2, resumed  # trial 2 continued from its checkpoint
+    # trial 2 continued from a checkpoint, not from scratch. Tune snapshots its state every
+    # second, so the driver may die after MLflow got epoch 2 but before the snapshot held the
+    # epoch-2 checkpoint: resuming from epoch 1 is correct, and MLflow still has each epoch once.
+    assert resumed and min(resumed) >= 1, resumed
     assert client.get_model_version_by_alias("fault-driver", "champion")
     # resuming a finished sweep does nothing (no Ray, no second model version)
     third = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True,
