@@ -212,7 +212,9 @@ def test_submit_checks_address_and_spec_location(tmp_path):
     assert out.returncode == 2 and out.stderr.startswith("address:"), out.stderr
     spec = tmp_path / "x.py"
     spec.write_text((ROOT / "experiments" / "digits_mlp.py").read_text())
-    out = run_cli("submit", str(spec), "--address", f"http://127.0.0.1:{closed_port()}", cwd=ROOT)
+    # an explicit server URI: an earlier in-process sweep may have left a sqlite one in the env
+    out = run_cli("submit", str(spec), "--address", f"http://127.0.0.1:{closed_port()}", cwd=ROOT,
+                  env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"})
     assert out.returncode == 2 and out.stderr.startswith("spec:"), out.stderr
 
 

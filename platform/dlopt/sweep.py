@@ -209,7 +209,9 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     run_config = tune.RunConfig(
         name=plan.sweep_name, storage_path=str(storage_path), callbacks=callbacks,
         verbose=1 if verbose else 0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # PBT clones another trial's checkpoint some time after it was reported: keep them all
+        # (small models) so a clone never finds its source checkpoint deleted.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if plan.scheduler == "pbt" else 2),
         failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures if in_trial else 0))
     if restore_dir is not None and tune.Tuner.can_restore(str(restore_dir)):
         tuner = tune.Tuner.restore(str(restore_dir), trainable=trainable, resume_unfinished=True,
