@@ -125,9 +125,12 @@ def test_pbt_perturbs_and_mlflow_history_is_complete(pbt):
         path = client.download_artifacts(t.run_id, "pbt_perturbations.json")
         events = json.load(open(path))
         assert len(events) == int(run.data.tags["dlopt.pbt.perturbations"])
+        lr_events = [e for e in events if "optimizer.lr" in e["changes"]]
         for e in events:
             other = [o for o in result.trials if o.trial_id != t.trial_id][0]
             assert e["cloned_trial"] == other.trial_id and e["cloned_run"] == other.run_id
+        # a clone may keep its lr (explore can land on the same value): check those that moved
+        for e in lr_events:
             old, new = e["changes"]["optimizer.lr"]
             assert old != new and 1e-3 <= new <= 1e-1
             # the clone trained on with the new lr (constant schedule: logged lr == spec lr)
@@ -137,7 +140,8 @@ def test_pbt_perturbs_and_mlflow_history_is_complete(pbt):
             assert pbt_hist[e["epoch"]] == pytest.approx(new) and pbt_hist[0] == pytest.approx(
                 float(run.data.params["optimizer.lr"]))
         # params stay as first logged (MLflow cannot change them): the starting lr
-        assert run.data.params["optimizer.lr"] == str(events[0]["changes"]["optimizer.lr"][0])
+        if lr_events:
+            assert run.data.params["optimizer.lr"] == str(lr_events[0]["changes"]["optimizer.lr"][0])
     assert set(by_run) == {t.run_id for t in result.trials}
 
 
