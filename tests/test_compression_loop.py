@@ -2,7 +2,7 @@
 resume with masks, distillation from an installed teacher."""
 import pytest
 import torch
-from dlopt import Data, Distill, Experiment, Model, Optimizer, Prune, Quantize
+from dlopt import Data, Distill, Experiment, Model, Optimizer, Prune, Quantize, Tracking
 from dlopt.artifact import build_from_dir
 from dlopt.data import load
 from dlopt.train.loop import fit, load_checkpoint
@@ -23,10 +23,11 @@ class Reports:
 
 
 def spec(compression, epochs=4, hidden=(48,), **kw):
+    # every epoch reported with its checkpoint: the resume tests crash after a given epoch
     return Experiment(name="c", epochs=epochs, data=Data(dataset="digits", batch_size=64),
                       model=Model(hidden=list(hidden)),
                       optimizer=Optimizer(name="sgd", lr=0.05, momentum=0.9),
-                      compression=compression, **kw)
+                      compression=compression, tracking=Tracking(report_every=1), **kw)
 
 
 def val_accuracy(model, seed=0):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from dlopt import Experiment, Model, Optimizer
+from dlopt import Experiment, Model, Optimizer, Tracking
 from dlopt.artifact import build_from_dir
 from dlopt.train.loop import CHECKPOINT_FILE, fit, load_checkpoint
 
@@ -23,8 +23,31 @@ class Reports:
 
 
 def spec(**kw):
-    base = dict(name="t", epochs=4, model=Model(hidden=[32]), optimizer=Optimizer(name="adam", lr=3e-3))
+    """Reports every epoch (these tests are about per-epoch checkpoints); see the
+    batching test below for the default `report_every="auto"`."""
+    base = dict(name="t", epochs=4, model=Model(hidden=[32]), optimizer=Optimizer(name="adam", lr=3e-3),
+                tracking=Tracking(report_every=1))
     return Experiment(**{**base, **kw})
+
+
+def test_auto_cadence_batches_epochs_and_loses_none(tmp_path):
+    """A report far slower than an epoch: the loop reports the first epoch, then carries the
+    epochs it skips in the next report's `epoch_history` (dlopt.train.cadence)."""
+    import time
+
+    r = Reports(tmp_path)
+
+    def slow_report(metrics, write=None):
+        r(metrics, write)
+        time.sleep(0.2)  # 0.2 s per report: 5% budget = 4 s of training between reports
+
+    fit(spec(epochs=8, tracking=Tracking()), slow_report)
+    reported = [m["epoch"] for m in r.metrics if not m.get("final")]
+    assert reported == [1, 8]  # the first (measures the cost) and the last
+    carried = [h["epoch"] for h in r.metrics[1]["epoch_history"]]
+    assert carried == [2, 3, 4, 5, 6, 7]
+    ends = [h["epoch_end_time"] for h in r.metrics[1]["epoch_history"]] + [r.metrics[1]["epoch_end_time"]]
+    assert ends == sorted(ends) and ends[-1] - ends[0] < 0.2 * 6  # no report waited in between
 
 
 def test_reports_each_epoch_then_final(tmp_path):

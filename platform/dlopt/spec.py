@@ -408,6 +408,10 @@ class Tracking(_Base):
     experiment: Optional[str] = None
     register_as: Optional[str] = None
     alias: str = "champion"
+    # How often a trial reports metrics + checkpoint to Tune: "auto" keeps reporting under
+    # ~5% of the loop's time (short epochs are reported in batches; dlopt.train.cadence),
+    # N reports every N-th epoch, 1 every epoch. MLflow gets every epoch either way.
+    report_every: Union[Literal["auto"], Annotated[int, Field(ge=1)]] = "auto"
 
 
 class Experiment(_Base):
@@ -480,25 +484,9 @@ def _strategy_problems(spec: "Experiment") -> list[str]:
     if spec.resources.num_workers < 2:
         problems.append("resources.strategy: 'fsdp' shards every weight across workers; with "
                         "num_workers=1 there is nothing to shard (use 'ddp' or num_workers >= 2)")
-    reg = spec.regularization
-    for name in ("l1", "l2"):
-        if any(_points(getattr(reg, name))):
-            problems.append(f"regularization.{name}: the penalty adds FSDP's DTensor weight "
-                            "shards into the plain loss, which torch refuses; with strategy "
-                            "'fsdp' use optimizer.weight_decay instead")
-    for options in _compression_options(spec.compression):
-        for i, s in enumerate(options):
-            if s.stage == "prune":
-                problems.append(f"compression.{i}: prune keeps full-size masks that it applies "
-                                "to the weights after every step, but under strategy 'fsdp' each "
-                                "worker holds only a DTensor shard of a weight; use strategy "
-                                "'ddp' to prune (quantize works with 'fsdp')")
-            if s.stage == "quantize" and "qat" in _points(s.method):
-                problems.append(f"compression.{i}.method: 'qat' swaps Linear layers for "
-                                "fake-quantized ones during training, which is not supported "
-                                "with strategy 'fsdp'; use 'dynamic' or 'static' (applied to the "
-                                "gathered full model after training)")
-    return list(dict.fromkeys(problems))  # a compression search lists each problem once
+    # L1/L2 penalties, pruning and QAT work on the DTensor shards (dlopt.stages.regularization,
+    # dlopt.stages.prune_sharded, dlopt.train.sharding.shard): nothing more to refuse.
+    return problems
 
 
 def _compression_options(compression) -> list[list]:

@@ -28,7 +28,9 @@ TUNE_KEYS = {
     "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid", "done",
     "time_since_restore", "iterations_since_restore", "checkpoint_path", "final", "epoch",
     "date", "hostname", "node_ip", "trial_id", "experiment_tag", "config", "diverged",
+    "epoch_end_time",  # the MLflow timestamp of that epoch's metrics (dlopt.train.cadence)
 }
+HISTORY_KEY = "epoch_history"  # unreported earlier epochs a report carries (train.cadence)
 PER_EPOCH_STEP_KEY = "epoch"
 # Logged once per epoch; the final report repeats them, so it logs only what is new.
 PER_EPOCH_METRICS = {"train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds", "val_mse",
@@ -445,16 +447,23 @@ class Tracker:
             self._write(f"log_batch {trial_id} final", lambda: self.client.log_batch(
                 self._run_id(trial_id), metrics=batch))
             return
-        if epoch <= self.last_epoch.get(trial_id, 0):
-            return  # a restarted worker re-reporting an epoch already logged
-        self.last_epoch[trial_id] = epoch
         if result.get("diverged"):
             self._write(f"set_tag {trial_id}", lambda: self.client.set_tag(
                 self._run_id(trial_id), "dlopt.status", "diverged"))
-        batch = [Metric(k, v if math.isfinite(v) else float("nan"), now, epoch)
-                 for k, v in metrics.items()]
-        self._write(f"log_batch {trial_id} epoch {epoch}", lambda: self.client.log_batch(
-            self._run_id(trial_id), metrics=batch))
+        batch = []
+        for item in [*(result.get(HISTORY_KEY) or []), result]:
+            epoch = int(item.get(PER_EPOCH_STEP_KEY, 0))
+            if epoch <= self.last_epoch.get(trial_id, 0):
+                continue  # a restarted worker re-reporting an epoch already logged
+            self.last_epoch[trial_id] = epoch
+            # stamped with the epoch's own end, not this report's arrival (batched reports)
+            at = int(item["epoch_end_time"] * 1000) if "epoch_end_time" in item else now
+            batch += [Metric(k, v if math.isfinite(v) else float("nan"), at, epoch)
+                      for k, v in numeric_metrics(item).items()]
+        for i in range(0, len(batch), 1000):  # MLflow's log_batch limit: 1000 metrics
+            chunk = batch[i:i + 1000]
+            self._write(f"log_batch {trial_id} epoch {epoch}", lambda c=chunk: self.client.log_batch(
+                self._run_id(trial_id), metrics=c))
 
     def end_child(self, trial_id: str, status: str) -> None:
         if trial_id in self.known:

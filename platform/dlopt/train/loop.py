@@ -1,8 +1,10 @@
 """The training loop: plain PyTorch, read top to bottom (nanoGPT style).
 
 It knows nothing of Ray or MLflow. The caller passes:
-- `report(metrics, write_checkpoint)`: once per epoch and once at the end; `write_checkpoint`
-  is a function that writes files into a directory (rank 0 only, None elsewhere);
+- `report(metrics, write_checkpoint)`: at the epochs dlopt.train.cadence picks (every epoch,
+  or coalesced when epochs are much shorter than a report) and once at the end;
+  `write_checkpoint` is a function that writes files into a directory (rank 0 only, None
+  elsewhere); a report carries the unreported epochs before it under `epoch_history`;
 - `resume`: the checkpoint dict to continue from, or None;
 - `wrap`: turns the model into its distributed form (DDP under Ray Train, identity alone).
 Stages hook in at named events (see dlopt.stages).
@@ -24,7 +26,7 @@ from dlopt import artifact, data as data_mod, init as init_mod, models, optim, s
 from dlopt import metrics as metrics_mod
 from dlopt.spec import Experiment
 from dlopt.stages import State, catalog, run_event
-from dlopt.train import sharding
+from dlopt.train import cadence as cadence_mod, faults, sharding
 
 CHECKPOINT_FILE = "checkpoint.pt"
 Report = Callable[[dict, Optional[Callable[[Path], None]]], None]
@@ -83,6 +85,15 @@ def _mean_across_ranks(value: float, world: int) -> float:
     return t.item() / world
 
 
+def _any_rank(flag: bool, world: int) -> bool:
+    """True on every rank if it is true on one: a report is a collective under Ray Train."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)])
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
         resume: Optional[dict] = None, wrap: Callable = lambda m: m, device: str = "cpu") -> State:
     # --- setup: data, model, optimizer, schedule, stages (identical on every rank)
@@ -93,7 +104,7 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
     model.to(device)
     sharded = spec.resources.strategy == "fsdp" and world > 1
     if sharded:  # FSDP2: parameters become DTensor shards, so shard before the optimizer
-        sharding.shard(model, spec.precision)
+        sharding.shard(model, spec.precision, spec.compression)
     optimizer = optim.build(spec.optimizer, model.parameters())
     shard = math.ceil(len(datasets.train) / world)
     batch_size = batch_size_for(spec, shard)
@@ -121,6 +132,9 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
             stage.load_state_dict(saved)
         start_epoch, state.step = resume["epoch"], resume["step"]
     ddp_model = model if sharded else wrap(model)
+    cadence = cadence_mod.Cadence(spec.tracking.report_every, spec.epochs,
+                                  cadence_mod.scheduler_epochs(spec.search, spec.epochs))
+    unreported: list[dict] = []  # epochs since the last report, oldest first
 
     # --- train
     for epoch in range(start_epoch, spec.epochs):
@@ -159,14 +173,19 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
 
         train_loss = _mean_across_ranks(total / max(count, 1), world)
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
-                   **state.evaluate(model), "epoch_seconds": time.perf_counter() - t0}
+                   **state.evaluate(model), "epoch_seconds": time.perf_counter() - t0,
+                   cadence_mod.END_TIME_KEY: time.time()}
         state.metrics = metrics
         if not all(math.isfinite(v) for k, v in metrics.items() if k in ("train_loss", "val_loss")):
-            report({**metrics, "diverged": 1}, None)
+            report({**metrics, "diverged": 1, cadence_mod.HISTORY_KEY: unreported}, None)
             state.stop = True
             state.report["diverged"] = 1
             return state
         run_event(stages, "epoch_end", state)
+        faults.slow_epoch()  # test-only, off unless its env variable is set
+        if not _any_rank(cadence.due(epoch + 1, time.perf_counter() - t0, state.stop), world):
+            unreported.append(metrics)
+            continue
         saved = {"scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": state.step,
                  "stages": [s.state_dict() for s in stages]}
         if sharded:  # every rank writes its shard; rank 0 also the replicated rest
@@ -178,7 +197,10 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
             saved.update(model=model.state_dict(), optimizer=optimizer.state_dict())
             write = (lambda d, s=saved: torch.save(s, Path(d) / CHECKPOINT_FILE)) if rank == 0 \
                 else None
-        report(metrics, write)
+        t_report = time.perf_counter()
+        report({**metrics, cadence_mod.HISTORY_KEY: unreported} if unreported else metrics, write)
+        cadence.reported(time.perf_counter() - t_report)
+        unreported = []
         if state.stop:
             break
 
