@@ -14,6 +14,9 @@ How it stays correct under training, DDP and restarts:
   decay cannot revive a pruned weight, even in the stored parameter.
 - Every DDP rank holds the same weights after the gradient all-reduce and runs the same
   deterministic mask computation; `masks_agree` checks that across ranks.
+- Under FSDP (weights are DTensor shards) torch's reparametrization cannot be installed;
+  the masks are DTensor shards placed like the weights instead (dlopt.stages.prune_sharded),
+  computed by the same `masks_from` on the gathered weights.
 
 Schedules: "one_shot" prunes to the target at `start_epoch` (then training fine-tunes);
 "gradual" follows Zhu & Gupta (2017), s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3,
@@ -70,21 +73,29 @@ def _importance(m: nn.Module) -> torch.Tensor:
 def compute_masks(mods: list[nn.Module], sparsity: float, scope: str, structured: bool,
                   norm: str = "l1") -> list[torch.Tensor]:
     """New masks reaching `sparsity` (a fraction of weights, or of rows when structured)."""
+    return masks_from([_importance(m) for m in mods], [m.weight_mask for m in mods],
+                      sparsity, scope, structured, norm)
+
+
+def masks_from(importance: list[torch.Tensor], current: list[torch.Tensor], sparsity: float,
+               scope: str, structured: bool, norm: str = "l1") -> list[torch.Tensor]:
+    """The mask math on plain tensors (weights' importance, current masks); shared by the
+    reparametrized (DDP) path and the sharded (FSDP) path, which passes gathered weights."""
     if structured:
         n = 1 if norm == "l1" else 2
-        return [prune.LnStructured(round(sparsity * m.weight_orig.shape[0]), n=n, dim=0)
-                .compute_mask(_importance(m), m.weight_mask) for m in mods]
+        return [prune.LnStructured(round(sparsity * w.shape[0]), n=n, dim=0)
+                .compute_mask(w, c) for w, c in zip(importance, current)]
     if scope == "layer":
-        return [prune.L1Unstructured(round(sparsity * m.weight_orig.numel()))
-                .compute_mask(_importance(m), m.weight_mask) for m in mods]
-    scores = torch.cat([_importance(m).reshape(-1) for m in mods])
-    current = torch.cat([m.weight_mask.reshape(-1) for m in mods])
-    flat = prune.L1Unstructured(round(sparsity * scores.numel())).compute_mask(scores, current)
+        return [prune.L1Unstructured(round(sparsity * w.numel())).compute_mask(w, c)
+                for w, c in zip(importance, current)]
+    scores = torch.cat([w.reshape(-1) for w in importance])
+    flat_current = torch.cat([c.reshape(-1) for c in current])
+    flat = prune.L1Unstructured(round(sparsity * scores.numel())).compute_mask(scores,
+                                                                               flat_current)
     out, offset = [], 0
-    for m in mods:
-        k = m.weight_mask.numel()
-        out.append(flat[offset:offset + k].reshape(m.weight_mask.shape))
-        offset += k
+    for c in current:
+        out.append(flat[offset:offset + c.numel()].reshape(c.shape))
+        offset += c.numel()
     return out
 
 
@@ -116,12 +127,17 @@ def mask_sparsity(mods: list[nn.Module]) -> float:
 
 def masks_agree(mods: list[nn.Module], world: int) -> bool:
     """True when every DDP rank holds the same masks (a fingerprint compared by all-reduce)."""
+    return tensors_agree([m.weight_mask for m in mods], world)
+
+
+def tensors_agree(masks: list[torch.Tensor], world: int) -> bool:
+    """True when every rank holds the same (full, plain) masks. Collective."""
     if world == 1:
         return True
-    flat = torch.cat([m.weight_mask.reshape(-1).double().cpu() for m in mods])
+    flat = torch.cat([m.reshape(-1).double().cpu() for m in masks])
     pos = torch.arange(1, flat.numel() + 1, dtype=torch.float64)
     fp = torch.stack([flat.sum(), (flat * pos).sum(), (flat * pos.sqrt()).sum()])
-    device = mods[0].weight_mask.device
+    device = masks[0].device
     lo, hi = fp.clone().to(device), fp.clone().to(device)
     torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
     torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
@@ -139,6 +155,7 @@ class Prune(Stage):
         self.rank_mismatches = 0
         self.updates = 0
         self.forced_at_end = 0
+        self.sharded = None  # ShardedMasks when the model is FSDP-sharded (see prune_sharded)
 
     def _window(self, steps_per_epoch: int) -> tuple[int, int]:
         s = self.spec
@@ -160,20 +177,36 @@ class Prune(Stage):
             return None
         return gradual_sparsity(step, self.spec.sparsity, start, end)
 
-    def _update(self, state: State, sparsity: float) -> None:
+    def _update(self, state: State, sparsity: float, world: int | None = None) -> None:
         if sparsity <= self.sparsity:
             return
         mods = self._mods(state)
-        apply_masks(mods, compute_masks(mods, sparsity, self.spec.scope, self.spec.structured,
-                                        self.spec.norm))
+        world = state.world if world is None else world
+        if self.sharded is not None:
+            self._rebuild_after_restart(mods)
+            agree = self.sharded.compute(mods, sparsity, self.spec.scope, self.spec.structured,
+                                         self.spec.norm, world)
+        else:
+            apply_masks(mods, compute_masks(mods, sparsity, self.spec.scope,
+                                            self.spec.structured, self.spec.norm))
+            agree = masks_agree(mods, world)
         self.sparsity = sparsity
         self.updates += 1
-        if not masks_agree(mods, state.world):
+        if not agree:
             self.rank_mismatches += 1
+
+    def _rebuild_after_restart(self, mods: list[nn.Module]) -> None:
+        if self.sharded.masks is None and self.sparsity > 0:
+            self.sharded.rebuild(mods)
 
     # --- events
     def setup(self, state: State) -> None:
-        attach(state.model, self.spec.structured)
+        from dlopt.stages import prune_sharded
+
+        if prune_sharded.is_sharded(state.model):
+            self.sharded = prune_sharded.ShardedMasks()
+        else:
+            attach(state.model, self.spec.structured)
         if self._window(state.steps_per_epoch)[0] == 0:
             target = self.target(0, state.steps_per_epoch)
             if target is not None:
@@ -181,14 +214,25 @@ class Prune(Stage):
 
     def after_step(self, state: State) -> None:
         mods = self._mods(state)
-        zero_pruned(mods)
+        if self.sharded is not None:
+            self._rebuild_after_restart(mods)
+            self.sharded.zero_pruned(mods)
+        else:
+            zero_pruned(mods)
         target = self.target(state.step, state.steps_per_epoch)
         if target is not None:
             self._update(state, target)
 
     def fit_end(self, state: State) -> None:
+        world = state.world
+        if self.sharded is not None:
+            # FSDP: the loop gathered the full weights (pruned ones are exact zeros) into a
+            # plain model on rank 0 alone; finish there like DDP, with no collectives left.
+            # Freshly attached all-ones masks keep the zeros: they are the least important.
+            self.sharded, world = None, 1
+            attach(state.model, self.spec.structured)
         if self.sparsity < self.spec.sparsity:  # stopped early: reach the target anyway
-            self._update(state, self.spec.sparsity)
+            self._update(state, self.spec.sparsity, world)
             self.forced_at_end = 1
         make_permanent(state.model)
         state.report.update({"prune_rank_mask_mismatches": self.rank_mismatches,

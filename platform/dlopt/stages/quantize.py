@@ -115,6 +115,12 @@ def qat_prepare(model: nn.Module) -> None:
     set_fake_quant(model, False)
 
 
+def is_qat_prepared(model: nn.Module) -> bool:
+    from torchao.quantization.qat.linear import FakeQuantizedLinear
+
+    return any(isinstance(m, FakeQuantizedLinear) for m in model.modules())
+
+
 def set_fake_quant(model: nn.Module, enabled: bool) -> None:
     from torchao.quantization.qat.linear import enable_linear_fake_quant
 
@@ -149,7 +155,8 @@ class Quantize(Stage):
     def setup(self, state: State) -> None:
         self._model = state.model
         if self.spec.method == "qat":
-            qat_prepare(state.model)
+            if not is_qat_prepared(state.model):  # FSDP prepared it before sharding
+                qat_prepare(state.model)
             self._set(state, self._qat_on_at() == 0)
 
     def _set(self, state: State, on: bool) -> None:

@@ -18,13 +18,33 @@ def weight_params(model: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def l1_l2_penalty(weights: list[torch.Tensor], l1: float, l2: float) -> torch.Tensor:
-    """l1 * sum|W| + l2 * sum W^2 over the weights."""
-    total = weights[0].new_zeros(())
+    """l1 * sum|W| + l2 * sum W^2 over the weights, as a plain scalar tensor.
+
+    Under FSDP each weight is a DTensor shard: its sums are `Partial` (each rank holds its
+    shard's share). They are added up while still Partial and made whole with one all-reduce
+    (`full_tensor()`), so every rank gets the full-model penalty, the value DDP computes.
+    Its backward hands each rank the gradient of its own shard only (Partial -> Replicate
+    reduces nothing going back); FSDP then adds that to the rank-averaged loss gradient it
+    reduce-scatters into the same shard: the same update as DDP's averaged (loss + penalty)."""
+    from torch.distributed.tensor import DTensor
+
+    terms = []
     for w in weights:
         if l1:
-            total = total + l1 * w.abs().sum()
+            terms.append(l1 * w.abs().sum())
         if l2:
-            total = total + l2 * w.pow(2).sum()
+            terms.append(l2 * w.pow(2).sum())
+    plain = [t for t in terms if not isinstance(t, DTensor)]
+    sharded = [t for t in terms if isinstance(t, DTensor)]
+    total = weights[0].to_local().new_zeros(()) if isinstance(weights[0], DTensor) \
+        else weights[0].new_zeros(())
+    for t in plain:
+        total = total + t
+    if sharded:
+        partial = sharded[0]
+        for t in sharded[1:]:
+            partial = partial + t
+        total = total + partial.full_tensor()
     return total
 
 

@@ -50,10 +50,20 @@ def blocks(model: nn.Module) -> list[nn.Module]:
             if m is not model and any(True for _ in m.parameters(recurse=False))]
 
 
-def shard(model: nn.Module, precision: str = "32") -> nn.Module:
-    """Shard each block and then the root in place (FSDP2); returns the same module."""
+def shard(model: nn.Module, precision: str = "32", compression: list = ()) -> nn.Module:
+    """Shard each block and then the root in place (FSDP2); returns the same module.
+
+    A QAT stage in `compression` swaps Linear for torchao's FakeQuantizedLinear here, before
+    sharding: swapped after `fully_shard`, the new module has none of FSDP's hooks and its
+    forward fails on the DTensor shard (measured, torch 2.13 / torchao 0.18: "aten.addmm.default
+    got mixed torch.Tensor and DTensor"). Swapped first, FSDP shards the fake-quantized layers
+    like any Linear; the Quantize stage sees them prepared and only switches fake quant."""
     from torch.distributed.fsdp import fully_shard
 
+    if any(s.stage == "quantize" and s.method == "qat" for s in compression):
+        from dlopt.stages.quantize import qat_prepare
+
+        qat_prepare(model)
     kwargs = {} if policy(precision) is None else {"mp_policy": policy(precision)}
     for block in blocks(model):
         fully_shard(block, **kwargs)
