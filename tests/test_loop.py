@@ -83,3 +83,16 @@ def test_divergence_stops_and_is_flagged(tmp_path):
     fit(spec(optimizer=Optimizer(name="sgd", lr=1e6), epochs=5), r)
     assert r.metrics[-1].get("diverged") == 1
     assert len(r.metrics) <= 5
+
+
+def test_resume_after_the_last_epoch_still_reports_its_metrics(tmp_path):
+    """Killed between the last epoch's checkpoint and the final report: the retry trains no
+    epoch, and its final report still carries the last epoch's validation metrics."""
+    first = Reports(tmp_path / "a"); (tmp_path / "a").mkdir()
+    fit(spec(epochs=2), first)
+    ckpt = load_checkpoint(first.dirs[1])
+    assert ckpt["epoch"] == 2
+    again = Reports(tmp_path / "b"); (tmp_path / "b").mkdir()
+    fit(spec(epochs=2), again, resume=ckpt)
+    assert [m.get("final") for m in again.metrics] == [1]
+    assert again.metrics[0]["val_accuracy"] == first.metrics[1]["val_accuracy"]

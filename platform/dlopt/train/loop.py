@@ -131,6 +131,8 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
         for stage, saved in zip(stages, resume.get("stages", [])):
             stage.load_state_dict(saved)
         start_epoch, state.step = resume["epoch"], resume["step"]
+        # a run resumed after its last epoch still needs that epoch's metrics in the final report
+        state.metrics = dict(resume.get("metrics", {}))
     ddp_model = model if sharded else wrap(model)
     cadence = cadence_mod.Cadence(spec.tracking.report_every, spec.epochs,
                                   cadence_mod.scheduler_epochs(spec.search, spec.epochs))
@@ -187,7 +189,7 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
             unreported.append(metrics)
             continue
         saved = {"scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": state.step,
-                 "stages": [s.state_dict() for s in stages]}
+                 "stages": [s.state_dict() for s in stages], "metrics": metrics}
         if sharded:  # every rank writes its shard; rank 0 also the replicated rest
             def write(d, s=saved):
                 sharding.save(model, optimizer, d)
