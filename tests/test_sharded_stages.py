@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-
 from dlopt.spec import Experiment
 
 RANK_CODE = r"""

@@ -397,7 +397,8 @@ class Resources(_Base):
     max_failures: int = Field(0, ge=-1)
     placement: Literal["pack", "spread"] = "pack"
     # "ddp": a full model copy per worker; "fsdp": FSDP2, each worker holds 1/N of every
-    # weight (dlopt.train.sharding); "pipeline" is reserved and refused by validation.
+    # weight (dlopt.train.sharding); "pipeline": each worker holds consecutive layers of an
+    # mlp and microbatches stream through them (dlopt.train.pipeline).
     strategy: Literal["ddp", "fsdp", "pipeline"] = "ddp"
     # A 1-worker trial runs the same loop inside its Tune trial (no TorchTrainer, no second
     # process: ~15 s less start-up per trial); False forces a TorchTrainer worker anyway.
@@ -476,8 +477,7 @@ def _strategy_problems(spec: "Experiment") -> list[str]:
     """Combinations with resources.strategy that cannot work, each with the reason."""
     strategy = spec.resources.strategy
     if strategy == "pipeline":
-        return ["resources.strategy: 'pipeline' (torch.distributed.pipelining) is not "
-                "implemented; use 'ddp' or 'fsdp'"]
+        return _pipeline_problems(spec)
     if strategy != "fsdp":
         return []
     problems = []
@@ -487,6 +487,38 @@ def _strategy_problems(spec: "Experiment") -> list[str]:
     # L1/L2 penalties, pruning and QAT work on the DTensor shards (dlopt.stages.regularization,
     # dlopt.stages.prune_sharded, dlopt.train.sharding.shard): nothing more to refuse.
     return problems
+
+
+def _pipeline_problems(spec: "Experiment") -> list[str]:
+    """What a pipeline (dlopt.train.pipeline) cannot run: each stage holds some layers, and
+    the loss exists only inside the schedule on the last stage."""
+    problems, why = [], "with strategy 'pipeline' (each worker holds only its stage's layers)"
+    if any(a != "mlp" for a in _points(spec.model.arch)):
+        problems.append("model.arch: strategy 'pipeline' splits an nn.Sequential into stages; "
+                        "use arch 'mlp' (or strategy 'ddp'/'fsdp')")
+    layers = [len(h) + 1 for h in _points(spec.model.hidden)] if spec.model.arch == "mlp" else [1]
+    if spec.resources.num_workers < 2 or spec.resources.num_workers > min(layers):
+        problems.append(f"resources.num_workers: strategy 'pipeline' needs 2 to {min(layers)} "
+                        "workers here (one stage per worker, at least one Linear layer each)")
+    if any(p != "32" for p in _points(spec.precision)):
+        problems.append(f"precision: only '32' is implemented {why}")
+    reg = spec.regularization
+    for name in ("l1", "l2"):
+        if any(_points(getattr(reg, name))):
+            problems.append(f"regularization.{name}: the penalty would have to join the loss "
+                            f"computed inside the schedule on the last stage {why}; use "
+                            "optimizer.weight_decay")
+    if reg.grad_clip_norm is not None:
+        problems.append(f"regularization.grad_clip_norm: the norm spans every stage {why}; use "
+                        "grad_clip_value")
+    for options in _compression_options(spec.compression):
+        for i, s in enumerate(options):
+            if s.stage in ("prune", "distill") or (s.stage == "quantize"
+                                                   and "qat" in _points(s.method)):
+                problems.append(f"compression.{i}: {s.stage} acts during training on every "
+                                f"layer at once, not implemented {why}; post-training "
+                                "quantize ('dynamic'/'static') is")
+    return list(dict.fromkeys(problems))
 
 
 def _compression_options(compression) -> list[list]:

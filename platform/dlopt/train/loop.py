@@ -96,6 +96,9 @@ def _any_rank(flag: bool, world: int) -> bool:
 
 def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
         resume: Optional[dict] = None, wrap: Callable = lambda m: m, device: str = "cpu") -> State:
+    if spec.resources.strategy == "pipeline" and world > 1:  # its step is a schedule call
+        from dlopt.train import pipeline
+        return pipeline.fit(spec, report, rank=rank, world=world, resume=resume, device=device)
     # --- setup: data, model, optimizer, schedule, stages (identical on every rank)
     torch.manual_seed(spec.seed)
     datasets = data_mod.load(spec.data, spec.seed)
