@@ -3,8 +3,8 @@
 Shown on DTensor shards: the L1/L2 penalty equals the full model's (value and gradient);
 pruning masks computed from the shards equal the masks of the full weights, each rank holds
 half of each mask, and the zeros land in the gathered full state dict; the Prune stage keeps
-pruned weights at zero through optimizer steps; QAT prepared before sharding trains under
-FSDP like under DDP (same losses) and ends in the same int8 artifact format.
+pruned weights at zero through optimizer steps; QAT prepared before sharding, with pruning,
+trains under FSDP like under DDP (same losses, same sparsity) into the same int8 artifact.
 """
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ SPEC = {"name": "fsdp-stages", "seed": 5, "epochs": 2,
         "data": {"dataset": "digits", "batch_size": 64, "test_fraction": 0.0},
         "model": {"arch": "mlp", "hidden": [48, 24]},
         "optimizer": {"name": "adam", "lr": 0.003},
-        "compression": [{"stage": "quantize", "method": "qat", "qat_epochs": 1}]}
+        "compression": [{"stage": "prune", "sparsity": 0.6, "start_epoch": 1},
+                        {"stage": "quantize", "method": "qat", "qat_epochs": 1}]}
 
 
 def free_port() -> int:
@@ -152,7 +153,7 @@ def test_prune_stage_keeps_pruned_shards_at_zero(ranks):
         assert r["stage"]["mismatches"] == 0 and r["stage"]["masks_sharded"]
 
 
-def test_qat_under_fsdp_matches_ddp(ranks):
+def test_pruned_qat_under_fsdp_matches_ddp(ranks):
     r0 = ranks[0]
     ddp, fsdp = r0["qat_ddp"], r0["qat_fsdp"]
     assert [m["epoch"] for m in fsdp if not m.get("final")] == [1, 2]
@@ -163,6 +164,9 @@ def test_qat_under_fsdp_matches_ddp(ranks):
     assert fsdp[-1]["compressed_val_accuracy"] == pytest.approx(
         ddp[-1]["compressed_val_accuracy"], abs=0.02)
     assert fsdp[-1]["compressed_val_accuracy"] > 0.5
+    # pruned in epoch 2 while fake-quantized: the same sparsity in both int8 artifacts
+    assert fsdp[-1]["sparsity"] == pytest.approx(ddp[-1]["sparsity"], abs=1e-3)
+    assert fsdp[-1]["sparsity"] >= 0.6 - 1e-3
 
 
 def test_fsdp_accepts_penalties_prune_and_qat():
