@@ -6,10 +6,12 @@ Both sides train the same spec (digits, 64-512-10 MLP, Adam, seed 0, N epochs):
 - dlopt: `dlopt.sweep.run` of the same spec as a 1-trial sweep (1 worker, then 2 workers),
   local Ray started in this process, SQLite MLflow in a temp dir.
 
-Timing: the driver-side arrival time of each epoch (the MLflow metric timestamp the
-tracking callback writes) is fitted as t = a + b * epoch. b is the steady-state seconds
-per epoch, a the fixed start-up. For dlopt, `sweep start-up` is call -> trial start
-(Ray + MLflow parent), `trial start-up` is trial start -> the fitted epoch-0 point.
+Timing: each epoch's end time, stamped in the loop (`epoch_end_time`; the MLflow metric
+timestamp the driver writes for that epoch, also when reports batch epochs), is fitted as
+t = a + b * epoch. b is the steady-state seconds per epoch, a the fixed start-up. For
+dlopt, `sweep start-up` is call -> trial start (Ray + MLflow parent), `trial start-up` is
+trial start -> the fitted epoch-0 point. A 2-worker run is compared with the same loop in
+2 plain processes with gloo DDP (no Ray) as well as with the 1-process loop.
 Report cost is the median `report_seconds` the worker measured around `ray.train.report`.
 
     python benchmarks/overhead.py [--epochs 20] [--workers 1 2] [--poll 0.1]
@@ -74,6 +76,97 @@ def bare(spec) -> dict:
             "val_accuracy": state.metrics.get("val_accuracy")}
 
 
+def _bare_ddp_rank(rank: int, world: int, port: int, spec_json: dict, t0: float, out) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from dlopt.spec import Experiment
+    from dlopt.train.loop import fit
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    ends, compute = [], []
+
+    def report(metrics, write=None):
+        if not metrics.get("final"):
+            ends.append((metrics["epoch"], metrics["epoch_end_time"] - t0))
+            compute.append(metrics["epoch_seconds"])
+
+    state = fit(Experiment.model_validate(spec_json), report, rank=rank, world=world,
+                wrap=DistributedDataParallel)
+    dist.destroy_process_group()
+    if rank == 0:
+        out.put({"ends": ends, "compute": compute, "total": time.time() - t0,
+                 "val_accuracy": state.metrics.get("val_accuracy")})
+
+
+def bare_ddp(spec, world: int = 2) -> dict:
+    """The same loop as `world` plain processes (torch.multiprocessing + gloo + DDP), no Ray:
+    the fair baseline for a multi-worker trial, whose epochs also pay DDP's all-reduces."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.SimpleQueue()
+    t0 = time.time()
+    procs = [ctx.Process(target=_bare_ddp_rank,
+                         args=(r, world, port, spec.model_dump(mode="json"), t0, out))
+             for r in range(world)]
+    for proc in procs:
+        proc.start()
+    res = out.get()
+    for proc in procs:
+        proc.join()
+    a, b = common.line_fit([e for e, _ in res["ends"]], [t for _, t in res["ends"]])
+    return {"side": "bare DDP (processes)", "workers": world, "total_s": res["total"],
+            "startup_s": a, "epoch_s": b, "compute_s": statistics.median(res["compute"]),
+            "val_accuracy": res["val_accuracy"]}
+
+
+def _empty_train_fn(config: dict) -> None:
+    import json
+
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() == 0:
+        Path(config["out"]).write_text(json.dumps({"entered": time.time()}))
+
+
+def ray_train_alone(workers: int) -> dict:
+    """Ray Train's own start-up, without dlopt: a TorchTrainer whose train function only
+    writes the time it was entered (local Ray with the CPUs a dlopt sweep would start)."""
+    import json
+
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from dlopt.sweep import FAST_POLL_ENV
+
+    os.environ.update({k: v for k, v in FAST_POLL_ENV.items() if k not in os.environ})
+    ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR", runtime_env={"env_vars": dict(FAST_POLL_ENV)})
+    try:
+        with tempfile.TemporaryDirectory(prefix="dlopt-bench-") as work:
+            out = Path(work) / "entered.json"
+            t0 = time.time()
+            TorchTrainer(_empty_train_fn, train_loop_config={"out": str(out)},
+                         scaling_config=ScalingConfig(num_workers=workers),
+                         run_config=RunConfig(name="empty", storage_path=work)).fit()
+            total = time.time() - t0
+            entered = json.loads(out.read_text())["entered"] - t0
+    finally:
+        ray.shutdown()
+    return {"side": "Ray TorchTrainer alone (empty train fn)", "workers": workers,
+            "total_s": total, "startup_s": entered}
+
+
 def through_dlopt(spec, poll: str | None) -> dict:
     from mlflow.tracking import MlflowClient
 
@@ -121,21 +214,29 @@ def main() -> None:
 
     ref = bare(make_spec(args.epochs, 1))
     rows = [ref]
-    print(common.table([ref], ["side", "total_s", "startup_s", "epoch_s", "val_accuracy"]))
+    refs = {1: ref}  # workers -> the bare baseline a dlopt run of that many workers is compared to
+    for w in sorted({w for w in args.workers if w > 1}):
+        refs[w] = bare_ddp(make_spec(args.epochs, w), w)
+        rows += [refs[w], ray_train_alone(w)]
+    print(common.table(rows, ["side", "workers", "total_s", "startup_s", "epoch_s", "val_accuracy"]))
     for poll in args.poll:
         runs = [(w, True) for w in args.workers] + ([(1, False)] if args.trainer else [])
         for w, in_trial in runs:
             row = through_dlopt(make_spec(args.epochs, w, in_trial=in_trial), poll)
-            row["ratio"] = row["epoch_s"] / ref["epoch_s"]
-            row["trial_startup_extra_s"] = row["startup_s"] - ref["startup_s"]
+            base = refs[w]
+            row["ratio"] = row["epoch_s"] / base["epoch_s"]
+            row["ratio_vs_1_process"] = row["epoch_s"] / ref["epoch_s"]
+            row["trial_startup_extra_s"] = row["startup_s"] - base["startup_s"]
             rows.append(row)
             print(common.table([row], list(row)))
     cols = ["side", "workers", "poll_s", "total_s", "sweep_startup_s", "startup_s", "epoch_s",
-            "compute_s", "ratio", "report_s", "report_max_s", "tail_s", "val_accuracy"]
+            "compute_s", "ratio", "ratio_vs_1_process", "report_s", "report_max_s", "tail_s", "val_accuracy"]
     text = common.table(rows, cols)
     print(text)
     verdicts = []
-    for r in rows[1:]:
+    for r in rows:
+        if not r["side"].startswith("dlopt"):
+            continue
         w = r["workers"]
         target = TARGETS[f"trial_startup_{min(w, 2)}"]
         verdicts.append(
@@ -147,8 +248,13 @@ def main() -> None:
     md = (f"{args.note}\n\n" if args.note else "") + \
         f"{args.epochs} epochs, digits, MLP 64-512-10, Adam, batch 64, seed 0. " \
         "startup_s: fitted epoch-0 point after trial start (bare: after the call); epoch_s: " \
-        "fitted seconds per epoch from driver-side arrival times; report_s: median seconds " \
-        "`ray.train.report` blocked; compute_s: median in-loop `epoch_seconds` (train + " \
+        "fitted seconds per epoch from each epoch's end time (stamped in the loop, logged by " \
+        "the driver); ratio: epoch_s / the bare baseline with as many processes (1 worker: " \
+        "the bare loop; N workers: bare DDP, N spawned processes with gloo, no Ray); " \
+        "ratio_vs_1_process: against the 1-process bare loop; report_s: median seconds " \
+        "a report blocked the loop; 'Ray TorchTrainer alone': start-up = TorchTrainer.fit() " \
+        "call -> its (empty) train function entered, the part of a multi-worker trial's " \
+        "start-up that is Ray Train's own; compute_s: median in-loop `epoch_seconds` (train + " \
         "eval, no reporting) - it rises when Ray's own processes take CPU. bare loop: one " \
         "torch thread.\n\n" + text + "\n\n" + "\n".join(verdicts) + "\n"
     common.write("overhead", "Overhead and report cost", {"rows": rows, "args": vars(args)}, md)

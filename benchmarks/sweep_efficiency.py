@@ -7,7 +7,7 @@ dir); then each trial's resolved spec is trained again by `dlopt.train.loop.fit`
 process with one torch thread (a trial of the sweep has one CPU), timed from the call to its
 return (data load included, as in a trial).
 
-    python benchmarks/sweep_efficiency.py [--trials 16] [--epochs 10] [--trainer]
+    python benchmarks/sweep_efficiency.py [--trials 16] [--epochs 10] [--hidden 64 128 256] [--trainer]
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ import common  # noqa: E402
 TARGET = 0.8
 
 
-def make_spec(trials: int, epochs: int, in_trial: bool):
+def make_spec(trials: int, epochs: int, in_trial: bool, hidden=(64, 128, 256)):
     from dlopt import Data, Experiment, Model, Optimizer, Resources, Search, Tracking, tune
 
     return Experiment(
         name="bench-sweep", seed=0, epochs=epochs,
         data=Data(dataset="digits", batch_size=64),
-        model=Model(arch="mlp", hidden=tune.choice([[64], [128], [256]])),
+        model=Model(arch="mlp", hidden=tune.choice([[h] for h in hidden])),
         optimizer=Optimizer(name="adam", lr=tune.loguniform(1e-4, 3e-2)),
         search=Search(algorithm="random", num_samples=trials, max_concurrent_trials=2, seed=0),
         resources=Resources(num_workers=1, in_trial=in_trial),
@@ -49,6 +49,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--hidden", type=int, nargs="+", default=[64, 128, 256],
+                    help="hidden widths the search chooses from (wider: longer trials)")
     ap.add_argument("--trainer", action="store_true",
                     help="Resources(in_trial=False): a TorchTrainer per trial (the old path)")
     args = ap.parse_args()
@@ -59,18 +61,21 @@ def main() -> None:
     from dlopt.sweep import run
     from dlopt.trial import assignment_from_config
 
-    spec = make_spec(args.trials, args.epochs, in_trial=not args.trainer)
+    spec = make_spec(args.trials, args.epochs, in_trial=not args.trainer, hidden=args.hidden)
     from mlflow.tracking import MlflowClient
 
     with tempfile.TemporaryDirectory(prefix="dlopt-bench-") as work:
         uri = f"sqlite:///{work}/mlflow.db"
-        t0 = time.perf_counter()
+        t0, t0_unix = time.perf_counter(), time.time()
         result = run(spec, tracking_uri=uri, storage=f"{work}/ray_results", progress=False)
         sweep_s = time.perf_counter() - t0
+        t_end_unix = t0_unix + sweep_s
         # per trial, from the driver's MLflow records: start -> first epoch, start -> end
-        client, first, length = MlflowClient(uri), [], []
+        client, first, length, starts, ends = MlflowClient(uri), [], [], [], []
         for t in result.trials:
             info = client.get_run(t.run_id).info
+            starts.append(info.start_time / 1000)
+            ends.append(info.end_time / 1000)
             hist = client.get_metric_history(t.run_id, "epoch_seconds")
             first.append((min(m.timestamp for m in hist) - info.start_time) / 1000)
             length.append((info.end_time - info.start_time) / 1000)
@@ -90,16 +95,20 @@ def main() -> None:
            "sweep_wall_s": sweep_s, "bare_sum_s": sum(bare), "bare_mean_s": sum(bare) / len(bare),
            "ideal_s": ideal, "efficiency": eff,
            "overhead_per_trial_s": (sweep_s - ideal) * 2 / len(bare),
-           "trial_first_epoch_s": sum(first) / len(first), "trial_length_s": sum(length) / len(length)}
+           "trial_first_epoch_s": sum(first) / len(first), "trial_length_s": sum(length) / len(length),
+           "before_first_trial_s": min(starts) - t0_unix, "after_last_trial_s": t_end_unix - max(ends)}
     cols = list(row)
     text = common.table([row], cols)
     print(text)
-    md = (f"{args.trials} trials (random search, seed 0: hidden in {{64,128,256}}, Adam lr "
+    md = (f"{args.trials} trials (random search, seed 0: hidden in {set(args.hidden)}, Adam lr "
           f"loguniform 1e-4..3e-2), {args.epochs} epochs of digits, 1 worker per trial, "
           "max_concurrent_trials=2. bare: the same 16 resolved specs through `fit` one after "
           "another with one torch thread; ideal = bare_sum / 2. overhead_per_trial_s = "
           "(sweep_wall - ideal) * 2 / trials; trial_first_epoch_s / trial_length_s: "
-          "mean seconds from a trial's start (MLflow child run) to its first epoch / its end.\n\n" + text +
+          "mean seconds from a trial's start (MLflow child run) to its first epoch / its end; "
+          "before_first_trial_s: call -> first trial start (Ray start, MLflow parent run); "
+          "after_last_trial_s: last trial end -> return (selection, registration, test report, "
+          "review artifacts).\n\n" + text +
           f"\n\n- sweep efficiency {eff:.2f} (target >= {TARGET})\n")
     common.write("sweep_efficiency", "Sweep efficiency", {"row": row, "bare_s": bare,
                                                            "args": vars(args)}, md)

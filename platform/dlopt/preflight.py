@@ -27,13 +27,16 @@ MAX_LOCAL_OVERSUBSCRIPTION = 4
 _TEACHER = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
 
-def local_capacity() -> dict[str, float]:
-    """What a local Ray started by dlopt can ever offer: logical CPUs and real GPUs."""
+def local_capacity(count_gpus: bool = True) -> dict[str, float]:
+    """What a local Ray started by dlopt can ever offer: logical CPUs and real GPUs.
+
+    Counting GPUs imports torch (~1.5 s on the driver): skipped when nothing asks for one."""
     gpus = 0
     try:
-        import torch
+        if count_gpus:
+            import torch
 
-        gpus = torch.cuda.device_count()
+            gpus = torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - no usable CUDA means no GPUs
         gpus = 0
     return {"CPU": float((os.cpu_count() or 1) * MAX_LOCAL_OVERSUBSCRIPTION), "GPU": float(gpus)}
@@ -100,7 +103,7 @@ def check(spec: Experiment, tracking_uri: str, address: Optional[str]) -> None:
     """Raise SpecError before Ray starts when the run can never succeed."""
     problems = []
     if not address:
-        problems += placement_problems(spec, local_capacity(), "this machine")
+        problems += placement_problems(spec, local_capacity(spec.resources.use_gpu), "this machine")
     problems += teacher_problems(spec, tracking_uri)
     if problems:
         raise SpecError(problems)

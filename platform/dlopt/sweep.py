@@ -173,7 +173,16 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
     keep_credentials_out_of_runtime_env(storage_path)
-    init_ray(plan, address, verbose)
+    # Opening the MLflow store (a new SQLite file runs its schema migrations, ~2-3 s of CPU)
+    # overlaps Ray's start-up, which mostly waits on its own processes.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="dlopt-mlflow-open") as pool:
+        opening = pool.submit(tracking.Tracker, tracking_uri, plan.tracking_experiment)
+        try:
+            init_ray(plan, address, verbose)
+        finally:
+            tracker = opening.result()
     if address or os.environ.get("RAY_ADDRESS"):
         for line in preflight.cluster_warnings(spec):
             print(line, file=sys.stderr)
@@ -181,7 +190,6 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     from ray import tune
 
     space, tables = to_ray_space(plan)
-    tracker = tracking.Tracker(tracking_uri, plan.tracking_experiment)
     from dlopt.review import source_tags
 
     # user, source (the experiment file), git commit, and the command that reproduces the sweep
