@@ -77,6 +77,12 @@ stage.setup(state)
 x, y = torch.randn(16, 64), torch.randint(0, 10, (16,))
 for step in range(1, 6):
     torch.nn.functional.cross_entropy(sh(x), y).backward()
+    if step == 5:  # the pruned weights (exact zeros) got no gradient, as under DDP's reparam
+        res["pruned_grad_max"] = max(
+            m.weight.grad.full_tensor()[m.weight.full_tensor() == 0].abs().max().item()
+            for _, m in prune.targets(sh, False))
+        res["kept_grad_max"] = max(m.weight.grad.full_tensor().abs().max().item()
+                                   for _, m in prune.targets(sh, False))
     opt.step(); opt.zero_grad()
     state.step = step
     stage.after_step(state)
@@ -100,6 +106,7 @@ SPEC = {"name": "fsdp-stages", "seed": 5, "epochs": 2,
         "data": {"dataset": "digits", "batch_size": 64, "test_fraction": 0.0},
         "model": {"arch": "mlp", "hidden": [48, 24]},
         "optimizer": {"name": "adam", "lr": 0.003},
+        "regularization": {"grad_clip_norm": 0.5},  # its norm must not see pruned weights
         "compression": [{"stage": "prune", "sparsity": 0.6, "start_epoch": 1},
                         {"stage": "quantize", "method": "qat", "qat_epochs": 1}]}
 
@@ -151,6 +158,7 @@ def test_prune_stage_keeps_pruned_shards_at_zero(ranks):
     for r in ranks:
         assert r["stage"]["zeros"] == pytest.approx(0.7, abs=1e-3)
         assert r["stage"]["mismatches"] == 0 and r["stage"]["masks_sharded"]
+        assert r["pruned_grad_max"] == 0 < r["kept_grad_max"]
 
 
 def test_pruned_qat_under_fsdp_matches_ddp(ranks):

@@ -205,6 +205,7 @@ class Prune(Stage):
 
         if prune_sharded.is_sharded(state.model):
             self.sharded = prune_sharded.ShardedMasks()
+            self.sharded.mask_grads(self._mods(state))
         else:
             attach(state.model, self.spec.structured)
         if self._window(state.steps_per_epoch)[0] == 0:
