@@ -46,8 +46,12 @@ def test_auto_cadence_batches_epochs_and_loses_none(tmp_path):
     assert reported == [1, 8]  # the first (measures the cost) and the last
     carried = [h["epoch"] for h in r.metrics[1]["epoch_history"]]
     assert carried == [2, 3, 4, 5, 6, 7]
-    ends = [h["epoch_end_time"] for h in r.metrics[1]["epoch_history"]] + [r.metrics[1]["epoch_end_time"]]
-    assert ends == sorted(ends) and ends[-1] - ends[0] < 0.2 * 6  # no report waited in between
+    batch = r.metrics[1]["epoch_history"] + [r.metrics[1]]
+    ends = [m["epoch_end_time"] for m in batch]
+    assert ends == sorted(ends)
+    # epochs 3..8 followed one another with no 0.2 s report in between (robust to slow epochs)
+    trained = sum(m["epoch_seconds"] for m in batch[1:])
+    assert ends[-1] - ends[0] < trained + 0.15, (ends[-1] - ends[0], trained)
 
 
 def test_reports_each_epoch_then_final(tmp_path):
