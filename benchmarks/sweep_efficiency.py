@@ -45,6 +45,27 @@ def bare_seconds(spec) -> float:
     return time.perf_counter() - t0
 
 
+def _bare_from_json(spec_json: dict) -> float:
+    import torch
+
+    from dlopt.spec import Experiment
+
+    torch.set_num_threads(1)
+    return bare_seconds(Experiment.model_validate(spec_json))
+
+
+def bare_two_at_once(specs) -> float:
+    """Wall seconds of the same bare loops in 2 plain processes at once (no Ray): what this
+    machine really gives two concurrent trials, beside the ideal of a perfect 2x."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_bare_from_json, [s.model_dump(mode="json") for s in specs]))
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=16)
@@ -84,16 +105,18 @@ def main() -> None:
 
     _, tables = to_ray_space(result.plan)
     torch.set_num_threads(1)
-    bare = []
+    bare, specs = [], []
     for t in result.trials:
-        trial_spec = resolve(result.plan.spec_json, assignment_from_config(t.config, tables))
-        bare.append(bare_seconds(trial_spec))
+        specs.append(resolve(result.plan.spec_json, assignment_from_config(t.config, tables)))
+        bare.append(bare_seconds(specs[-1]))
     ideal = sum(bare) / 2
     eff = ideal / sweep_s
+    two_at_once = bare_two_at_once(specs)
     row = {"path": "TorchTrainer per trial" if args.trainer else "in-trial (default)",
            "trials": len(result.trials), "ok": ok, "epochs": args.epochs,
            "sweep_wall_s": sweep_s, "bare_sum_s": sum(bare), "bare_mean_s": sum(bare) / len(bare),
-           "ideal_s": ideal, "efficiency": eff,
+           "ideal_s": ideal, "efficiency": eff, "bare_2_procs_wall_s": two_at_once,
+           "efficiency_vs_2_procs": two_at_once / sweep_s,
            "overhead_per_trial_s": (sweep_s - ideal) * 2 / len(bare),
            "trial_first_epoch_s": sum(first) / len(first), "trial_length_s": sum(length) / len(length),
            "before_first_trial_s": min(starts) - t0_unix, "after_last_trial_s": t_end_unix - max(ends)}
@@ -108,8 +131,11 @@ def main() -> None:
           "mean seconds from a trial's start (MLflow child run) to its first epoch / its end; "
           "before_first_trial_s: call -> first trial start (Ray start, MLflow parent run); "
           "after_last_trial_s: last trial end -> return (selection, registration, test report, "
-          "review artifacts).\n\n" + text +
-          f"\n\n- sweep efficiency {eff:.2f} (target >= {TARGET})\n")
+          "review artifacts). bare_2_procs_wall_s: the same bare loops in 2 plain processes at "
+          "once (no Ray; what the machine gives 2 concurrent loops), efficiency_vs_2_procs = "
+          "that / sweep_wall.\n\n" + text +
+          f"\n\n- sweep efficiency {eff:.2f} (target >= {TARGET}); against 2 bare processes at "
+          f"once {two_at_once / sweep_s:.2f}\n")
     common.write("sweep_efficiency", "Sweep efficiency", {"row": row, "bare_s": bare,
                                                            "args": vars(args)}, md)
 
