@@ -94,3 +94,29 @@ def test_child_created_during_outage_is_created_once(tmp_path):
     assert len(runs) == 1 and runs[0].data.params == {"a": "1"}
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")] == [1]
     assert [a.path for a in client.list_artifacts(runs[0].info.run_id)] == ["spec.json"]
+
+
+def test_failed_test_report_warning_hides_uri_credentials(monkeypatch, capsys):
+    """An MLflow error quotes the request URL; the warning printed when the test-split report
+    fails must not carry the tracking URI's password (seen once in a server-outage test)."""
+    from dlopt import evaluation, finalize
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("API request to http://dlopt:pw-secret-1@127.0.0.1:5000/api/2.0/"
+                           "mlflow/registered-models/get failed with exception HTTPConnect")
+
+    class Client:
+        tags = []
+
+        def set_tag(self, run_id, key, value):
+            self.tags.append((run_id, key, value))
+
+    class Tracker:
+        client, parent_id = Client(), "parent"
+
+    monkeypatch.setattr(evaluation, "final_report", fail)
+    finalize.final_test_report(Tracker(), None, [], [])
+    err = capsys.readouterr().err
+    assert "the test-split report failed" in err and "127.0.0.1:5000" in err
+    assert "pw-secret-1" not in err
+    assert Tracker.client.tags and Tracker.client.tags[0][1] == "dlopt.test_report"

@@ -102,7 +102,7 @@ def print_summary(result) -> None:
     uri = redact_uri(result.tracking_uri)
     print(f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}) at {uri}")
     from dlopt.review import UI_QUERY
-    from dlopt.tracking import default_tracking_uri
+    from dlopt.tracking import default_tracking_uri, scrub
 
     route = f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}{UI_QUERY}"
     if uri.startswith(("http://", "https://")):
@@ -128,7 +128,7 @@ def cmd_evaluate(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
     except MlflowException as err:  # no such model, alias or version
-        print(f"error: {args.model}: {err.message}", file=sys.stderr)
+        print(f"error: {args.model}: {scrub(err.message)}", file=sys.stderr)  # URL credentials
         return 1
     if args.json:
         print(json.dumps(report.to_json(), indent=1))

@@ -213,7 +213,13 @@ def final_report(tracker, best, registered: list[dict], trials: list) -> list[Re
     reports = []
     for i, (trial_id, reg) in enumerate(targets):
         if reg is not None:
-            model_dir = model_dir_from_uri(f"models:/{reg['name']}/{reg['version']}")
+            # the download is the one call here that is not the (retrying) tracker client's:
+            # it retries through an MLflow outage the same bounded way
+            from dlopt.tracking import DRAIN_TIMEOUT_S, retry_transient
+
+            uri = f"models:/{reg['name']}/{reg['version']}"
+            model_dir = retry_transient(lambda: model_dir_from_uri(uri), DRAIN_TIMEOUT_S,
+                                        f"download {reg['name']} v{reg['version']}")
         else:
             model_dir = _local_copy(by_trial[trial_id].checkpoint_path)
         model, spec, meta = load_saved(model_dir)

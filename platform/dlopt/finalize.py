@@ -114,5 +114,8 @@ def final_test_report(tracker, best, registered, trials) -> None:
     try:
         final_report(tracker, best, registered, trials)
     except Exception as err:  # noqa: BLE001 (any failure is reported on the parent run)
-        print(f"warning: the test-split report failed: {err!r}", file=sys.stderr)
+        from dlopt.tracking import scrub
+
+        # an MLflow error quotes the request URL, credentials included: scrubbed
+        print(f"warning: the test-split report failed: {scrub(repr(err))}", file=sys.stderr)
         tracker.client.set_tag(tracker.parent_id, "dlopt.test_report", f"failed: {err!r}"[:5000])

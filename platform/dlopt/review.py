@@ -520,7 +520,10 @@ def publish_safely(*args, **kwargs) -> Optional[dict]:
         return publish(*args, **kwargs)
     except Exception as err:  # noqa: BLE001 (reported, not hidden)
         tracker = args[0] if args else kwargs.get("tracker")
-        print(f"warning: the sweep review could not be written to MLflow: {err!r}", file=sys.stderr)
+        from dlopt.tracking import scrub
+
+        print(f"warning: the sweep review could not be written to MLflow: {scrub(repr(err))}",
+              file=sys.stderr)
         try:
             tracker.client.set_tag(tracker.parent_id, "dlopt.review_error", repr(err)[:5000])
         except Exception:  # noqa: BLE001 (the tracking store itself is down)
