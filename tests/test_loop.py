@@ -1,12 +1,11 @@
 """The training loop without Ray: reports, checkpoints, resume, divergence."""
-import math
 
 import pytest
 import torch
 
 from dlopt import Experiment, Model, Optimizer, Tracking
 from dlopt.artifact import build_from_dir
-from dlopt.train.loop import CHECKPOINT_FILE, fit, load_checkpoint
+from dlopt.train.loop import fit, load_checkpoint
 
 
 class Reports:

@@ -1,6 +1,5 @@
 """Optimizers: every catalog name builds with its options, gd is full-batch, custom by import
 path; bf16-mixed really trains on CPU."""
-import pytest
 import torch
 
 from dlopt import Data, Experiment, Model, Optimizer, optim

@@ -102,7 +102,7 @@ def print_summary(result) -> None:
     uri = redact_uri(result.tracking_uri)
     print(f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}) at {uri}")
     from dlopt.review import UI_QUERY
-    from dlopt.tracking import default_tracking_uri, scrub
+    from dlopt.tracking import default_tracking_uri
 
     route = f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}{UI_QUERY}"
     if uri.startswith(("http://", "https://")):
@@ -117,7 +117,7 @@ def cmd_evaluate(args) -> int:
     import mlflow
 
     from dlopt.evaluation import EvaluationError, evaluate_uri
-    from dlopt.tracking import default_tracking_uri
+    from dlopt.tracking import default_tracking_uri, scrub
 
     mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
     from mlflow.exceptions import MlflowException
