@@ -5,12 +5,10 @@ refuses what a pipeline cannot run."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from dlopt_testing import run_gloo_ranks
 from dlopt.spec import Experiment
 
 RANK_CODE = r"""
@@ -55,16 +53,8 @@ SPEC = {"name": "pipe-unit", "seed": 4, "epochs": 2,
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    from test_sharded_stages import free_port
-
     out = tmp_path_factory.mktemp("pipeline")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    procs = [subprocess.Popen([sys.executable, "-c", RANK_CODE, str(r), str(out),
-                               json.dumps(SPEC)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-4000:]
+    run_gloo_ranks(RANK_CODE, str(out), json.dumps(SPEC))
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

@@ -9,12 +9,9 @@ trains under FSDP like under DDP (same losses, same sparsity) into the same int8
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
+from dlopt_testing import run_gloo_ranks
 from dlopt.spec import Experiment
 
 RANK_CODE = r"""
@@ -111,22 +108,10 @@ SPEC = {"name": "fsdp-stages", "seed": 5, "epochs": 2,
                         {"stage": "quantize", "method": "qat", "qat_epochs": 1}]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp_stages")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    procs = [subprocess.Popen([sys.executable, "-c", RANK_CODE, str(r), str(out),
-                               json.dumps(SPEC)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-4000:]
+    run_gloo_ranks(RANK_CODE, str(out), json.dumps(SPEC))
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

@@ -4,14 +4,11 @@ the final artifact; the spec refuses combinations that cannot work."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from dlopt_testing import run_gloo_ranks
 from dlopt.spec import Experiment
 
 # One process per rank. Each `fit` reports per epoch; a checkpoint writer, when given, writes
@@ -71,22 +68,10 @@ SPEC = {"name": "fsdp-unit", "seed": 3, "epochs": 2,
         "compression": [{"stage": "quantize", "method": "dynamic"}]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    procs = [subprocess.Popen([sys.executable, "-c", RANK_CODE, str(r), str(out),
-                               json.dumps(SPEC)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    outs = [p.communicate(timeout=400) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-4000:]
+    run_gloo_ranks(RANK_CODE, str(out), json.dumps(SPEC), timeout=400)
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

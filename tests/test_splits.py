@@ -2,8 +2,6 @@
 and the test split out of reach of training and selection code."""
 import ast
 import hashlib
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dlopt_testing import run_gloo_ranks
 from dlopt import Experiment, Model, Optimizer
 from dlopt import data as data_mod
 from dlopt.data import WITHHELD, TestSplitWithheld, load, split_indices
@@ -100,22 +99,9 @@ print(digests[0], digests[1])
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_splits_identical_on_every_ddp_rank():
     """Two gloo ranks in separate processes load the data; all_gather compares the bytes."""
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    procs = [subprocess.Popen([sys.executable, "-c", RANK_CODE, str(r)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in (0, 1)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err
-    seen = [out.split() for out, _ in outs]
+    seen = [out.split() for out in run_gloo_ranks(RANK_CODE, timeout=120)]
     assert seen[0] == seen[1] and seen[0][0] == seen[0][1]
     # and the same bytes as this (third) process computes
     d = load(Data(dataset="digits", val_fraction=0.15, test_fraction=0.25), 5, with_test=True)
@@ -184,8 +170,6 @@ def test_standardization_uses_train_statistics_and_stays_bounded():
 def test_built_in_datasets_are_cached_identically_and_read_without_sklearn(tmp_path, monkeypatch):
     """The per-machine dataset cache (dlopt.data._built_in) gives the very same tensors, and
     a fresh process reading it never imports scikit-learn (~1.5 s saved per Ray worker)."""
-    import subprocess
-    import sys
 
     import torch
 

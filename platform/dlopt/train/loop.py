@@ -219,26 +219,35 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
             return state
     state.artifact = None
     run_event(stages, "fit_end", state)
+    final = final_metrics(state, model)
+    report(final, save_final_model(final, state, model) if rank == 0 else None)
+    return state
+
+
+def final_metrics(state: State, model: torch.nn.Module) -> dict:
+    """The final report's metrics: the last epoch's, the stages' entries, `final: 1`."""
     final = {**state.metrics, **state.report, "final": 1}
     final.setdefault("compressed_val_accuracy", final.get("val_accuracy", float("nan")))
     if "dense_bytes" not in final:
         final["dense_bytes"] = artifact.dense_bytes(model)
+    return final
 
-    writer = None
-    if rank == 0:
-        # Save once, measure the artifact's real size on disk, then copy it into the checkpoint.
-        saved_dir = Path(tempfile.mkdtemp(prefix="dlopt-model-"))
-        meta = {"input_shape": list(datasets.input_shape), "out_features": datasets.out_features,
-                "task": datasets.task}
-        if state.artifact is not None:
-            state.artifact.save(saved_dir, spec.model_dump(mode="json"), meta)
-        else:
-            artifact.save_dense(model, spec.model_dump(mode="json"), meta, saved_dir)
-        final["model_bytes"] = artifact.model_bytes(saved_dir)
-        final["compression_ratio"] = final["dense_bytes"] / max(final["model_bytes"], 1)
-        writer = lambda d: shutil.copytree(saved_dir, d, dirs_exist_ok=True)  # noqa: E731
-    report(final, writer)
-    return state
+
+def save_final_model(final: dict, state: State, model: torch.nn.Module) -> Callable[[Path], None]:
+    """Save the final model once (the compressed artifact, else dense), add its real size on
+    disk to `final` (model_bytes, compression_ratio), and return the writer that copies it
+    into the final checkpoint. Shared by this loop and dlopt.train.pipeline."""
+    spec, datasets = state.spec, state.datasets
+    saved_dir = Path(tempfile.mkdtemp(prefix="dlopt-model-"))
+    meta = {"input_shape": list(datasets.input_shape), "out_features": datasets.out_features,
+            "task": datasets.task}
+    if state.artifact is not None:
+        state.artifact.save(saved_dir, spec.model_dump(mode="json"), meta)
+    else:
+        artifact.save_dense(model, spec.model_dump(mode="json"), meta, saved_dir)
+    final["model_bytes"] = artifact.model_bytes(saved_dir)
+    final["compression_ratio"] = final["dense_bytes"] / max(final["model_bytes"], 1)
+    return lambda d: shutil.copytree(saved_dir, d, dirs_exist_ok=True)
 
 
 def load_checkpoint(directory: Path) -> dict:

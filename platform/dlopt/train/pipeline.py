@@ -33,15 +33,13 @@ quantization runs on the gathered model.
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from dlopt import artifact, models, optim, schedules
+from dlopt import models, optim, schedules
 from dlopt import data as data_mod
 from dlopt import init as init_mod
 from dlopt.stages import State, catalog, run_event
@@ -128,7 +126,9 @@ def fit(spec, report, *, rank: int, world: int, resume: dict | None = None,
         CHECKPOINT_FILE,
         batch_size_for,
         evaluate,
+        final_metrics,
         loss_function,
+        save_final_model,
     )
 
     # --- setup: the full model on every rank (same seed and init as the other strategies)
@@ -222,17 +222,6 @@ def fit(spec, report, *, rank: int, world: int, resume: dict | None = None,
         return state
     state.model, state.artifact = full, None
     run_event(stages, "fit_end", state)
-    final = {**state.metrics, **state.report, "final": 1}
-    final.setdefault("compressed_val_accuracy", final.get("val_accuracy", float("nan")))
-    final.setdefault("dense_bytes", artifact.dense_bytes(full))
-    saved_dir = Path(tempfile.mkdtemp(prefix="dlopt-model-"))
-    meta = {"input_shape": list(datasets.input_shape), "out_features": datasets.out_features,
-            "task": datasets.task}
-    if state.artifact is not None:
-        state.artifact.save(saved_dir, spec.model_dump(mode="json"), meta)
-    else:
-        artifact.save_dense(full, spec.model_dump(mode="json"), meta, saved_dir)
-    final["model_bytes"] = artifact.model_bytes(saved_dir)
-    final["compression_ratio"] = final["dense_bytes"] / max(final["model_bytes"], 1)
-    report(final, lambda d: shutil.copytree(saved_dir, d, dirs_exist_ok=True))
+    final = final_metrics(state, full)
+    report(final, save_final_model(final, state, full))
     return state
