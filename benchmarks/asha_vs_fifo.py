@@ -40,7 +40,7 @@ def spec(scheduler: str, samples: int, epochs: int, seed: int):
 def one_run(scheduler: str, args) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from dlopt.sweep import run
+    from dlopt.driver.sweep import run
 
     with tempfile.TemporaryDirectory(prefix="asha-bench-") as work:
         uri = f"sqlite:///{work}/mlflow.db"

@@ -74,7 +74,9 @@ def latency_ms(model, batch: int, inputs: int, repeats: int = 50) -> float:
 def run_variant(spec, work: Path) -> dict:
     import torch
 
-    from dlopt import artifact, data as data_mod
+    from dlopt.artifact import files as artifact
+
+    from dlopt.ml import data as data_mod
     from dlopt.train.loop import fit
 
     final: dict = {}

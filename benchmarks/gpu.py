@@ -61,7 +61,7 @@ def main() -> None:
         sys.exit(1)
     from mlflow.tracking import MlflowClient
 
-    from dlopt.sweep import run
+    from dlopt.driver.sweep import run
 
     rows = []
     for precision in ("32", "bf16-mixed"):

@@ -147,7 +147,7 @@ def ray_train_alone(workers: int) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from dlopt.sweep import FAST_POLL_ENV
+    from dlopt.driver.sweep import FAST_POLL_ENV
 
     os.environ.update({k: v for k, v in FAST_POLL_ENV.items() if k not in os.environ})
     ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False,
@@ -170,7 +170,7 @@ def ray_train_alone(workers: int) -> dict:
 def through_dlopt(spec, poll: str | None) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from dlopt.sweep import run
+    from dlopt.driver.sweep import run
 
     if poll is not None:
         os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = poll

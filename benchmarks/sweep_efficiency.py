@@ -78,9 +78,8 @@ def main() -> None:
 
     import torch
 
-    from dlopt.spec import resolve
-    from dlopt.sweep import run
-    from dlopt.trial import assignment_from_config
+    from dlopt.driver.sweep import run
+    from dlopt.spec.plan import trial_spec
 
     spec = make_spec(args.trials, args.epochs, in_trial=not args.trainer, hidden=args.hidden)
     from mlflow.tracking import MlflowClient
@@ -101,13 +100,13 @@ def main() -> None:
             first.append((min(m.timestamp for m in hist) - info.start_time) / 1000)
             length.append((info.end_time - info.start_time) / 1000)
     ok = sum(t.status == "ok" for t in result.trials)
-    from dlopt.search import to_ray_space
+    from dlopt.runtime.search import to_ray_space
 
     _, tables = to_ray_space(result.plan)
     torch.set_num_threads(1)
     bare, specs = [], []
     for t in result.trials:
-        specs.append(resolve(result.plan.spec_json, assignment_from_config(t.config, tables)))
+        specs.append(trial_spec(result.plan.spec_json, tables, t.config))
         bare.append(bare_seconds(specs[-1]))
     ideal = sum(bare) / 2
     eff = ideal / sweep_s

@@ -132,7 +132,7 @@ def test_upload_excludes_with_rays_packager(tmp_path):
     """Ray's own packager (what JobSubmissionClient runs) with dlopt's excludes."""
     from ray._private.runtime_env.packaging import create_package
 
-    from dlopt.submit import EXCLUDES
+    from dlopt.cli.submit import EXCLUDES
 
     proj = tmp_path / "proj"
     keep = ["platform/dlopt/x.py", "experiments/e.py", "clusters/local/cluster.py",
@@ -152,7 +152,7 @@ def test_upload_excludes_with_rays_packager(tmp_path):
 def test_this_repo_uploads_small(tmp_path):
     from ray._private.runtime_env.packaging import create_package
 
-    from dlopt.submit import EXCLUDES
+    from dlopt.cli.submit import EXCLUDES
 
     out = tmp_path / "pkg.zip"
     create_package(str(ROOT), out, include_gitignore=True, excludes=list(EXCLUDES))
@@ -160,12 +160,12 @@ def test_this_repo_uploads_small(tmp_path):
     print(f"working_dir package of this repo: {size / 2**20:.2f} MiB")
     assert size < 20 * 2**20
     names = zipfile.ZipFile(out).namelist()
-    assert "platform/dlopt/cli.py" in names
+    assert "platform/dlopt/cli/main.py" in names
     assert not any(n.startswith((".git/", ".venv/")) for n in names)
 
 
 def test_job_env_carries_mlflow_settings_not_local_stores(monkeypatch):
-    from dlopt.submit import SubmitError, entrypoint, job_env
+    from dlopt.cli.submit import SubmitError, entrypoint, job_env
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "s3cret")

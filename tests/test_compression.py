@@ -4,11 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dlopt import Experiment, Model, Prune
-from dlopt.compact import CompactArtifact, decode, encode
+from dlopt.artifact.compact import CompactArtifact, decode, encode
 from dlopt.stages import State
-from dlopt.stages import prune as P
-from dlopt.stages import quantize as Q
-from dlopt.stages.compression import load_compressed, weight_sparsity
+from dlopt.stages import pruning as P
+from dlopt.stages.prune import Prune as PruneStage
+from dlopt.ml import quantization as Q
+from dlopt.artifact.files import load_compressed
+from dlopt.stages.compression import weight_sparsity
 from dlopt.stages.distill import kd_loss
 from torch import nn
 
@@ -37,7 +39,7 @@ def test_gradual_schedule_matches_zhu_gupta(step):
 def test_gradual_stage_updates_every_frequency_steps_and_masks_reach_the_formula():
     spec = Prune(scope="global", sparsity=0.8, schedule="gradual", start_epoch=1, end_epoch=4,
                  frequency=3)
-    stage = P.Prune(spec, experiment(epochs=5))
+    stage = PruneStage(spec, experiment(epochs=5))
     spe = 5  # steps per epoch: window is steps 5..20
     due = [t for t in range(26) if stage.target(t, spe) is not None]
     assert due == [5, 8, 11, 14, 17, 20]
@@ -62,7 +64,7 @@ def test_pruned_weights_stay_exactly_zero_through_optimizer_steps(opt):
     params_before = list(model.parameters())
     optimizer = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
                  if opt == "sgd_momentum" else torch.optim.AdamW(model.parameters(), lr=1e-2))
-    stage = P.Prune(Prune(scope="layer", sparsity=0.7, schedule="one_shot", start_epoch=0),
+    stage = PruneStage(Prune(scope="layer", sparsity=0.7, schedule="one_shot", start_epoch=0),
                     experiment())
     state = State(spec=None, model=model, optimizer=optimizer, steps_per_epoch=4)
     x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
@@ -95,7 +97,7 @@ def test_pruned_weights_stay_exactly_zero_through_optimizer_steps(opt):
 
 def test_structured_pruning_removes_whole_rows_and_spares_the_output_layer():
     model = mlp()
-    stage = P.Prune(Prune(scope="layer", structured=True, norm="l2", sparsity=0.5), experiment())
+    stage = PruneStage(Prune(scope="layer", structured=True, norm="l2", sparsity=0.5), experiment())
     stage.setup(State(spec=None, model=model, steps_per_epoch=1))
     P.make_permanent(model)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -238,7 +240,7 @@ def test_saved_artifact_reloads_to_identical_outputs(tmp_path, method):
     art.save(tmp_path, spec.model_dump(mode="json"),
              {"input_shape": [64], "out_features": 10, "task": "classification"})
     assert (tmp_path / "model.safetensors").stat().st_size == art.nbytes()
-    from dlopt.artifact import build_from_dir
+    from dlopt.artifact.files import build_from_dir
 
     loaded = build_from_dir(tmp_path)
     x = torch.randn(40, 64)
@@ -266,7 +268,7 @@ def test_kd_loss_equals_the_formula():
 
 
 def test_teacher_uris_are_found_inside_search_domains():
-    from dlopt import teachers
+    from dlopt.registry import teachers
 
     spec_json = {"compression": {"domain": "choice", "values": [
         [], [{"stage": "distill", "teacher": "models:/t@champion"}]]}}
@@ -274,7 +276,7 @@ def test_teacher_uris_are_found_inside_search_domains():
 
 
 def test_resolve_version_rejects_malformed_uri():
-    from dlopt import teachers
+    from dlopt.registry import teachers
 
     with pytest.raises(ValueError):
         teachers.resolve_version(None, "runs:/abc/model")

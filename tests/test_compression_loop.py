@@ -3,8 +3,8 @@ resume with masks, distillation from an installed teacher."""
 import pytest
 import torch
 from dlopt import Data, Distill, Experiment, Model, Optimizer, Prune, Quantize, Tracking
-from dlopt.artifact import build_from_dir
-from dlopt.data import load
+from dlopt.artifact.files import build_from_dir
+from dlopt.ml.data import load
 from dlopt.train.loop import fit, load_checkpoint
 
 
@@ -94,7 +94,8 @@ def test_qat_then_static_specs_train_and_reload_exactly(tmp_path):
 
 
 def test_distill_uses_the_installed_teacher(tmp_path):
-    from dlopt import teachers
+    from dlopt.artifact import teachers
+    from dlopt.registry.teachers import registry_tags
 
     t = Reports(tmp_path / "teacher")
     fit(spec([], hidden=(64,)), t)
@@ -106,5 +107,5 @@ def test_distill_uses_the_installed_teacher(tmp_path):
     final = s.metrics[-1]
     assert final["distill_teacher_version"] == 7
     assert 0.8 < final["distill_teacher_agreement"] <= 1.0
-    assert teachers.registry_tags(spec([Distill(teacher=uri)])) == {
+    assert registry_tags(spec([Distill(teacher=uri)])) == {
         "dlopt.teacher": uri, "dlopt.teacher_version": "7"}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dlopt import Data, Experiment, Model, Optimizer
-from dlopt.evaluation import (EvaluationError, confusion_csv, data_override, evaluate_model,
+from dlopt.registry.evaluation import (EvaluationError, confusion_csv, data_override, evaluate_model,
                               load_saved)
 from dlopt.train.loop import fit
 

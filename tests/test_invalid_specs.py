@@ -79,7 +79,7 @@ def test_refused_in_process(path, command, tmp_path, monkeypatch, capsys):
 WRAPPER = """
 import json, os, sys
 from pathlib import Path
-from dlopt.cli import main
+from dlopt.cli.main import main
 sys.argv = ["dlopt", *sys.argv[1:]]
 try:
     code = main(sys.argv[1:])
@@ -131,10 +131,10 @@ def test_run_refuses_in_a_fresh_process(name, tmp_path):
 
 def test_local_capacity_is_what_dlopt_would_start():
     """The cap the refusal uses matches what sweep.init_ray would give Ray locally."""
-    from dlopt import preflight
-    from dlopt.plan import make_plan
+    from dlopt.driver import preflight
+    from dlopt.spec.plan import make_plan
     from dlopt.spec import Resources
-    from dlopt.sweep import local_cpus_needed
+    from dlopt.driver.sweep import local_cpus_needed
 
     cap = preflight.local_capacity()["CPU"]
     fits = Experiment(name="fits", resources=Resources(num_workers=int(cap)))
@@ -199,7 +199,7 @@ def test_teacher_lookup_in_an_existing_registry(tmp_path):
     """A store that exists: a missing alias or version is refused, an existing one passes."""
     from mlflow.tracking import MlflowClient
 
-    from dlopt import preflight
+    from dlopt.driver import preflight
     from dlopt.spec import Distill
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

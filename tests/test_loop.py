@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dlopt import Experiment, Model, Optimizer, Tracking
-from dlopt.artifact import build_from_dir
+from dlopt.artifact.files import build_from_dir
 from dlopt.train.loop import fit, load_checkpoint
 
 

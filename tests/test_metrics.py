@@ -13,7 +13,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from dlopt import metrics
+from dlopt.ml import metrics
 
 
 def sk_classification(logits: np.ndarray, y: np.ndarray) -> dict:
@@ -149,7 +149,7 @@ def test_spec_metric_names_match_the_metrics_module():
 def test_search_metric_must_be_one_the_task_reports(data, search, ok, tmp_path):
     import json
 
-    from dlopt.load import SpecError, load
+    from dlopt.spec.load import SpecError, load
 
     path = tmp_path / "spec.json"
     path.write_text(json.dumps({"name": "m", "data": data, "search": search}))

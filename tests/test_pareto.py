@@ -1,7 +1,7 @@
 """Pareto front and ranks on hand-made points (dlopt.pareto is pure Python)."""
 import math
 
-from dlopt import pareto
+from dlopt.driver import pareto
 
 OBJ = {"acc": "max", "bytes": "min"}
 
@@ -55,7 +55,7 @@ def test_empty_input():
 
 # ------------------------------------------------------------------ dlopt.front (pure parts)
 def test_alias_targets_pick_the_fronts_extremes():
-    from dlopt.front import accuracy_objective, alias_targets
+    from dlopt.driver.front import accuracy_objective, alias_targets
 
     obj = {"compressed_val_accuracy": "max", "model_bytes": "min"}
     points = [{"compressed_val_accuracy": 0.97, "model_bytes": 9000, "latency_ms": 0.3},
@@ -76,7 +76,7 @@ def test_trials_csv_has_every_trial_with_its_rank():
     import io
     from types import SimpleNamespace as T
 
-    from dlopt.front import trials_csv
+    from dlopt.driver.front import trials_csv
 
     obj = {"acc": "max", "bytes": "min"}
     trials = [T(trial_id="a", run_id="r1", status="ok", metrics={"acc": 0.9, "bytes": 10},

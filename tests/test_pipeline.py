@@ -104,7 +104,8 @@ def test_resumes_from_per_stage_checkpoint(ranks):
 
 
 def test_final_artifact_same_as_single_process(ranks, single):
-    from dlopt import artifact, data
+    from dlopt.artifact import files as artifact
+    from dlopt.ml import data
 
     out, (r0, _) = ranks
     single_dir, ref = single
@@ -119,7 +120,7 @@ def test_final_artifact_same_as_single_process(ranks, single):
 
 
 def test_split_balances_parameters():
-    from dlopt import models
+    from dlopt.ml import models
     from dlopt.spec import Model
     from dlopt.train import pipeline
 

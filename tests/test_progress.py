@@ -2,7 +2,7 @@
 import io
 from types import SimpleNamespace
 
-from dlopt.progress import ProgressCallback, drop_ray_noise
+from dlopt.driver.progress import ProgressCallback, drop_ray_noise
 
 NOISE = ("WARNING: 12 PYTHON worker processes have been started on node: abc with address: "
          "192.0.2.2, which is 6x the maximum expected startup concurrency (2).")

@@ -7,9 +7,9 @@ import struct
 import pytest
 
 from dlopt import Data, Experiment, Model, Optimizer, Prune, Search, Tracking, tune
-from dlopt.finalize import TrialSummary
-from dlopt.plan import make_plan
-from dlopt.review import (compression_png, compression_report, compression_rows, description,
+from dlopt.driver.finalize import TrialSummary
+from dlopt.spec.plan import make_plan
+from dlopt.driver.review import (compression_png, compression_report, compression_rows, description,
                           learning_curves_png, results_csv, results_html, source_tags, table,
                           trial_rows)
 
@@ -149,7 +149,7 @@ def test_source_tags_name_the_experiment_file_and_command():
     assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.git.commit"] == "abc"
     assert tags["dlopt.command"] == "dlopt run experiments/digits_mlp.py --set epochs=3"
     assert tags["mlflow.user"]
-    module = source_tags(["/x/platform/dlopt/cli.py", "run", "--storage", "/tmp/r", "e x.py"])
+    module = source_tags(["/x/platform/dlopt/cli/__main__.py", "run", "--storage", "/tmp/r", "e x.py"])
     assert module["mlflow.source.name"] == "e x.py"
     assert module["dlopt.command"] == "dlopt run --storage /tmp/r 'e x.py'"
     api = source_tags(["train.py", "--fast"], find_commit=False)

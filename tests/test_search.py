@@ -12,9 +12,8 @@ from pydantic import ValidationError
 
 from dlopt import (Data, Experiment, Model, Optimizer, Prune, Quantize, Regularization, Search,
                    tune)
-from dlopt.load import error_lines
-from dlopt.plan import make_plan
-from dlopt.spec import resolve
+from dlopt.spec.load import error_lines
+from dlopt.spec.plan import make_plan
 
 
 def make(**kw):
@@ -32,7 +31,7 @@ def ray_grid_count(plan) -> int:
     """How many configurations Ray's own variant generator expands the space into."""
     from ray.tune.search.variant_generator import generate_variants
 
-    from dlopt.search import to_ray_space
+    from dlopt.runtime.search import to_ray_space
 
     space, _ = to_ray_space(plan)
     return sum(1 for _ in generate_variants(space)) * plan.num_samples
@@ -62,8 +61,8 @@ def test_grid_expansion_counts(kw, expected):
 def test_grid_values_map_back_to_the_spec():
     from ray.tune.search.variant_generator import generate_variants
 
-    from dlopt.search import to_ray_space
-    from dlopt.trial import assignment_from_config
+    from dlopt.runtime.search import to_ray_space
+    from dlopt.spec.plan import trial_spec
 
     spec = make(epochs=4, compression=tune.grid([[Prune(sparsity=0.5)], [Prune(sparsity=0.8), Quantize()]]),
                 optimizer=Optimizer(lr=tune.grid([0.1, 0.01])))
@@ -71,7 +70,7 @@ def test_grid_values_map_back_to_the_spec():
     space, tables = to_ray_space(plan)
     seen = set()
     for _, config in generate_variants(space):
-        concrete = resolve(plan.spec_json, assignment_from_config(config, tables))
+        concrete = trial_spec(plan.spec_json, tables, config)
         seen.add((concrete.optimizer.lr, tuple(s.stage for s in concrete.compression),
                   concrete.compression[0].sparsity))
     assert seen == {(0.1, ("prune",), 0.5), (0.01, ("prune",), 0.5),
@@ -98,8 +97,8 @@ def wide_spec():
 
 @pytest.mark.parametrize("algorithm", ["random", "bayesian"])
 def test_every_sample_respects_its_field_bounds(algorithm):
-    from dlopt.search import to_ray_space
-    from dlopt.trial import assignment_from_config
+    from dlopt.runtime.search import to_ray_space
+    from dlopt.spec.plan import trial_spec
 
     spec = wide_spec().model_copy(update={"search": Search(algorithm=algorithm, seed=1)})
     plan = make_plan(spec, cluster_cpus=2)
@@ -110,7 +109,7 @@ def test_every_sample_respects_its_field_bounds(algorithm):
     np.random.seed(0)
     for _ in range(300):
         config = {k: d.sample() for k, d in space.items()}
-        concrete = resolve(plan.spec_json, assignment_from_config(config, tables))  # validates
+        concrete = trial_spec(plan.spec_json, tables, config)  # validates
         for path, dom in plan.domains.items():
             value = config[path]
             if dom["domain"] in ("uniform", "loguniform"):
@@ -125,7 +124,7 @@ def test_seed_makes_random_search_reproducible():
     from ray.tune import register_trainable
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from dlopt.search import search_algorithm, to_ray_space
+    from dlopt.runtime.search import search_algorithm, to_ray_space
 
     def configs(seed):
         spec = wide_spec().model_copy(update={"search": Search(num_samples=4, seed=seed)})
@@ -226,7 +225,7 @@ def test_cli_validate_refuses_a_bad_search(tmp_path):
 def test_schedulers_built_from_the_plan():
     from ray.tune import schedulers
 
-    from dlopt.search import trial_scheduler
+    from dlopt.runtime.search import trial_scheduler
 
     spec = make(epochs=tune.choice([4, 9]), search=Search(scheduler="asha", grace_period=2,
                                                           reduction_factor=3))
@@ -245,7 +244,7 @@ def test_schedulers_built_from_the_plan():
 
 
 def test_pbt_explore_stays_inside_the_domain():
-    from dlopt.search import clip_to, pbt_mutations
+    from dlopt.runtime.search import clip_to, pbt_mutations
 
     _, bounds = pbt_mutations({"optimizer.lr": {"domain": "loguniform", "low": 0.001, "high": 0.1},
                                "optimizer.momentum": {"domain": "uniform", "low": 0.5, "high": 0.95}})
@@ -259,7 +258,7 @@ def test_pbt_explore_stays_inside_the_domain():
 def test_multi_objective_uses_optuna_with_metric_and_mode_lists():
     from ray.tune.search.optuna import OptunaSearch
 
-    from dlopt.search import search_algorithm, tune_config_metric
+    from dlopt.runtime.search import search_algorithm, tune_config_metric
 
     spec = make(optimizer=Optimizer(lr=tune.loguniform(1e-3, 1e-1)),
                 search=Search(algorithm="bayesian", seed=0,
@@ -293,7 +292,8 @@ def test_plan_describes_scheduler_domains_and_concurrency():
 
 # ------------------------------------------------------------------ PBT resume takes the new values
 def test_resumed_optimizer_takes_the_new_spec_values():
-    from dlopt import optim, schedules
+    from dlopt.ml import optim
+    from dlopt.ml import schedules
     from dlopt.spec import Schedule
 
     model = torch.nn.Linear(3, 2)
@@ -330,7 +330,7 @@ def test_resumed_optimizer_takes_the_new_spec_values():
 def test_perturbation_log_finds_the_cloned_trial():
     from types import SimpleNamespace as NS
 
-    from dlopt.perturbations import changed, source_trial
+    from dlopt.tracking.perturbations import changed, source_trial
 
     a, b = NS(trial_id="a", path="/r/sweep/trial_a"), NS(trial_id="b", path="/r/sweep/trial_ab")
     assert source_trial("/r/sweep/trial_ab/checkpoint_000003", [a, b]) is b
@@ -343,8 +343,8 @@ def test_perturbation_log_finds_the_cloned_trial():
 def test_grid_and_random_generators_carry_the_concurrency_limit():
     """Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator instance."""
     from dlopt import Experiment, Optimizer, Search, tune
-    from dlopt.plan import make_plan
-    from dlopt.search import search_algorithm
+    from dlopt.spec.plan import make_plan
+    from dlopt.runtime.search import search_algorithm
 
     for algorithm in ("grid", "random"):
         spec = Experiment(name="c", optimizer=Optimizer(lr=tune.grid([0.1, 0.01, 0.001])),

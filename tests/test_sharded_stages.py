@@ -18,9 +18,9 @@ RANK_CODE = r"""
 import json, sys, torch, torch.distributed as dist
 from pathlib import Path
 from torch.nn.parallel import DistributedDataParallel as DDP
-from dlopt import models
+from dlopt.ml import models
 from dlopt.spec import Experiment, Model, Prune as PruneSpec
-from dlopt.stages import State, prune, prune_sharded
+from dlopt.stages import State, prune, prune_sharded, pruning
 from dlopt.stages.regularization import l1_l2_penalty, weight_params
 from dlopt.train import sharding
 from dlopt.train.loop import fit
@@ -47,9 +47,9 @@ res["penalty_grad_maxdiff"] = max(
 # --- masks from shards vs masks of the full weights (global, layer, structured rows)
 for scope, structured in (("global", False), ("layer", False), ("layer", True)):
     full, sh = fresh(1), sharding.shard(fresh(1))
-    fm = [m for _, m in prune.targets(full, structured)]
-    sm = [m for _, m in prune.targets(sh, structured)]
-    expect = prune.masks_from([m.weight.detach() for m in fm],
+    fm = [m for _, m in pruning.targets(full, structured)]
+    sm = [m for _, m in pruning.targets(sh, structured)]
+    expect = pruning.masks_from([m.weight.detach() for m in fm],
                               [torch.ones_like(m.weight) for m in fm], 0.6, scope, structured)
     masks = prune_sharded.ShardedMasks()
     agree = masks.compute(sm, 0.6, scope, structured, "l1", 2)
@@ -61,7 +61,7 @@ for scope, structured in (("global", False), ("layer", False), ("layer", True)):
         "full_numel": [k.numel() for k in masks.masks],
         "zeros_match": rank != 0 or all(
             torch.equal(gathered[f"{n}.weight"] == 0, e == 0)
-            for (n, _), e in zip(prune.targets(full, structured), expect)),
+            for (n, _), e in zip(pruning.targets(full, structured), expect)),
         "sparsity": sum((e == 0).sum().item() for e in expect) / sum(e.numel() for e in expect)}
 
 # --- the Prune stage on a sharded model: pruned weights stay zero through Adam steps
@@ -77,13 +77,13 @@ for step in range(1, 6):
     if step == 5:  # the pruned weights (exact zeros) got no gradient, as under DDP's reparam
         res["pruned_grad_max"] = max(
             m.weight.grad.full_tensor()[m.weight.full_tensor() == 0].abs().max().item()
-            for _, m in prune.targets(sh, False))
+            for _, m in pruning.targets(sh, False))
         res["kept_grad_max"] = max(m.weight.grad.full_tensor().abs().max().item()
-                                   for _, m in prune.targets(sh, False))
+                                   for _, m in pruning.targets(sh, False))
     opt.step(); opt.zero_grad()
     state.step = step
     stage.after_step(state)
-w = [m.weight.full_tensor() for _, m in prune.targets(sh, False)]
+w = [m.weight.full_tensor() for _, m in pruning.targets(sh, False)]
 res["stage"] = {"zeros": sum((t == 0).sum().item() for t in w) / sum(t.numel() for t in w),
                 "mismatches": stage.rank_mismatches, "masks_sharded": all(
                     k.to_local().numel() < k.numel() for k in stage.sharded.masks)}

@@ -18,7 +18,7 @@ RANK_CODE = r"""
 import json, shutil, sys, tempfile, torch, torch.distributed as dist
 from pathlib import Path
 from torch.nn.parallel import DistributedDataParallel as DDP
-from dlopt import models
+from dlopt.ml import models
 from dlopt.spec import Experiment
 from dlopt.train import sharding
 from dlopt.train.loop import fit, load_checkpoint
@@ -125,7 +125,8 @@ def test_sharded_checkpoint_has_every_rank_and_resumes_without_repeating(two_ran
 
 
 def test_final_artifact_same_format_as_ddp(two_ranks):
-    from dlopt import artifact, data
+    from dlopt.artifact import files as artifact
+    from dlopt.ml import data
 
     out, (r0, _) = two_ranks
     metas = [json.loads((out / tag / "final" / "meta.json").read_text()) for tag in ("ddp", "fsdp")]
@@ -161,7 +162,7 @@ def test_fsdp_accepts_quantize_and_bf16():
 
 
 def test_blocks_are_the_layers_and_bf16_policy():
-    from dlopt import models
+    from dlopt.ml import models
     from dlopt.spec import Model
     from dlopt.train import sharding
 

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from dlopt import (Data, Distill, Experiment, Model, Optimizer, Prune, Quantize, Resources,
                    Schedule, Search, Tracking, tune)
-from dlopt.load import SpecError, error_lines, load
+from dlopt.spec.load import SpecError, error_lines, load
 from dlopt.spec import domains, flatten, resolve
 
 

@@ -12,8 +12,9 @@ import torch
 
 from dlopt_testing import run_gloo_ranks
 from dlopt import Experiment, Model, Optimizer
-from dlopt import data as data_mod
-from dlopt.data import WITHHELD, TestSplitWithheld, load, split_indices
+from dlopt.ml import data as data_mod
+from dlopt.ml.data import load
+from dlopt.ml.splits import WITHHELD, TestSplitWithheld, split_indices
 from dlopt.spec import Data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def test_load_withholds_test_unless_asked(dataset):
 # --------------------------------------------------------------- identical across DDP ranks
 RANK_CODE = r"""
 import hashlib, sys, torch, torch.distributed as dist
-from dlopt.data import load, split_indices
+from dlopt.ml.data import load, split_indices
 from dlopt.spec import Data
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -150,13 +151,13 @@ def _test_split_readers(path: Path) -> list[str]:
 def test_only_the_final_evaluation_reads_the_test_split():
     """Static check over the whole package: training, stages, search, trial and selection
     code never asks for the test split; only dlopt.evaluation (after selection) does."""
-    allowed = {PACKAGE / "evaluation.py", PACKAGE / "data.py"}
+    allowed = {PACKAGE / "registry" / "evaluation.py", PACKAGE / "ml" / "data.py"}
     readers = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path not in allowed:
             readers += _test_split_readers(path)
     assert readers == []
-    assert _test_split_readers(PACKAGE / "evaluation.py"), "the evaluation must read it"
+    assert _test_split_readers(PACKAGE / "registry" / "evaluation.py"), "the evaluation must read it"
 
 
 def test_standardization_uses_train_statistics_and_stays_bounded():
@@ -174,7 +175,7 @@ def test_built_in_datasets_are_cached_identically_and_read_without_sklearn(tmp_p
     import torch
 
     from dlopt import Data
-    from dlopt import data as data_mod
+    from dlopt.ml import data as data_mod
 
     monkeypatch.setenv("DLOPT_CACHE_DIR", str(tmp_path))
     for spec in (Data(dataset="digits"), Data(dataset="synthetic", n_samples=300, n_classes=3)):
@@ -188,7 +189,7 @@ def test_built_in_datasets_are_cached_identically_and_read_without_sklearn(tmp_p
             (cached.task, cached.input_shape, cached.out_features)
     data_mod.load(Data(dataset="digits"), 4)  # another seed splits differently: its own entry
     assert len(list((tmp_path / "datasets").glob("digits-*.npz"))) == 2
-    code = ("import sys; from dlopt import data, Data; data.load(Data(), 3); "
+    code = ("import sys; from dlopt import Data; from dlopt.ml import data; data.load(Data(), 3); "
             "print('sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**__import__("os").environ, "DLOPT_CACHE_DIR": str(tmp_path)})

@@ -4,8 +4,23 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from dlopt import (Data, Experiment, Model, Optimizer, Schedule, data, init as init_mod, models,
-                   optim, schedules, spec as spec_mod, vision_data, vision_models)
+from dlopt import Data, Experiment, Model, Optimizer, Schedule
+
+from dlopt.ml import data
+
+from dlopt.ml import init as init_mod
+
+from dlopt.ml import models
+
+from dlopt.ml import optim
+
+from dlopt.ml import schedules
+
+from dlopt.spec import fields as spec_mod
+
+from dlopt.ml import vision_data
+
+from dlopt.ml import vision_models
 from dlopt_testing import run_cli
 
 

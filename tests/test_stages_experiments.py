@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dlopt_testing import run_cli
-from dlopt.load import apply_overrides, load
+from dlopt.spec.load import apply_overrides, load
 from dlopt.train.loop import fit
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

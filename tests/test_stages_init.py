@@ -5,7 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from dlopt import Model, init as init_mod, models
+from dlopt import Model
+
+from dlopt.ml import init as init_mod
+
+from dlopt.ml import models
 
 N = 1000
 THEORY = {  # std of each weight entry for a fan_in = fan_out = N layer

@@ -2,7 +2,9 @@
 path; bf16-mixed really trains on CPU."""
 import torch
 
-from dlopt import Data, Experiment, Model, Optimizer, optim
+from dlopt import Data, Experiment, Model, Optimizer
+
+from dlopt.ml import optim
 from dlopt.train.loop import fit
 
 

@@ -134,7 +134,7 @@ def test_label_smoothing_loss_equals_formula():
 
 
 def test_dropout_in_the_mlp_is_active_in_training_only():
-    from dlopt import models
+    from dlopt.ml import models
 
     m = models.build(Model(hidden=[256], dropout=0.5), (64,), 10)
     assert [mod.p for mod in m.modules() if isinstance(mod, nn.Dropout)] == [0.5]

@@ -5,7 +5,9 @@ import warnings
 import pytest
 import torch
 
-from dlopt import Data, Experiment, Model, Optimizer, Schedule, schedules
+from dlopt import Data, Experiment, Model, Optimizer, Schedule
+
+from dlopt.ml import schedules
 from dlopt.train.loop import fit
 
 LR = 0.5

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from dlopt import Data, Experiment, Model, Optimizer
-from dlopt.data import TestSplitWithheld, load
-from dlopt.vision_data import DatasetNotFound, MNIST_FILES, read_idx
+from dlopt.ml.data import load
+from dlopt.ml.splits import TestSplitWithheld
+from dlopt.ml.vision_data import DatasetNotFound, MNIST_FILES, read_idx
 
 
 def write_idx(path, array, compress=False):

@@ -7,7 +7,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from dlopt import tracking
+from dlopt.tracking import store as tracking
 
 
 def test_scrub_drops_uri_credentials_and_secret_env_values(monkeypatch):
@@ -99,7 +99,8 @@ def test_child_created_during_outage_is_created_once(tmp_path):
 def test_failed_test_report_warning_hides_uri_credentials(monkeypatch, capsys):
     """An MLflow error quotes the request URL; the warning printed when the test-split report
     fails must not carry the tracking URI's password (seen once in a server-outage test)."""
-    from dlopt import evaluation, finalize
+    from dlopt.registry import evaluation
+    from dlopt.driver import finalize
 
     def fail(*args, **kwargs):
         raise RuntimeError("API request to http://dlopt:pw-secret-1@127.0.0.1:5000/api/2.0/"

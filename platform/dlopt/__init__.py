@@ -12,13 +12,13 @@ __all__ = ["Experiment", "Data", "Model", "Optimizer", "Schedule", "Regularizati
 
 def run(experiment: Experiment, **kwargs):
     """Run a sweep; keyword arguments as `dlopt.sweep.run` (address, tracking_uri, storage...)."""
-    from dlopt.sweep import run as _run
+    from dlopt.driver.sweep import run as _run
 
     return _run(experiment, **kwargs)
 
 
 def load_model(uri: str):
     """`models:/NAME@ALIAS` -> a ready torch.nn.Module (weights from safetensors, no pickle)."""
-    from dlopt.register import load_model as _load
+    from dlopt.registry.register import load_model as _load
 
     return _load(uri)

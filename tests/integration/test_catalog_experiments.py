@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlopt.artifact import build_from_dir
-from dlopt.data import load as load_data
-from dlopt.load import apply_overrides, load
-from dlopt.sweep import run
+from dlopt.artifact.files import build_from_dir
+from dlopt.ml.data import load as load_data
+from dlopt.spec.load import apply_overrides, load
+from dlopt.driver.sweep import run
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 

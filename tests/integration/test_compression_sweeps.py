@@ -29,10 +29,10 @@ from dlopt import (
     Tracking,
     tune,
 )
-from dlopt.artifact import build_from_dir
-from dlopt.data import load as load_data
-from dlopt.load import load as load_spec
-from dlopt.sweep import run
+from dlopt.artifact.files import build_from_dir
+from dlopt.ml.data import load as load_data
+from dlopt.spec.load import load as load_spec
+from dlopt.driver.sweep import run
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]

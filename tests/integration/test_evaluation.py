@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from dlopt import Data, Experiment, Model, Optimizer, Resources, Search, Tracking, tune
-from dlopt.sweep import run
+from dlopt.driver.sweep import run
 
 NOISE_VARIANCE = 0.25  # y = 2x + 1 + N(0, 0.5^2)
 
@@ -119,7 +119,7 @@ def test_dlopt_evaluate_reproduces_the_tags_exactly(digits):
 
 
 def test_dlopt_evaluate_refuses_unknown_model(digits, capsys):
-    from dlopt.cli import main
+    from dlopt.cli.main import main
 
     _, _, _, uri = digits
     assert main(["evaluate", "models:/no-such-model@champion", "--tracking-uri", uri]) == 1
@@ -130,7 +130,7 @@ def test_linear_regression_test_metrics_equal_sklearn(linear):
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
     import dlopt
-    from dlopt.data import load
+    from dlopt.ml.data import load
 
     result, client, work, uri = linear
     version, tags = champion_test_tags(client, "it-eval-linear")

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from dlopt.tracking import PER_EPOCH_METRICS
+from dlopt.tracking.store import PER_EPOCH_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,8 +115,8 @@ def test_train_worker_killed_mid_trial_resumes_and_registers(tmp_path, monkeypat
     loads with unpickling disabled (safetensors + JSON only)."""
     import mlflow
 
-    from dlopt.load import load
-    from dlopt.sweep import run
+    from dlopt.spec.load import load
+    from dlopt.driver.sweep import run
 
     marker = tmp_path / "killed"
     monkeypatch.setenv("DLOPT_FAULT_KILL_AT_EPOCH", f"2:{marker}")
@@ -170,8 +170,8 @@ def test_four_trials_at_once_on_sqlite_with_a_diverged_and_a_killed_trial(tmp_pa
                                                                             capfd):
     """4 trials at once against the embedded SQLite store; one diverges (lr 1e9); one trial
     process is SIGKILLed after epoch 2 and retried by Tune from its checkpoint."""
-    from dlopt.load import load
-    from dlopt.sweep import run
+    from dlopt.spec.load import load
+    from dlopt.driver.sweep import run
 
     marker = tmp_path / "killed"
     monkeypatch.setenv("DLOPT_FAULT_KILL_AT_EPOCH", f"2:{marker}")

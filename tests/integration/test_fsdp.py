@@ -46,8 +46,8 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
 
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory):
-    from dlopt.load import load
-    from dlopt.sweep import run
+    from dlopt.spec.load import load
+    from dlopt.driver.sweep import run
 
     tmp = tmp_path_factory.mktemp("fsdp")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -113,7 +113,7 @@ def test_pruned_quantized_fsdp_model_registers_and_reloads_like_ddp(sweeps, tmp_
     import mlflow
 
     import dlopt
-    from dlopt.data import load
+    from dlopt.ml.data import load
     from dlopt.spec import Data
     from dlopt.stages.compression import weight_sparsity
 

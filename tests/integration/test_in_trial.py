@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dlopt import Data, Experiment, Model, Optimizer, Resources, Search, Tracking
-from dlopt.sweep import run
+from dlopt.driver.sweep import run
 
 EPOCHS = 6  # short epochs (~5 ms): report_every='auto' batches them
 

@@ -23,8 +23,8 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    from dlopt.load import load
-    from dlopt.sweep import run
+    from dlopt.spec.load import load
+    from dlopt.driver.sweep import run
 
     tmp = tmp_path_factory.mktemp("pipeline")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -68,7 +68,7 @@ def test_pipeline_model_registers_and_reloads(sweep, tmp_path):
     import mlflow
 
     import dlopt
-    from dlopt.data import load
+    from dlopt.ml.data import load
     from dlopt.spec import Data
 
     mlflow.set_tracking_uri(sweep["uri"])

@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dlopt import Data, Experiment, Model, Optimizer, Resources, Search, Tracking, tune
-from dlopt.sweep import run
+from dlopt.driver.sweep import run
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "lr")
 GRID_LRS = [0.01, 0.003, 0.0003, 0.0001]  # good ones first: ASHA has them on record early
@@ -151,7 +151,7 @@ OBJECTIVES = {"compressed_val_accuracy": "max", "model_bytes": "min"}
 
 @pytest.fixture(scope="module")
 def pareto_sweep(tmp_path_factory):
-    from dlopt.load import load
+    from dlopt.spec.load import load
 
     root = Path(__file__).resolve().parents[2]
     base = load(str(root / "experiments" / "pareto_digits.py")).model_dump(mode="json")

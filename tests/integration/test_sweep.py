@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dlopt import Data, Experiment, Model, Optimizer, Resources, Search, Tracking, tune
-from dlopt.sweep import run
+from dlopt.driver.sweep import run
 
 EPOCHS = 4
 

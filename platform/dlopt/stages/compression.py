@@ -15,21 +15,19 @@ trial evaluated.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from dlopt import artifact as artifact_mod
-from dlopt import compact
+from dlopt.artifact import files as artifact_mod
+from dlopt.artifact import compact
 from dlopt.stages import Stage, State
 from dlopt.stages.distill import Distill
-from dlopt.stages.prune import PRUNABLE, Prune
+from dlopt.stages.prune import Prune
+from dlopt.stages.pruning import PRUNABLE
 from dlopt.stages.quantize import Quantize
-from dlopt.stages.quantize import apply as apply_quantization
 
 
 # ------------------------------------------------------------------ measurements (pure)
@@ -122,33 +120,3 @@ STAGES = {
     "quantize": lambda stage_spec, spec: Measured(Quantize(stage_spec, spec)),
     "distill": lambda stage_spec, spec: Measured(Distill(stage_spec, spec)),
 }
-
-
-# ------------------------------------------------------------------ loading
-def load_compressed(directory: Path, spec, meta: dict) -> nn.Module:
-    """Rebuild a compact artifact (see dlopt.compact) into a ready nn.Module."""
-    from dlopt import models
-
-    directory = Path(directory)
-    if meta.get("format") != compact.FORMAT:
-        raise ValueError(f"{directory}: unknown model format {meta.get('format')!r}")
-    model = models.build(spec.model, tuple(meta["input_shape"]), meta["out_features"])
-    state, int8, _ = compact.read(directory / compact.WEIGHTS)
-    model.load_state_dict(state)
-    quantization = meta.get("quantization")
-    if quantization:
-        act_scales = {key.removesuffix(".weight"): parts["act_scale"]
-                      for key, parts in int8.items() if "act_scale" in parts}
-        apply_quantization(model, quantization, act_scales)
-        weights = dict(model.state_dict(keep_vars=True))
-        with torch.no_grad():
-            for key, parts in int8.items():
-                w = weights[key]
-                w.qdata.copy_(parts["qdata"])
-                w.scale.copy_(parts["scale"])
-    return model.eval()
-
-
-def describe(directory: Path) -> dict:
-    """meta.json of a saved artifact (format, quantization, ...)."""
-    return json.loads((Path(directory) / "meta.json").read_text())

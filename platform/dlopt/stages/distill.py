@@ -40,7 +40,7 @@ class Distill(Stage):
         self.teacher_version = None
 
     def setup(self, state: State) -> None:
-        from dlopt import teachers
+        from dlopt.artifact import teachers
 
         self.teacher, info = teachers.load(self.spec.teacher, state.device)
         self.teacher_version = info.get("version")

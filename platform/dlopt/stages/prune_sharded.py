@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlopt.stages import prune as prune_mod
+from dlopt.stages import pruning as prune_mod
 
 
 def is_sharded(model: nn.Module) -> bool:

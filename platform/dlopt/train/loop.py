@@ -22,8 +22,18 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from dlopt import artifact, data as data_mod, init as init_mod, models, optim, schedules
-from dlopt import metrics as metrics_mod
+from dlopt.artifact import files as artifact
+
+from dlopt.ml import data as data_mod
+
+from dlopt.ml import init as init_mod
+
+from dlopt.ml import models
+
+from dlopt.ml import optim
+
+from dlopt.ml import schedules
+from dlopt.ml import metrics as metrics_mod
 from dlopt.spec import Experiment
 from dlopt.stages import State, catalog, run_event
 from dlopt.train import cadence as cadence_mod, faults, sharding

@@ -39,9 +39,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from dlopt import models, optim, schedules
-from dlopt import data as data_mod
-from dlopt import init as init_mod
+from dlopt.ml import models
+from dlopt.ml import optim
+from dlopt.ml import schedules
+from dlopt.ml import data as data_mod
+from dlopt.ml import init as init_mod
 from dlopt.stages import State, catalog, run_event
 from dlopt.train import sharding
 from torch import nn

@@ -61,7 +61,7 @@ def shard(model: nn.Module, precision: str = "32", compression: list = ()) -> nn
     from torch.distributed.fsdp import fully_shard
 
     if any(s.stage == "quantize" and s.method == "qat" for s in compression):
-        from dlopt.stages.quantize import qat_prepare
+        from dlopt.ml.quantization import qat_prepare
 
         qat_prepare(model)
     kwargs = {} if policy(precision) is None else {"mp_policy": policy(precision)}

@@ -1,0 +1,122 @@
+"""After the sweep, on the driver: collect trials, select the best, register its model.
+
+Each step is a function; `finalize` runs them in order. Registration happens here,
+never inside a trial (DESIGN rule 6).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from dlopt.driver import review
+
+from dlopt.tracking import store as tracking
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    run_id: Optional[str]
+    config: dict
+    metrics: dict
+    status: str  # ok | diverged | error
+    checkpoint_path: Optional[str]
+
+
+def pick_best(trials: list[TrialSummary], metric: str, mode: str) -> Optional[TrialSummary]:
+    healthy = [t for t in trials if t.status == "ok" and isinstance(t.metrics.get(metric), (int, float))
+               and math.isfinite(t.metrics[metric])]
+    if not healthy:
+        return None
+    key = (lambda t: t.metrics[metric]) if mode == "max" else (lambda t: -t.metrics[metric])
+    return max(healthy, key=key)
+
+
+def collect(grid, tracker) -> list[TrialSummary]:
+    trials = []
+    for result in grid:
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        history = result.metrics_dataframe
+        # a diverged trial's last report carries `diverged` (the loop stops right after it);
+        # the history may be missing for a trial restored by --resume
+        diverged = bool((result.metrics or {}).get("diverged")) or bool(
+            history is not None and "diverged" in history
+            and (history["diverged"].fillna(0) > 0).any())
+        ok = result.error is None and not diverged
+        trials.append(TrialSummary(
+            trial_id=trial_id, run_id=tracker.children.get(trial_id), config=result.config or {},
+            metrics=dict(result.metrics or {}),
+            status="ok" if ok else ("diverged" if diverged else "error"),
+            # a TorchTrainer trial reports its checkpoint's path; an in-trial run's final
+            # checkpoint is Tune's own (dlopt.train.worker.fit_in_trial)
+            checkpoint_path=(result.metrics or {}).get("checkpoint_path")
+            or (result.checkpoint.path if result.checkpoint else None)))
+    for t in trials:
+        if t.status == "diverged" and t.run_id:
+            tracker.client.set_tag(t.run_id, "dlopt.status", "diverged")
+    return trials
+
+
+def finalize(grid, plan, spec, tracker, tables, space):
+    from dlopt.registry import register as register_mod
+    from dlopt.spec.plan import trial_spec
+
+    parent_id = tracker.parent_id
+    metric, mode = plan.metric, plan.mode
+    if plan.objectives:
+        metric, mode = next(iter(plan.objectives.items()))
+    trials = collect(grid, tracker)
+    best = pick_best(trials, metric, mode)
+    registered = []
+    if best is not None:
+        tracker.client.set_tag(parent_id, "dlopt.best_trial", best.trial_id)
+        for k, v in tracking.numeric_metrics(best.metrics).items():
+            tracker.client.log_metric(parent_id, f"best_{k}", v)
+    if plan.objectives:
+        # Multi-objective: no single best; every Pareto-optimal model is registered, with
+        # aliases most-accurate / smallest / fastest, plus the front's plot and CSV (dlopt.front).
+        from dlopt.driver.front import register_front
+
+        registered = register_front(tracker, plan, spec, trials, tables, space)
+    elif best is not None and spec.tracking.register_as and best.checkpoint_path and best.run_id:
+        best_spec = trial_spec(plan.spec_json, tables,
+                               {k: v for k, v in best.config.items() if k in space})
+        version_tags = {"dlopt.spec_hash": best_spec.spec_hash(), "dlopt.source_run": best.run_id,
+                        "dlopt.sweep": plan.sweep_name,
+                        **{f"metric.{k}": f"{v:.6g}" for k, v in
+                           tracking.numeric_metrics(best.metrics).items()}}
+        from dlopt.registry import teachers  # distilled: the teacher URI and its pinned version
+
+        version_tags.update(teachers.registry_tags(best_spec))
+        version = tracking.retry_transient(
+            lambda: register_mod.register(tracker, best.run_id, best.checkpoint_path,
+                                          spec.tracking.register_as, spec.tracking.alias,
+                                          version_tags),
+            tracking.DRAIN_TIMEOUT_S, "registering the best model")
+        registered.append({"name": spec.tracking.register_as, "version": version,
+                           "alias": spec.tracking.alias, "trial_id": best.trial_id})
+        tracker.client.set_tag(parent_id, "dlopt.registered",
+                               f"{spec.tracking.register_as} v{version}")
+    final_test_report(tracker, best, registered, trials)  # after selection, never before
+    # Multi-objective sweeps: the Pareto plot joins review.PLOTS (written with the others).
+    review.publish_safely(tracker, plan, spec, trials, best, registered, tables, space)
+    return trials, best, registered
+
+
+def final_test_report(tracker, best, registered, trials) -> None:
+    """After selection only: the chosen model(s) on the withheld test split (dlopt.evaluation).
+    A failure here is reported, not raised: the sweep and its registered model stand."""
+    import sys
+
+    from dlopt.registry.evaluation import final_report
+
+    try:
+        final_report(tracker, best, registered, trials)
+    except Exception as err:  # noqa: BLE001 (any failure is reported on the parent run)
+        from dlopt.tracking.store import scrub
+
+        # an MLflow error quotes the request URL, credentials included: scrubbed
+        print(f"warning: the test-split report failed: {scrub(repr(err))}", file=sys.stderr)
+        tracker.client.set_tag(tracker.parent_id, "dlopt.test_report", f"failed: {err!r}"[:5000])

@@ -1,0 +1,118 @@
+"""Driver-side checks that need the outside world, run by `dlopt run` before Ray starts.
+
+`spec` validation is pure (no Ray, no torch, no MLflow). Two refusals need more:
+- can a trial ever be placed? For a local run dlopt itself decides how many logical CPUs
+  Ray gets (`sweep.local_cpus_needed`), so the answer is exact: it oversubscribes the
+  machine's cores up to `MAX_LOCAL_OVERSUBSCRIPTION` times (DDP on a 2-core laptop) and
+  no further, and GPUs cannot be invented. For `--address` the cluster is only known after
+  connecting, and an autoscaling cluster may still grow, so `cluster_warnings` only warns.
+- does a distillation teacher `models:/NAME@ALIAS` exist in the registry? Asked on the
+  driver (workers hold no MLflow credentials); a SQLite store that does not exist yet is
+  not created just to find it empty.
+Problems come back as `SpecError` lines naming the field, so the CLI exits 2.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from dlopt.spec.load import SpecError
+from dlopt.spec import Experiment
+from dlopt.spec.checks import _compression_options
+from dlopt.spec.fields import TEACHER_URI
+
+# A local run may put up to this many training processes on one core (slow but it runs);
+# a trial that needs more can never be placed on this machine.
+MAX_LOCAL_OVERSUBSCRIPTION = 4
+
+
+def local_capacity(count_gpus: bool = True) -> dict[str, float]:
+    """What a local Ray started by dlopt can ever offer: logical CPUs and real GPUs.
+
+    Counting GPUs imports torch (~1.5 s on the driver): skipped when nothing asks for one."""
+    gpus = 0
+    try:
+        if count_gpus:
+            import torch
+
+            gpus = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no usable CUDA means no GPUs
+        gpus = 0
+    return {"CPU": float((os.cpu_count() or 1) * MAX_LOCAL_OVERSUBSCRIPTION), "GPU": float(gpus)}
+
+
+def placement_problems(spec: Experiment, capacity: dict[str, float], where: str) -> list[str]:
+    """One trial's bundle (num_workers x resources per worker) against what `where` has."""
+    res = spec.resources
+    problems = []
+    cpus = res.num_workers * res.cpus_per_worker
+    if res.cpus_per_worker > capacity.get("CPU", 0):
+        problems.append(f"resources.cpus_per_worker: {res.cpus_per_worker:g} CPUs per worker, but "
+                        f"{where} can offer at most {capacity.get('CPU', 0):g}")
+    elif cpus > capacity.get("CPU", 0):
+        problems.append(f"resources.num_workers: {res.num_workers} workers x {res.cpus_per_worker:g} "
+                        f"CPUs = {cpus:g} CPUs per trial, but {where} can offer at most "
+                        f"{capacity.get('CPU', 0):g}; no trial could ever start")
+    if res.use_gpu and res.num_workers > capacity.get("GPU", 0):
+        problems.append(f"resources.use_gpu: {res.num_workers} workers need {res.num_workers} GPUs, "
+                        f"but {where} has {capacity.get('GPU', 0):g}")
+    return problems
+
+
+def _sqlite_path(uri: str) -> Optional[Path]:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def teacher_problems(spec: Experiment, tracking_uri: str) -> list[str]:
+    """Every `Distill.teacher` must name an existing registered model version."""
+    wanted = []
+    for options in _compression_options(spec.compression):
+        for i, stage in enumerate(options):
+            if stage.stage == "distill":
+                wanted.append((f"compression.{i}.teacher", stage.teacher))
+    if not wanted:
+        return []
+    from dlopt.tracking.store import redact_uri
+
+    db = _sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        return [f"{field}: {uri} not found: the MLflow store {redact_uri(tracking_uri)} does not "
+                "exist yet" for field, uri in wanted]
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    problems = []
+    for field, uri in wanted:
+        m = TEACHER_URI.match(uri)
+        try:
+            if m and m["alias"]:
+                client.get_model_version_by_alias(m["name"], m["alias"])
+            elif m:
+                client.get_model_version(m["name"], m["version"])
+        except MlflowException:
+            problems.append(f"{field}: {uri} not found in the model registry at "
+                            f"{redact_uri(tracking_uri)}")
+    return problems
+
+
+def check(spec: Experiment, tracking_uri: str, address: Optional[str]) -> None:
+    """Raise SpecError before Ray starts when the run can never succeed."""
+    problems = []
+    if not address:
+        problems += placement_problems(spec, local_capacity(spec.resources.use_gpu), "this machine")
+    problems += teacher_problems(spec, tracking_uri)
+    if problems:
+        raise SpecError(problems)
+
+
+def cluster_warnings(spec: Experiment) -> list[str]:
+    """After connecting to --address: a trial bigger than the cluster is now (it may autoscale)."""
+    import ray
+
+    now = ray.cluster_resources()
+    return [f"warning: {p} now; trials wait until the cluster grows"
+            for p in placement_problems(spec, now, "the cluster")]

@@ -1,0 +1,158 @@
+"""Datasets as in-memory tensors, split identically on every worker and in every trial.
+
+Small datasets (digits, synthetic) live as tensors: batching by index is faster than a
+DataLoader for them and keeps each DDP rank's shard explicit. Splits depend only on
+`Experiment.seed`, never on the trial or rank, so every trial of a sweep sees the same
+validation and test examples.
+
+The test split is withheld unless asked for: `load(spec, seed)` (what training and
+selection call) returns `Datasets.test` as a guard that raises `TestSplitWithheld` on any
+use; only the final report after selection (dlopt.evaluation) calls `with_test=True`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlopt.ml import vision_data
+from dlopt.ml.components import import_path
+from dlopt.ml.splits import WITHHELD, Datasets, Split, split_indices
+from dlopt.spec import Data
+
+
+def _digits(spec: Data, seed: int):
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)  # pixel values 0..16 -> 0..1
+    return x, bunch.target.astype(np.int64), "classification"
+
+
+def _synthetic(spec: Data, seed: int):
+    if spec.task == "regression":
+        from sklearn.datasets import make_regression
+
+        x, y = make_regression(n_samples=spec.n_samples, n_features=spec.n_features,
+                               noise=spec.noise, random_state=seed)
+        return x.astype(np.float32), y.astype(np.float32)[:, None], "regression"
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=spec.n_samples, n_features=spec.n_features,
+                               n_informative=max(2, spec.n_features // 2), n_redundant=0,
+                               n_classes=spec.n_classes, flip_y=min(spec.noise, 0.5),
+                               random_state=seed)
+    return x.astype(np.float32), y.astype(np.int64), "classification"
+
+
+def _linear_1d(spec: Data, seed: int):
+    """The textbook regression example: y = 2x + 1 + N(0, 0.5^2), x uniform in [0, 2]."""
+    rng = np.random.default_rng(seed)
+    n = spec.n_samples if spec.n_samples != 1000 else 100
+    x = rng.uniform(0, 2, size=(n, 1)).astype(np.float32)
+    y = (2 * x + 1 + rng.normal(0, 0.5, size=(n, 1))).astype(np.float32)
+    return x, y, "regression"
+
+
+# name -> builder returning (x, y, task); torchvision datasets live in dlopt.vision_data.
+DATASETS = {
+    "digits": _digits,
+    "synthetic": _synthetic,
+    "linear_1d": _linear_1d,
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DLOPT_CACHE_DIR") or Path.home() / ".cache" / "dlopt") / "datasets"
+
+
+def _built_in(spec: Data, seed: int, builder):
+    """A built-in dataset's arrays and split indices, from a per-machine cache when present.
+
+    Why: building them imports scikit-learn (~1.5 s of CPU in a fresh process), and every
+    Ray worker and trial process builds them again: the cache turns that into a ~5 ms read.
+    Keyed by the data spec, the seed and the scikit-learn version (its split algorithm);
+    written atomically, so concurrent workers at worst both build it.
+    """
+    from importlib.metadata import version
+
+    key = json.dumps([spec.model_dump(mode="json"), seed, version("scikit-learn"), 1],
+                     sort_keys=True)
+    path = cache_dir() / f"{spec.dataset}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return (f["x"], f["y"], str(f["task"]), f["train"], f["val"], f["test"])
+    except (OSError, KeyError, ValueError):
+        pass  # not cached yet (or unreadable): build it
+    x, y, task = builder(spec, seed)
+    train, val, test = split_indices(y, spec.val_fraction, spec.test_fraction, seed,
+                                     task == "classification")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}-{os.getpid()}.npz")
+        np.savez(tmp, x=x, y=y, task=np.array(task), train=train, val=val, test=test)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: no cache, same data
+    return x, y, task, train, val, test
+
+
+def load(spec: Data, seed: int, with_test: bool = False) -> Datasets:
+    """Train and validation splits; the test split too only `with_test` (see module doc)."""
+    builder = DATASETS.get(spec.dataset)
+    if builder is None and ":" in spec.dataset:
+        # custom "pkg.module:fn": fn(spec.Data, seed) -> (x, y, "classification"|"regression")
+        builder = import_path(spec.dataset)
+    if builder is None:
+        datasets = vision_data.load(spec, seed)  # its test split is the official one
+        if not with_test:
+            datasets.test = WITHHELD
+        return datasets
+    if spec.dataset in DATASETS:
+        x, y, task, train, val, test = _built_in(spec, seed, builder)
+    else:
+        x, y, task = builder(spec, seed)
+        train, val, test = split_indices(y, spec.val_fraction, spec.test_fraction, seed,
+                                         task == "classification")
+    classification = task == "classification"
+    if classification:
+        # Standardize with training statistics only (no peeking at val/test).
+        # A feature constant on the training split (a digits border pixel) keeps scale 1: dividing
+        # by its ~0 std would turn a rare nonzero validation/test pixel into a 1e5 outlier.
+        mean, std = x[train].mean(0), x[train].std(0)
+        x = (x - mean) / np.where(std > 1e-6, std, 1.0).astype(x.dtype)
+
+    def part(i):
+        return Split(torch.from_numpy(x[i]), torch.from_numpy(y[i]))
+
+    if not with_test:
+        test_split = WITHHELD
+    else:
+        test_split = part(test) if len(test) else None
+    return Datasets(
+        train=part(train), val=part(val), test=test_split, task=task,
+        num_classes=int(y.max()) + 1 if classification else 0,
+        input_shape=tuple(x.shape[1:]),
+        out_features=int(y.max()) + 1 if classification else y.shape[1],
+    )
+
+
+def shard_batches(n: int, batch_size: int, rank: int, world: int, seed: int, epoch: int,
+                  shuffle: bool = True):
+    """Index batches of this rank's shard for one epoch.
+
+    DistributedSampler does the sharding (padding so every rank takes the same number of
+    steps, which DDP's collective all-reduce requires); batching by index avoids a
+    DataLoader's per-batch overhead on in-memory tensors.
+    """
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle,
+                                 seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    order = torch.tensor(list(sampler), dtype=torch.long)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

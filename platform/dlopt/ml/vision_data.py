@@ -1,0 +1,143 @@
+"""MNIST, Fashion-MNIST and CIFAR-10 read from a local copy in their standard raw formats.
+
+Why not torchvision.datasets: torchvision's PyPI wheels do not work with the pinned
+torch 2.13 here, and these formats are simple enough to read with numpy:
+- MNIST / Fashion-MNIST: the IDX files as published (and as torchvision stores them
+  under ROOT/MNIST/raw, ROOT/FashionMNIST/raw), plain or .gz;
+- CIFAR-10: the *binary* version (cifar-10-batches-bin: 1 label byte + 3072 pixel bytes
+  per record). The "python version" is a set of pickles; unpickling a file runs code, so
+  dlopt does not load it.
+Nothing is downloaded: these machines have no network, and a download needs torchvision.
+
+Splits: validation is a seeded stratified `val_fraction` of the official training set;
+test is the official test set. Pixels are scaled to [0, 1] and standardized per channel
+with training-split statistics.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlopt.ml.splits import Datasets, Split, split_indices
+from dlopt.spec import Data
+
+MNIST_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+               "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+CIFAR_DIR = "cifar-10-batches-bin"
+CIFAR_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
+CIFAR_TEST = ["test_batch.bin"]
+CIFAR_RECORD = 1 + 3 * 32 * 32
+
+# dataset -> the folder name torchvision uses under the root
+IDX_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+class DatasetNotFound(FileNotFoundError):
+    pass
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format): 0, 0, dtype code, ndim, big-endian int32 dims, data."""
+    raw = Path(path).read_bytes()
+    if str(path).endswith(".gz"):
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: header says {tuple(dims)} but holds {data.size} bytes")
+    return data.reshape(tuple(int(d) for d in dims))
+
+
+def _find(candidates: list[Path], name: str) -> Path | None:
+    for folder in candidates:
+        for suffix in ("", ".gz"):
+            p = folder / (name + suffix)
+            if p.is_file():
+                return p
+    return None
+
+
+def _not_found(dataset: str, root: Path, searched: list[Path], names: list[str]) -> DatasetNotFound:
+    where = ", ".join(str(p) for p in searched)
+    return DatasetNotFound(
+        f"{dataset}: no local copy under data.root={root}: looked for {', '.join(names)} in "
+        f"{where}. Put the raw files there (downloading is not available: it needs torchvision "
+        f"and network access).")
+
+
+def load_idx_dataset(dataset: str, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train_x N x 1 x 28 x 28 uint8, train_y, test_x, test_y) from the IDX files."""
+    folders = [root / IDX_FOLDERS[dataset] / "raw", root / IDX_FOLDERS[dataset], root]
+    found = {key: _find(folders, name) for key, name in MNIST_FILES.items()}
+    missing = [MNIST_FILES[k] for k, p in found.items() if p is None]
+    if missing:
+        raise _not_found(dataset, root, folders, missing)
+    arrays = {k: read_idx(p) for k, p in found.items()}
+    return (arrays["train_x"][:, None], arrays["train_y"].astype(np.int64),
+            arrays["test_x"][:, None], arrays["test_y"].astype(np.int64))
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size % CIFAR_RECORD:
+        raise ValueError(f"{path}: size {raw.size} is not a multiple of {CIFAR_RECORD}-byte records")
+    records = raw.reshape(-1, CIFAR_RECORD)
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+
+
+def load_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    folders = [root / CIFAR_DIR, root]
+    for folder in folders:
+        if all((folder / f).is_file() for f in CIFAR_TRAIN + CIFAR_TEST):
+            train = [read_cifar_batch(folder / f) for f in CIFAR_TRAIN]
+            tx, ty = read_cifar_batch(folder / CIFAR_TEST[0])
+            return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+                    tx, ty)
+    err = _not_found("cifar10", root, folders, CIFAR_TRAIN + CIFAR_TEST)
+    if (root / "cifar-10-batches-py").is_dir():
+        err = DatasetNotFound(f"{err} Found cifar-10-batches-py (the pickled python version); "
+                              "dlopt reads the binary version cifar-10-batches-bin only, since "
+                              "unpickling runs code.")
+    raise err
+
+
+READERS = {
+    "mnist": lambda root: load_idx_dataset("mnist", root),
+    "fashion_mnist": lambda root: load_idx_dataset("fashion_mnist", root),
+    "cifar10": load_cifar10,
+}
+DATASETS = READERS  # catalog of the names this module serves (tests compare with spec.DATASETS)
+
+
+def load(spec: Data, seed: int) -> Datasets:
+    if spec.dataset not in READERS:
+        raise ValueError(f"unknown dataset {spec.dataset!r}")
+    if spec.download:
+        raise RuntimeError(
+            f"data.download=True: dlopt cannot download {spec.dataset} (that needs torchvision, "
+            "which does not work with the pinned torch, and network access); copy the raw files "
+            "under data.root and set download=False")
+    if spec.root is None:
+        raise DatasetNotFound(f"{spec.dataset}: set data.root to the folder holding the raw files")
+    root = Path(spec.root).expanduser().resolve()
+    train_x, train_y, test_x, test_y = READERS[spec.dataset](root)
+    train, val, _ = split_indices(train_y, spec.val_fraction, 0.0, seed, stratify=True)
+    # [0, 1] pixels, then per-channel standardization with training statistics only
+    scale = lambda a: a.astype(np.float32) / 255.0  # noqa: E731
+    fit_x = scale(train_x[train])
+    mean = fit_x.mean(axis=(0, 2, 3), keepdims=True)
+    std = fit_x.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+
+    def part(x: np.ndarray, y: np.ndarray) -> Split:
+        return Split(torch.from_numpy((scale(x) - mean) / std), torch.from_numpy(y))
+
+    num_classes = int(train_y.max()) + 1
+    return Datasets(train=part(train_x[train], train_y[train]), val=part(train_x[val], train_y[val]),
+                    test=part(test_x, test_y), task="classification", num_classes=num_classes,
+                    input_shape=tuple(train_x.shape[1:]), out_features=num_classes)

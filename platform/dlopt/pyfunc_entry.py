@@ -1,6 +1,0 @@
-"""Models-from-code entry MLflow executes on load: it only imports dlopt's wrapper."""
-import mlflow
-
-from dlopt.serving import DloptModel
-
-mlflow.models.set_model(DloptModel())

@@ -1,0 +1,60 @@
+"""Driver step after the sweep: log a trial's saved model and register it (DESIGN rule 6)."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+PIP_REQUIREMENTS = ["torch", "torchao", "safetensors", "pydantic", "dlopt"]
+
+
+def _local_copy(checkpoint_path: str) -> Path:
+    """The checkpoint as a local directory (storage may be a remote URI)."""
+    if "://" not in checkpoint_path:
+        return Path(checkpoint_path)
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(checkpoint_path)
+    local = Path(tempfile.mkdtemp(prefix="dlopt-ckpt-"))
+    pyarrow.fs.copy_files(path, str(local), source_filesystem=fs)
+    return local
+
+
+def register(tracker, trial_run_id: str, checkpoint_path: str, name: str, alias: Optional[str],
+             tags: dict[str, str]) -> str:
+    """Log the model under the trial's run, create a version of `name`, set `alias`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracker.uri)
+    source = _local_copy(checkpoint_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model_dir"
+        shutil.copytree(source, model_dir, ignore=shutil.ignore_patterns("checkpoint.pt", ".*"))
+        with mlflow.start_run(run_id=trial_run_id, nested=True):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+                artifacts={"model_dir": str(model_dir)},
+                pip_requirements=PIP_REQUIREMENTS,
+            )
+    version = mlflow.register_model(info.model_uri, name, tags=tags, await_registration_for=60)
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    return version.version
+
+
+def load_model(uri: str):
+    """`models:/NAME@ALIAS` (or any MLflow model URI) -> a ready torch.nn.Module, nothing unpickled."""
+    import mlflow
+
+    from dlopt.artifact.files import build_from_dir
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    return build_from_dir(local / "artifacts" / "model_dir")
+
+
+def saved_metrics(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / "meta.json").read_text()).get("metrics", {})

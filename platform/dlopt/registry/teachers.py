@@ -1,0 +1,84 @@
+"""Distillation teachers: resolved on the driver, shipped to workers, rebuilt there.
+
+Workers hold no MLflow credentials (DESIGN rule 5), so the driver does the registry
+work before Ray starts: `fetch` finds every `Distill.teacher` URI in the spec (search
+domains included), resolves each alias to one model version (pinned for the whole
+sweep), and reads the saved model files (safetensors + spec JSON, a few hundred KB for
+the models here). An unknown URI is a spec problem, raised as `SpecError` naming the
+field, before Ray starts. The files travel to the workers in the TorchTrainer's
+`train_loop_config`; `install` + `load` rebuild the teacher there with
+`artifact.build_from_dir` (no pickle). Outside Ray (`load` with nothing installed) the
+teacher is read from the registry with the process's own MLflow settings.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dlopt.artifact.teachers import _installed, resolve_version, version_of
+from dlopt.spec.load import SpecError
+from dlopt.tracking.store import redact_uri
+
+
+def find(spec_json: Any, path: str = "") -> list[tuple[str, str]]:
+    """(field path, teacher URI) for every distill stage in the spec JSON, domains included."""
+    found = []
+    if isinstance(spec_json, dict):
+        if spec_json.get("stage") == "distill" and isinstance(spec_json.get("teacher"), str):
+            found.append((f"{path}.teacher" if path else "teacher", spec_json["teacher"]))
+        items = spec_json.items()
+    elif isinstance(spec_json, list):
+        items = enumerate(spec_json)
+    else:
+        return found
+    for k, v in items:
+        found += find(v, f"{path}.{k}" if path else str(k))
+    return found
+
+
+def fetch(spec_json: dict, tracking_uri: str) -> dict[str, dict]:
+    """Driver, before Ray: every teacher URI -> pinned version + its model files."""
+    pairs = find(spec_json)
+    if not pairs:
+        return {}
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    out, problems = {}, []
+    for path, uri in pairs:
+        if uri in out:
+            continue
+        try:
+            version = resolve_version(client, uri)
+        except (MlflowException, ValueError) as err:
+            reason = str(err).splitlines()[0][:200]
+            problems.append(f"{path}: teacher {uri} not found in the MLflow registry at "
+                            f"{redact_uri(tracking_uri)} ({reason})")
+            continue
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{version.name}/{version.version}", tracking_uri=tracking_uri))
+        model_dir = local / "artifacts" / "model_dir"
+        if not model_dir.is_dir():
+            problems.append(f"{path}: teacher {uri} (version {version.version}) is not a dlopt "
+                            "model (no artifacts/model_dir)")
+            continue
+        out[uri] = {"name": version.name, "version": str(version.version),
+                    "files": {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}}
+    if problems:
+        raise SpecError(problems)
+    _installed.update(out)  # the driver keeps them for registry tags (finalize)
+    return out
+
+
+def registry_tags(spec) -> dict[str, str]:
+    """Tags for a registered distilled model: teacher URI and the pinned version."""
+    tags = {}
+    for stage in spec.compression:
+        if stage.stage == "distill":
+            tags["dlopt.teacher"] = stage.teacher
+            version = version_of(stage.teacher)
+            if version is not None:
+                tags["dlopt.teacher_version"] = version
+    return tags

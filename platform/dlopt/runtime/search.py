@@ -1,0 +1,195 @@
+"""Plan -> Ray Tune objects: param space, search algorithm, trial scheduler.
+
+Plain plan data comes in; Ray objects go out. Nothing here starts Ray.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from dlopt.spec.plan import Plan
+from dlopt.spec import FINAL_METRICS, Experiment
+from dlopt.spec.fields import _points
+
+# ------------------------------------------------------------------ plan -> Ray objects
+def is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def to_ray_space(plan: Plan) -> tuple[dict, dict[str, list]]:
+    """Tune param space keyed by spec path, plus index tables for non-scalar choices.
+
+    Optuna and HyperOpt accept only scalar categories, so lists/dicts (e.g. a choice of
+    compression pipelines) are sampled as an index and mapped back in the trial.
+    """
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    tables: dict[str, list] = {}
+    for path, dom in plan.domains.items():
+        kind = dom["domain"]
+        if kind in ("choice", "grid"):
+            values = dom["values"]
+            if not all(is_scalar(v) for v in values):
+                tables[path] = values
+                values = list(range(len(values)))
+            if kind == "grid" or plan.algorithm == "grid":
+                space[path] = tune.grid_search(values)
+            else:
+                space[path] = tune.choice(values)
+        elif kind == "uniform":
+            space[path] = tune.uniform(dom["low"], dom["high"])
+        elif kind == "loguniform":
+            space[path] = tune.loguniform(dom["low"], dom["high"])
+        elif kind == "randint":
+            space[path] = tune.randint(dom["low"], dom["high"])
+    return space, tables
+
+
+def reported_at_end(plan: Plan) -> bool:
+    """Whether the searched metric(s) include one a trial reports only in its final report."""
+    names = list(plan.objectives) if plan.objectives else [plan.metric]
+    return any(n in FINAL_METRICS for n in names)
+
+
+def tune_config_metric(plan: Plan) -> tuple[Optional[str], Optional[str]]:
+    """metric/mode for `tune.TuneConfig`: None where the searcher carries its own metric(s)
+    (multi-objective, or a metric only the final report has; see `_EndOfTrialMetrics`)."""
+    if plan.objectives or reported_at_end(plan):
+        return None, None
+    return plan.metric, plan.mode
+
+
+def search_algorithm(plan: Plan, spec: Experiment):
+    seed = spec.search.seed
+    if plan.algorithm in ("grid", "random"):
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in (it only
+        # wraps Searchers in a ConcurrencyLimiter), so the limit goes to the generator itself.
+        return BasicVariantGenerator(random_state=seed, max_concurrent=plan.max_concurrent_trials)
+    # A model-based searcher gets its metric(s) here when Tune is not told them (see above).
+    if plan.objectives:
+        metric, mode = list(plan.objectives), list(plan.objectives.values())
+    else:
+        metric, mode = (plan.metric, plan.mode) if reported_at_end(plan) else (None, None)
+    if plan.algorithm in ("bayesian", "bayesian_gp"):
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        if plan.algorithm == "bayesian_gp":
+            sampler = optuna.samplers.GPSampler(seed=seed)
+        elif plan.objectives:  # Optuna's multi-objective evolutionary sampler
+            sampler = optuna.samplers.NSGAIISampler(seed=seed)
+        else:
+            sampler = optuna.samplers.TPESampler(seed=seed)
+        searcher = OptunaSearch(metric=metric, mode=mode, sampler=sampler)
+    elif plan.algorithm == "hyperopt":
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        searcher = HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed)
+    else:
+        raise ValueError(plan.algorithm)
+    if metric is None:
+        return searcher
+    from ray.tune.search import ConcurrencyLimiter
+
+    if plan.max_concurrent_trials:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent_trials)
+    return _EndOfTrialMetrics(searcher)
+
+
+def _end_of_trial_metrics_cls():
+    from ray.tune.search import SearchGenerator
+
+    class EndOfTrialMetrics(SearchGenerator):
+        """The searcher learns from each trial's last result (Optuna's multi-objective `tell`
+        happens at completion), but Tune's strict check wants every per-epoch result to carry
+        the search metric; `model_bytes` or `compressed_val_accuracy` exist only in the final
+        report. Hiding the metric from that check (and only from it) keeps the check on for
+        everything else, unlike TUNE_DISABLE_STRICT_METRIC_CHECKING."""
+
+        @property
+        def metric(self):
+            return None
+
+    return EndOfTrialMetrics
+
+
+def _EndOfTrialMetrics(searcher):
+    return _end_of_trial_metrics_cls()(searcher)
+
+
+def trial_scheduler(plan: Plan, spec: Experiment):
+    from ray.tune import schedulers
+
+    s = spec.search
+    max_t = int(max(_points(spec.epochs)))  # the longest a trial can run
+    if plan.scheduler == "fifo":
+        return schedulers.FIFOScheduler()
+    if plan.scheduler == "asha":
+        return schedulers.ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=s.grace_period,
+                                        reduction_factor=s.reduction_factor)
+    if plan.scheduler == "hyperband":
+        return schedulers.HyperBandScheduler(time_attr="epoch", max_t=max_t,
+                                             reduction_factor=s.reduction_factor)
+    if plan.scheduler == "median":
+        return schedulers.MedianStoppingRule(time_attr="epoch", grace_period=s.grace_period)
+    if plan.scheduler == "pbt":
+        mutations, bounds = pbt_mutations(plan.spec_json["search"].get("pbt_mutations") or {})
+        # Synchronous PBT: every trial pauses at the same epoch, so the checkpoint a trial
+        # clones ends at the epoch it left off and its per-epoch history has no gap or repeat.
+        return _make_pbt(max_t, time_attr="epoch", perturbation_interval=s.perturbation_interval,
+                         hyperparam_mutations=mutations, custom_explore_fn=clip_to(bounds),
+                         synch=True)
+    raise ValueError(plan.scheduler)
+
+
+def pbt_mutations(spec_mutations: dict) -> tuple[dict, dict[str, tuple[float, float]]]:
+    """Spec `pbt_mutations` (JSON) -> Ray's `hyperparam_mutations`, plus each domain's bounds."""
+    from ray import tune
+
+    mutations: dict = {}
+    bounds: dict[str, tuple[float, float]] = {}
+    for path, dom in spec_mutations.items():
+        if isinstance(dom, dict) and dom.get("domain") in ("uniform", "loguniform"):
+            make = tune.loguniform if dom["domain"] == "loguniform" else tune.uniform
+            mutations[path] = make(dom["low"], dom["high"])
+            bounds[path] = (dom["low"], dom["high"])
+        elif isinstance(dom, dict):  # choice / grid: PBT steps along the ordered values
+            mutations[path] = sorted(dom["values"])
+        else:
+            mutations[path] = sorted(dom)
+    return mutations, bounds
+
+
+def clip_to(bounds: dict[str, tuple[float, float]]):
+    """PBT perturbs a continuous value by x0.8 / x1.2 without looking at its domain; a
+    momentum of 0.9 x 1.2 is no longer a valid spec. Keep perturbed values inside the
+    domain the spec gave (Ray has no option for this, hence the explore hook)."""
+
+    def explore(config: dict) -> dict:
+        for path, (low, high) in bounds.items():
+            if path in config:
+                config[path] = min(max(config[path], low), high)
+        return config
+
+    return explore
+
+
+def _make_pbt(max_t: int, **kwargs):
+    """PBT that leaves a trial's last epoch alone.
+
+    A trial whose last epoch falls on a perturbation step would otherwise be paused,
+    cloned and restarted only to run zero epochs; the final (compression) report repeats
+    the last epoch too. Results at or past the trial's own `epochs` just continue.
+    """
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    class DloptPBT(PopulationBasedTraining):
+        def on_trial_result(self, tune_controller, trial, result):
+            last = trial.config.get("epochs", max_t)
+            if result.get("final") or result.get("epoch", 0) >= last:
+                return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
+
+    return DloptPBT(**kwargs)

@@ -1,0 +1,214 @@
+"""One Tune trial: resolve the sampled config into a concrete spec and fit a TorchTrainer.
+
+This is the Ray Train V2 pattern: a Tune function trial builds the trainer itself and
+forwards worker reports to Tune through `TuneReportCallback`.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+def assignment(config: dict, tables: dict[str, list]) -> dict[str, Any]:
+    """Tune config -> {spec path: value}; non-scalar choices travel as indices into `tables`."""
+    return {path: (tables[path][value] if path in tables else value) for path, value in config.items()}
+
+
+# Tune refuses a zero-resource trial; a trial that only waits on its TorchTrainer takes this.
+TRIAL_DRIVER_CPU = 0.001
+
+
+def runs_in_trial(spec) -> bool:
+    """One worker: run the loop in the trial itself (dlopt.train.worker.fit_in_trial)."""
+    return spec.resources.num_workers == 1 and spec.resources.in_trial
+
+
+def trial_resources(spec) -> dict[str, float]:
+    """What the Tune trial itself reserves: the worker's share in-trial, else next to nothing."""
+    res = spec.resources
+    if runs_in_trial(spec):
+        return {"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})}
+    return {"CPU": TRIAL_DRIVER_CPU}
+
+
+def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str,
+                  teachers: Optional[dict] = None):
+    """`teachers`: distillation teachers' files fetched by the driver (dlopt.teachers)."""
+
+    def dlopt_trial(config: dict) -> None:
+        from ray import tune
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from dlopt.spec.plan import trial_spec
+        from dlopt.runtime.worker import fit_in_trial, train_loop_per_worker
+
+        spec = trial_spec(base_json, tables, config)
+        from dlopt.artifact import teachers as teachers_mod
+
+        teachers_mod.install(teachers or {})
+        if runs_in_trial(spec):
+            fit_in_trial(spec)
+            return
+        res = spec.resources
+        trial_id = tune.get_context().get_trial_id()
+        loop_config = {"spec": spec.model_dump(mode="json"), "teachers": teachers or {}}
+        run_name, forward = f"train-{trial_id}", None
+        if spec.search.scheduler == "pbt":  # PBT clones Tune checkpoints: see pbt_setup
+            loop_config, run_name, forward = pbt_setup(loop_config, run_name)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(
+                num_workers=res.num_workers, use_gpu=res.use_gpu,
+                resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})},
+                placement_strategy="SPREAD" if res.placement == "spread" else "PACK",
+            ),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=storage_path,
+                callbacks=[forward.callback if forward else TuneReportCallback()],
+                failure_config=FailureConfig(max_failures=res.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        if forward is not None:
+            forward.fit_and_report(trainer)
+            return
+        trainer.fit()
+        wait_until_tune_took_last_report()
+
+    return dlopt_trial
+
+
+def wait_until_tune_took_last_report(poll_s: float = 0.05, settle_s: float = 1.0) -> None:
+    """Work around a Ray 2.60 deadlock between TuneReportCallback and a returning trial.
+
+    The Train controller hands each report to the trial through a 1-slot actor queue that
+    the trial's main thread drains. If the trial function returns while the final report is
+    still in that queue, Tune's end-of-trial marker takes the 1-slot local result queue
+    first, and the main thread then blocks forever putting the final report into it (seen
+    under load: the job hung after the final report, stack in `_TrainSession.report`). So
+    the trial returns only after the main thread has taken the last report. Uses Ray's
+    private session attribute; without it (another Ray version) this does nothing.
+    """
+    import time
+
+    from ray.train._internal.session import get_session
+
+    queue = getattr(get_session(), "_inter_actor_queue", None)
+    if queue is None:
+        return
+    while not queue.empty():
+        time.sleep(poll_s)
+    time.sleep(settle_s)  # the taken item still has to reach the local queue
+
+
+# ------------------------------------------------------------------ PBT with a TorchTrainer
+# PBT clones a Tune checkpoint from a top trial into a bottom one, but TuneReportCallback
+# forwards only metrics to Tune (the Train checkpoint stays a path in the metrics). Under PBT
+# the trial therefore runs the trainer in a thread, receives (metrics, checkpoint) from a Train
+# callback through a queue, and reports both with `tune.report`, which copies the checkpoint
+# into the trial's Tune storage. On restart (after a PBT pause or exploit) `tune.get_checkpoint()`
+# is the checkpoint to continue from (its own, or the cloned trial's). Train V2 refuses the
+# deprecated `resume_from_checkpoint`, so its location goes to the workers in the loop config
+# (`resume_from`), and the Train run gets a fresh name: Train V2 would otherwise restore the
+# trial's previous run of the same name from storage and ignore the clone.
+# (1-worker trials run in-trial, dlopt.train.worker.fit_in_trial, and need none of this.)
+def checkpoint_uri(checkpoint) -> str:
+    """A checkpoint's location as one string a worker can open (`ray.train.Checkpoint(uri)`)."""
+    import pyarrow.fs
+
+    fs = checkpoint.filesystem
+    if fs is None or isinstance(fs, pyarrow.fs.LocalFileSystem):
+        return checkpoint.path
+    return f"{fs.type_name}://{checkpoint.path}"
+
+
+class CheckpointForwarder:
+    """Train controller -> trial: rank 0's metrics with the checkpoint, reported to Tune."""
+
+    def __init__(self):
+        from ray.train import UserCallback
+        from ray.util.queue import Queue
+
+        self.queue = queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+        self.controller = None
+
+        class Forward(UserCallback):
+            def after_report(self, run_context, metrics, checkpoint):
+                import ray
+
+                item = dict(metrics[0])
+                if checkpoint is not None:
+                    item["checkpoint_path"] = checkpoint.path  # as TuneReportCallback does
+                # this runs in the Train controller: its own handle lets the trial abort it
+                queue.put((item, checkpoint, ray.get_runtime_context().current_actor))
+
+        self.callback = Forward()
+
+    def abort(self) -> None:
+        """Stop the Train run (workers and their placement group) before the trial exits.
+
+        PBT pauses every trial at a perturbation step and Tune ends the paused trial's
+        process. The controller dies with it, but its placement group is only removed by
+        Ray's PlacementGroupCleaner, which needs the state API (dashboard, one Ray instance
+        per machine); where that fails, the restarted trial waits forever for its workers.
+        The controller's own abort removes them at once."""
+        import ray
+
+        controller, self.controller = self.controller, None
+        if controller is not None:
+            try:
+                ray.get(controller.abort.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 (already gone: nothing left to stop)
+                pass
+
+    def fit_and_report(self, trainer) -> None:
+        import atexit
+        import queue as queue_mod
+        import threading
+
+        from ray import tune
+
+        failure: list[BaseException] = []
+
+        def fit():
+            try:
+                trainer.fit()
+            except BaseException as err:  # noqa: BLE001 (re-raised in the trial below)
+                failure.append(err)
+
+        thread = threading.Thread(target=fit, name="dlopt-pbt-fit", daemon=True)
+        thread.start()
+        # Tune may end this process without unwinding the trial thread: abort at exit too.
+        atexit.register(self.abort)
+        while thread.is_alive() or not self.queue.empty():
+            try:
+                metrics, checkpoint, self.controller = self.queue.get(timeout=0.2)
+            except queue_mod.Empty:
+                continue
+            try:
+                tune.report(metrics, checkpoint=None if checkpoint is None else tune.Checkpoint(
+                    path=checkpoint.path, filesystem=checkpoint.filesystem))
+            except BaseException:  # Tune stops the trial (PBT pause, ASHA stop): SystemExit
+                self.abort()
+                raise
+        thread.join()
+        self.controller = None  # finished: nothing to abort
+        atexit.unregister(self.abort)
+        if failure:
+            raise failure[0]
+
+
+def pbt_setup(loop_config: dict, run_name: str):
+    """Loop config, Train run name and forwarder of a PBT trial (see the note above)."""
+    import uuid
+
+    from ray import tune
+
+    start = tune.get_checkpoint()
+    if start is not None:
+        loop_config = {**loop_config, "resume_from": checkpoint_uri(start)}
+        run_name = f"{run_name}-{uuid.uuid4().hex[:6]}"
+    return loop_config, run_name, CheckpointForwarder()

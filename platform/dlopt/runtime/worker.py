@@ -1,0 +1,118 @@
+"""Ray entry points: adapt the plain loop to a Ray Train worker, or to the Tune trial itself.
+
+Only JSON crosses the process boundary (DESIGN rule 2): the worker re-validates the spec.
+Both entry points run the same `fit`; they differ only in where `report` sends metrics and
+checkpoints (Ray Train's controller, or Tune directly) and where a restart resumes from.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from dlopt.train import faults
+
+
+def resume_from(checkpoint) -> Optional[dict]:
+    """The loop's checkpoint dict inside a Ray checkpoint, or None (fresh start)."""
+    from dlopt.train import sharding
+    from dlopt.train.loop import CHECKPOINT_FILE, load_checkpoint
+
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        if (Path(d) / CHECKPOINT_FILE).exists():
+            resume = load_checkpoint(Path(d))
+            # FSDP: every rank's shards, merged by Ray into this dir (dlopt.train.sharding)
+            resume["sharded"] = sharding.keep_local_copy(Path(d))
+            faults.resumed(resume)
+            return resume
+    return None
+
+
+def reporter(send: Callable, checkpoint_cls) -> Callable:
+    """The loop's `report(metrics, write)` on top of a Ray `send(metrics, checkpoint)`.
+
+    Platform overhead made visible: each report carries `report_seconds`, how long the
+    previous send blocked (checkpoint write + persist + waiting on Ray).
+    """
+    blocked: list[float] = []
+
+    def report(metrics: dict, write=None) -> None:
+        if blocked:
+            metrics = {**metrics, "report_seconds": blocked[-1]}
+        t0 = time.perf_counter()
+        if write is None:
+            send(metrics, None)
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                write(Path(d))
+                send(metrics, checkpoint_cls.from_directory(d))
+        blocked.append(time.perf_counter() - t0)
+        if write is not None:
+            faults.after_report(metrics, "train")  # test-only SIGKILL hook, off unless env set
+
+    return report
+
+
+def placement_report(world: int) -> dict:
+    """Where the DDP ranks ran, for the final report: Ray node id of each rank, and how many
+    distinct nodes (shows `Resources.placement` "spread" at work). All ranks must call it."""
+    import ray
+
+    nodes = [ray.get_runtime_context().get_node_id()] * world
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_gather_object(nodes, nodes[0])
+    return {"worker_nodes": ",".join(nodes), "num_nodes": len(set(nodes))}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker of a TorchTrainer (DDP rank `rank` of `world`)."""
+    import ray.train
+    import ray.train.torch
+
+    from dlopt.spec import Experiment
+    from dlopt.train.loop import fit
+
+    spec = Experiment.model_validate(config["spec"])
+    from dlopt.artifact import teachers
+
+    teachers.install(config.get("teachers") or {})
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    placed = placement_report(world)
+    report = reporter(lambda m, c: ray.train.report({**m, **placed} if m.get("final") else m,
+                                                    checkpoint=c), ray.train.Checkpoint)
+    device = "cuda" if spec.resources.use_gpu else "cpu"
+    wrap = ray.train.torch.prepare_model if world > 1 else (lambda m: m)
+    if device == "cuda":
+        device = str(ray.train.torch.get_device())
+    # This run's own latest checkpoint (a worker-group restart) wins; else, under PBT, the
+    # checkpoint the trial continues from, maybe a cloned trial's (dlopt.trial.pbt_setup).
+    resume = resume_from(ray.train.get_checkpoint())
+    if resume is None and config.get("resume_from"):
+        resume = resume_from(ray.train.Checkpoint(config["resume_from"]))
+    fit(spec, report, rank=rank, world=world, resume=resume, wrap=wrap, device=device)
+
+
+def fit_in_trial(spec) -> None:
+    """A 1-worker trial: the same loop in the Tune trial's own process, no TorchTrainer.
+
+    Why: a TorchTrainer costs a controller actor, a worker actor and a placement group per
+    trial (~15 s of start-up on 2 cores) and each `ray.train.report` waits for the
+    controller's poll. Here metrics and checkpoints go straight to `ray.tune.report`; Tune
+    persists each checkpoint into the trial directory. A failed trial is retried by Tune
+    (`tune.RunConfig(failure_config=FailureConfig(max_failures))`, set by dlopt.sweep) and
+    resumes from its latest checkpoint via `tune.get_checkpoint()` - the same semantics as
+    Ray Train's worker-group restart. PBT's exploit also restores through it.
+    """
+    from ray import tune
+
+    from dlopt.train.loop import fit
+
+    report = reporter(lambda m, c: tune.report(m, checkpoint=c), tune.Checkpoint)
+    device = "cuda" if spec.resources.use_gpu else "cpu"  # Tune sets CUDA_VISIBLE_DEVICES
+    fit(spec, report, rank=0, world=1, resume=resume_from(tune.get_checkpoint()), device=device)

@@ -1,0 +1,204 @@
+"""Cross-field checks of an Experiment: each returns one line per problem, naming the field."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from dlopt.spec import tune as _tune
+from dlopt.spec.fields import LOCAL_DATASETS, _points
+from dlopt.spec.metric_names import VAL_METRICS
+from dlopt.spec.paths import domains, set_path
+from dlopt.spec.sections import Stage
+
+
+def _metric_task_problems(spec) -> list[str]:
+    """A selection metric the task never reports would leave the sweep without a best trial."""
+    if ":" in spec.data.dataset:
+        return []  # a custom dataset's task is known only once it loads
+    task = spec.task
+    other = "regression" if task == "classification" else "classification"
+    wrong = set(VAL_METRICS[other]) - set(VAL_METRICS[task])
+    if spec.data.dataset == "synthetic" and task == "classification" and spec.data.n_classes <= 5:
+        wrong.add("val_top5_accuracy")
+    named = ([("search.metric", spec.search.metric)] if spec.search.objectives is None else
+             [(f"search.objectives.{k}", k) for k in spec.search.objectives])
+    return [f"{path}: a {task} task does not report {name}; its validation metrics are "
+            f"{', '.join(m for m in VAL_METRICS[task] if m not in wrong)}"
+            for path, name in named if name in wrong]
+
+
+# Domains a grid cannot enumerate.
+CONTINUOUS_DOMAINS = ("uniform", "loguniform", "randint")
+
+
+def _search_problems(spec) -> list[str]:
+    """Search settings that only make sense together with the rest of the spec."""
+    problems = []
+    search = spec.search
+    doms = domains(spec)
+    if search.algorithm == "grid":
+        for path, dom in doms.items():
+            if dom["domain"] in CONTINUOUS_DOMAINS:
+                problems.append(f"{path}: algorithm='grid' cannot enumerate tune.{dom['domain']}; "
+                                "use tune.grid/tune.choice values or algorithm='random'")
+    for path, dom in doms.items():
+        if dom["domain"] in ("choice", "grid") and domains({"v": dom["values"]}):
+            problems.append(f"{path}: a search domain inside tune.{dom['domain']} values is not "
+                            "sampled; list concrete values (e.g. one pipeline per sparsity)")
+    if search.scheduler == "pbt":
+        min_epochs = min(_points(spec.epochs))
+        if search.perturbation_interval >= min_epochs:
+            problems.append(f"search.perturbation_interval: {search.perturbation_interval} must be "
+                            f"below epochs ({min_epochs}): PBT exploits checkpoints written before "
+                            "the end of a trial")
+        problems += _pbt_mutation_problems(spec, doms)
+    return problems
+
+
+def _pbt_mutation_problems(spec, doms: dict) -> list[str]:
+    """Each mutated field exists, is continuous (a float), and every mutation value fits it."""
+    problems = []
+    base = spec.model_dump(mode="json")
+    base["search"] = {}  # validating copies must not re-enter these checks
+    for path, mutation in (spec.search.pbt_mutations or {}).items():
+        where = f"search.pbt_mutations.{path}"
+        if path.split(".")[0] in ("search", "resources", "tracking", "name", "seed", "epochs"):
+            problems.append(f"{where}: PBT perturbs training fields; {path!r} cannot change "
+                            "while a trial runs")
+            continue
+        try:
+            node: Any = base
+            for key in path.split("."):
+                node = node[int(key)] if isinstance(node, list) else node[key]
+        except (KeyError, IndexError, ValueError, TypeError):
+            problems.append(f"{where}: no field {path!r} in the spec")
+            continue
+        current = doms[path]["low"] if path in doms and "low" in doms[path] else (
+            doms[path]["values"][0] if path in doms else node)
+        if isinstance(current, bool) or not isinstance(current, float):
+            problems.append(f"{where}: PBT perturbs continuous (float) fields; {path!r} holds "
+                            f"{current!r}")
+            continue
+        if isinstance(mutation, _tune.RandInt):
+            problems.append(f"{where}: use tune.uniform/tune.loguniform, tune.choice or a list "
+                            "of floats, not tune.randint")
+            continue
+        values = mutation.points() if isinstance(mutation, _tune._Domain) else mutation
+        for value in values:
+            trial = json.loads(json.dumps(base))
+            set_path(trial, path, value)
+            try:
+                type(spec).model_validate(trial)
+            except ValidationError as err:
+                first = err.errors()[0]
+                msg = first["msg"].splitlines()[0]
+                problems.append(f"{where}: value {value!r} is invalid for {path}: {msg}")
+                break
+    return problems
+
+
+
+def _strategy_problems(spec) -> list[str]:
+    """Combinations with resources.strategy that cannot work, each with the reason."""
+    strategy = spec.resources.strategy
+    if strategy == "pipeline":
+        return _pipeline_problems(spec)
+    if strategy != "fsdp":
+        return []
+    problems = []
+    if spec.resources.num_workers < 2:
+        problems.append("resources.strategy: 'fsdp' shards every weight across workers; with "
+                        "num_workers=1 there is nothing to shard (use 'ddp' or num_workers >= 2)")
+    # L1/L2 penalties, pruning and QAT work on the DTensor shards (dlopt.stages.regularization,
+    # dlopt.stages.prune_sharded, dlopt.train.sharding.shard): nothing more to refuse.
+    return problems
+
+
+def _pipeline_problems(spec) -> list[str]:
+    """What a pipeline (dlopt.train.pipeline) cannot run: each stage holds some layers, and
+    the loss exists only inside the schedule on the last stage."""
+    problems, why = [], "with strategy 'pipeline' (each worker holds only its stage's layers)"
+    if any(a != "mlp" for a in _points(spec.model.arch)):
+        problems.append("model.arch: strategy 'pipeline' splits an nn.Sequential into stages; "
+                        "use arch 'mlp' (or strategy 'ddp'/'fsdp')")
+    layers = [len(h) + 1 for h in _points(spec.model.hidden)] if spec.model.arch == "mlp" else [1]
+    if spec.resources.num_workers < 2 or spec.resources.num_workers > min(layers):
+        problems.append(f"resources.num_workers: strategy 'pipeline' needs 2 to {min(layers)} "
+                        "workers here (one stage per worker, at least one Linear layer each)")
+    if any(p != "32" for p in _points(spec.precision)):
+        problems.append(f"precision: only '32' is implemented {why}")
+    reg = spec.regularization
+    for name in ("l1", "l2"):
+        if any(_points(getattr(reg, name))):
+            problems.append(f"regularization.{name}: the penalty would have to join the loss "
+                            f"computed inside the schedule on the last stage {why}; use "
+                            "optimizer.weight_decay")
+    if reg.grad_clip_norm is not None:
+        problems.append(f"regularization.grad_clip_norm: the norm spans every stage {why}; use "
+                        "grad_clip_value")
+    for options in _compression_options(spec.compression):
+        for i, s in enumerate(options):
+            if s.stage in ("prune", "distill") or (s.stage == "quantize"
+                                                   and "qat" in _points(s.method)):
+                problems.append(f"compression.{i}: {s.stage} acts during training on every "
+                                f"layer at once, not implemented {why}; post-training "
+                                "quantize ('dynamic'/'static') is")
+    return list(dict.fromkeys(problems))
+
+
+def _compression_options(compression) -> list[list]:
+    if isinstance(compression, _tune._Domain):
+        return [TypeAdapter(list[Stage]).validate_python(v) for v in compression.points()]
+    return [compression]
+
+
+def _check_stage_order(stages: list, epochs: int) -> list[str]:
+    problems = []
+    kinds = [s.stage for s in stages]
+    if "quantize" in kinds and "prune" in kinds and kinds.index("quantize") < kinds.index("prune"):
+        problems.append("compression: quantize is listed before prune; pruning an int8 model "
+                        "is not supported, list prune first")
+    if "distill" in kinds and kinds.index("distill") != 0:
+        problems.append("compression: distill trains the student and must come first")
+    if kinds.count("quantize") > 1 or kinds.count("prune") > 1 or kinds.count("distill") > 1:
+        problems.append("compression: each stage kind may appear once")
+    for i, s in enumerate(stages):
+        if s.stage == "prune":
+            end = s.end_epoch if s.end_epoch is not None else s.start_epoch + 1
+            if end > epochs or s.start_epoch >= epochs:
+                problems.append(f"compression.{i}.end_epoch: pruning window ends at epoch {end} "
+                                f"but the run has {epochs} epochs")
+    return problems
+
+
+def cross_field_problems(spec) -> list[str]:
+    """Every problem that needs more than one field; an empty list when the spec is coherent."""
+    problems = []
+    if "16-mixed" in _points(spec.precision) and not spec.resources.use_gpu:
+        problems.append("precision: '16-mixed' needs a GPU (GradScaler on CUDA); "
+                        "use 'bf16-mixed' on CPU or set resources.use_gpu=True")
+    max_epochs = max(_points(spec.epochs))
+    min_epochs = min(_points(spec.epochs))
+    if spec.search.scheduler in ("asha", "hyperband") and spec.search.grace_period >= min_epochs:
+        problems.append(f"search.grace_period: {spec.search.grace_period} must be below "
+                        f"epochs ({min_epochs}) or no trial can be stopped early")
+    problems += _metric_task_problems(spec)
+    local = [d for d in _points(spec.data.dataset) if d in LOCAL_DATASETS]
+    if local and spec.data.root is None:
+        problems.append(f"data.root: dataset {local[0]!r} is read from a local copy; set "
+                        "data.root to the folder holding its raw files")
+    if spec.data.download:
+        problems.append("data.download: dlopt cannot download datasets (that needs torchvision, "
+                        "which does not work with the pinned torch); copy the raw files under "
+                        "data.root and leave download=False")
+    for options in _compression_options(spec.compression):
+        problems += _check_stage_order(options, max_epochs)
+    has_grid = any(d["domain"] == "grid" for d in domains(spec).values())
+    if has_grid and spec.search.algorithm in ("bayesian", "bayesian_gp", "hyperopt"):
+        problems.append(f"search.algorithm: {spec.search.algorithm!r} cannot expand "
+                        "tune.grid domains; use tune.choice or algorithm='grid'/'random'")
+    problems += _search_problems(spec)
+    problems += _strategy_problems(spec)
+    return problems

@@ -1,0 +1,177 @@
+"""Spec -> Plan: everything a sweep will do, decided before anything starts.
+
+`dlopt plan` stops here (SkyPilot-style dry run). Pure Python: no ray, no torch;
+`dlopt.sweep` turns the plan's plain data into Ray Tune objects.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from dlopt.spec.experiment import Experiment, resolve
+from dlopt.spec.paths import domains
+
+
+@dataclass
+class Plan:
+    experiment: str
+    sweep_name: str
+    spec_json: dict
+    domains: dict[str, dict]
+    algorithm: str
+    scheduler: str
+    metric: str
+    mode: str
+    objectives: Optional[dict[str, str]]
+    num_samples: int
+    grid_points: int
+    trials: int
+    workers_per_trial: int
+    resources_per_trial: dict[str, float]
+    max_concurrent_trials: int
+    cluster_cpus: float
+    epochs: Any
+    tracking_experiment: str
+    register_as: Optional[str]
+    notes: list[str] = field(default_factory=list)
+    scheduler_detail: str = ""
+    pbt_mutations: Optional[dict] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        lines = [
+            f"experiment   {self.experiment}  (sweep {self.sweep_name})",
+            f"search       {self.algorithm}, scheduler {self.scheduler}, "
+            + (f"objectives {self.objectives}" if self.objectives
+               else f"metric {self.metric} ({self.mode})"),
+            f"scheduler    {self.scheduler_detail}",
+            f"trials       {self.trials}"
+            + (f" = {self.grid_points} grid points x {self.num_samples} samples"
+               if self.grid_points > 1 else f" ({self.num_samples} samples)"),
+            f"epochs       {self.epochs}",
+            "per trial    " + ", ".join(f"{k} {v:g}" for k, v in self.resources_per_trial.items())
+            + f" ({self.workers_per_trial} worker{'s' if self.workers_per_trial > 1 else ''})",
+            f"concurrency  {self.max_concurrent_trials} trial(s) at once on {self.cluster_cpus:g} CPUs",
+            f"tracking     MLflow experiment {self.tracking_experiment!r}"
+            + (f", registers {self.register_as!r}" if self.register_as else ""),
+        ]
+        if self.domains:
+            lines.append("domains")
+            for path, dom in self.domains.items():
+                lines.append(f"  {path:<28} {_describe_domain(dom)}")
+        else:
+            lines.append("domains      none (a single configuration)")
+        for path, dom in (self.pbt_mutations or {}).items():
+            shown = _describe_domain(dom) if isinstance(dom, dict) else f"steps through {dom}"
+            lines.append(f"  {path:<28} PBT mutation {shown}")
+        lines += [f"note         {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _describe_domain(dom: dict) -> str:
+    kind = dom["domain"]
+    if kind in ("choice", "grid"):
+        shown = [_short(v) for v in dom["values"]]
+        return f"{kind}({', '.join(shown)})"
+    return f"{kind}({dom['low']:g}, {dom['high']:g})"
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def scheduler_detail(spec: Experiment) -> str:
+    """What the scheduler will do, in one line (`dlopt plan`)."""
+    s = spec.search
+    if s.scheduler == "asha":
+        return (f"asha: stops trials at epochs {s.grace_period} x {s.reduction_factor:g}^k "
+                f"unless in the top 1/{s.reduction_factor:g} on {s.metric}")
+    if s.scheduler == "hyperband":
+        return f"hyperband: brackets of epochs, reduction factor {s.reduction_factor:g}"
+    if s.scheduler == "median":
+        return f"median: after {s.grace_period} epoch(s), stops trials below the median {s.metric}"
+    if s.scheduler == "pbt":
+        return (f"pbt: every {s.perturbation_interval} epochs the bottom quarter clones a top "
+                f"trial's checkpoint and perturbs {', '.join(s.pbt_mutations or {})}")
+    return "fifo: every trial runs all its epochs"
+
+
+def grid_size(doms: dict[str, dict], algorithm: str) -> int:
+    """Grid points Tune expands: tune.grid axes, plus choices when the algorithm is `grid`."""
+    size = 1
+    for dom in doms.values():
+        if dom["domain"] == "grid" or (algorithm == "grid" and dom["domain"] == "choice"):
+            size *= len(dom["values"])
+    return size
+
+
+def resources_per_trial(spec: Experiment) -> dict[str, float]:
+    r = spec.resources
+    res = {"CPU": r.num_workers * r.cpus_per_worker}
+    if r.use_gpu:
+        res["GPU"] = float(r.num_workers)
+    return res
+
+
+def make_plan(spec: Experiment, cluster_cpus: Optional[float] = None, now: Optional[datetime] = None) -> Plan:
+    doms = domains(spec)
+    search = spec.search
+    grid_points = grid_size(doms, search.algorithm)
+    trials = grid_points * search.num_samples
+    per_trial = resources_per_trial(spec)
+    cpus = float(cluster_cpus if cluster_cpus is not None else (os.cpu_count() or 1))
+    fits = max(1, math.floor(cpus / (per_trial["CPU"] + 0.001)))  # + the trial driver's sliver
+    concurrency = min(search.max_concurrent_trials or fits, trials)
+    notes = []
+    if search.max_concurrent_trials and search.max_concurrent_trials > fits:
+        notes.append(f"{search.max_concurrent_trials} concurrent trials need "
+                     f"{search.max_concurrent_trials * per_trial['CPU']:g} CPUs; a local cluster "
+                     "is started with that many logical CPUs")
+    if not doms and trials > 1:
+        notes.append("no search domains: every trial runs the same configuration (seeded repeats)")
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    epochs = spec.epochs if isinstance(spec.epochs, int) else spec.model_dump(mode="json")["epochs"]
+    return Plan(
+        experiment=spec.name,
+        sweep_name=f"{spec.name}-{stamp}",
+        spec_json=spec.model_dump(mode="json"),
+        domains=doms,
+        algorithm=search.algorithm,
+        scheduler=search.scheduler,
+        metric=search.metric,
+        mode=search.mode,
+        objectives=search.objectives,
+        num_samples=search.num_samples,
+        grid_points=grid_points,
+        trials=trials,
+        workers_per_trial=spec.resources.num_workers,
+        resources_per_trial=per_trial,
+        max_concurrent_trials=concurrency,
+        cluster_cpus=cpus,
+        epochs=epochs,
+        tracking_experiment=spec.tracking.experiment or spec.name,
+        register_as=spec.tracking.register_as,
+        notes=notes,
+        scheduler_detail=scheduler_detail(spec),
+        pbt_mutations=spec.model_dump(mode="json")["search"]["pbt_mutations"],
+    )
+
+
+# ------------------------------------------------------------------ config -> trial spec
+def assignment(config: dict, tables: dict[str, list]) -> dict[str, Any]:
+    """Tune config -> {spec path: value}; non-scalar choices travel as indices into `tables`
+    (dlopt.runtime.search.to_ray_space builds them)."""
+    return {path: (tables[path][value] if path in tables else value) for path, value in config.items()}
+
+
+def trial_spec(spec_json: dict, tables: dict[str, list], config: dict) -> Experiment:
+    """The concrete spec of one trial: the sweep's spec with the trial's sampled values.
+
+    The one place a Tune config becomes a spec (trial, callback, finalize, review, front)."""
+    return resolve(spec_json, assignment(config, tables))

@@ -1,0 +1,202 @@
+"""The spec's sections: one Pydantic model per part of an experiment (the API)."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import Field, model_validator
+
+from dlopt.spec import tune as _tune
+from dlopt.spec.fields import (ACTIVATIONS, ALGORITHMS, ARCHS, DATASETS, INITS, OPTIMIZERS, S,
+                               SCHEDULERS, SCHEDULES, TEACHER_URI, Name, _Base, _points)
+from dlopt.spec.metric_names import FINAL_METRICS
+
+
+# ---------------------------------------------------------------- sections
+class Data(_Base):
+    dataset: S[Name(DATASETS, "dataset")] = "digits"
+    batch_size: S[int, Field(ge=1)] = 64
+    val_fraction: S[float, Field(gt=0, lt=1)] = 0.2
+    # Held out from training and selection; evaluated once on the chosen model (dlopt.evaluation).
+    test_fraction: S[float, Field(ge=0, lt=1)] = 0.2
+    root: Optional[str] = None
+    download: bool = False
+    # synthetic data (dataset="synthetic"): generated from Experiment.seed
+    task: Literal["classification", "regression"] = "classification"
+    n_samples: int = Field(1000, ge=10)
+    n_features: int = Field(20, ge=1)
+    n_classes: int = Field(4, ge=2)
+    noise: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        for v in _points(self.val_fraction):
+            for t in _points(self.test_fraction):
+                if v + t >= 0.9:
+                    raise ValueError(
+                        f"val_fraction + test_fraction = {v + t:g} leaves under 10% to train"
+                    )
+        return self
+
+
+class Model(_Base):
+    arch: S[Name(ARCHS, "model arch")] = "mlp"
+    hidden: S[list[S[int]]] = Field(default_factory=lambda: [128])
+    activation: S[Name(ACTIVATIONS, "activation", custom=False)] = "relu"
+    dropout: S[float, Field(ge=0, lt=1)] = 0.0
+    init: S[Name(INITS, "init", custom=False)] = "default"
+
+    @model_validator(mode="after")
+    def _hidden_positive(self):
+        if isinstance(self.hidden, list):
+            for i, h in enumerate(self.hidden):
+                if any(p < 1 for p in _points(h)):
+                    raise ValueError(f"hidden[{i}] must be >= 1")
+        return self
+
+
+class Optimizer(_Base):
+    name: S[Name(OPTIMIZERS, "optimizer")] = "adam"
+    lr: S[float, Field(gt=0)] = 1e-3
+    momentum: S[float, Field(ge=0, lt=1)] = 0.0
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: S[float, Field(ge=0)] = 0.0
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _nesterov(self):
+        if self.nesterov:
+            if self.name not in ("sgd", "gd"):
+                raise ValueError("nesterov applies to name='sgd' or 'gd' only")
+            if any(m <= 0 for m in _points(self.momentum)):
+                raise ValueError("nesterov needs momentum > 0")
+        for b in self.betas:
+            if not 0 <= b < 1:
+                raise ValueError("betas must lie in [0, 1)")
+        return self
+
+
+class Schedule(_Base):
+    name: S[Name(SCHEDULES, "schedule", custom=False)] = "constant"
+    interval: Optional[Literal["step", "epoch"]] = None
+    warmup_epochs: S[int, Field(ge=0)] = 0
+    step_size: S[int, Field(ge=1)] = 10
+    gamma: S[float, Field(gt=0, le=1)] = 0.1
+    milestones: list[int] = Field(default_factory=list)
+    decay_steps: Optional[S[float, Field(gt=0)]] = None
+    power: S[float, Field(gt=0)] = 1.0
+    min_lr: S[float, Field(ge=0)] = 0.0
+    restart_mult: int = Field(1, ge=1)
+
+
+class Regularization(_Base):
+    l1: S[float, Field(ge=0)] = 0.0
+    l2: S[float, Field(ge=0)] = 0.0
+    label_smoothing: S[float, Field(ge=0, lt=1)] = 0.0
+    grad_clip_norm: Optional[S[float, Field(gt=0)]] = None
+    grad_clip_value: Optional[S[float, Field(gt=0)]] = None
+    early_stopping_patience: Optional[int] = Field(None, ge=1)
+
+
+class Prune(_Base):
+    stage: Literal["prune"] = "prune"
+    method: Literal["magnitude"] = "magnitude"
+    scope: S[Literal["layer", "global"]] = "global"
+    structured: bool = False
+    norm: Literal["l1", "l2"] = "l1"
+    sparsity: S[float, Field(ge=0, lt=1)] = 0.5
+    schedule: S[Literal["one_shot", "gradual"]] = "one_shot"
+    start_epoch: int = Field(0, ge=0)
+    end_epoch: Optional[int] = Field(None, ge=1)
+    frequency: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.end_epoch is not None and self.end_epoch <= self.start_epoch:
+            raise ValueError("end_epoch must be after start_epoch")
+        if self.structured and self.scope == "global":
+            raise ValueError("structured pruning ranks rows within a layer: use scope='layer'")
+        return self
+
+
+class Quantize(_Base):
+    stage: Literal["quantize"] = "quantize"
+    method: S[Literal["dynamic", "static", "qat"]] = "dynamic"
+    dtype: Literal["int8"] = "int8"
+    calibration_batches: int = Field(8, ge=1)
+    qat_epochs: int = Field(2, ge=1)
+
+
+class Distill(_Base):
+    stage: Literal["distill"] = "distill"
+    teacher: str = Field(pattern=TEACHER_URI.pattern)
+    temperature: S[float, Field(gt=0)] = 4.0
+    alpha: S[float, Field(ge=0, le=1)] = 0.7
+
+
+Stage = Annotated[Union[Prune, Quantize, Distill], Field(discriminator="stage")]
+
+
+class Search(_Base):
+    algorithm: Name(ALGORITHMS, "search algorithm", custom=False) = "random"
+    num_samples: int = Field(1, ge=1)
+    scheduler: Name(SCHEDULERS, "scheduler", custom=False) = "fifo"
+    metric: str = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+    objectives: Optional[dict[str, Literal["max", "min"]]] = None
+    max_concurrent_trials: Optional[int] = Field(None, ge=1)
+    seed: Optional[int] = None
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    perturbation_interval: int = Field(2, ge=1)
+    # spec path -> tune.uniform/loguniform (resampled) or a list of values (PBT steps through it)
+    pbt_mutations: Optional[dict[str, Union[_tune.Domain, list[float]]]] = None
+
+    @model_validator(mode="after")
+    def _objectives(self):
+        if self.objectives is not None:
+            if len(self.objectives) < 2:
+                raise ValueError("objectives needs at least two metrics; use metric/mode for one")
+            if self.scheduler != "fifo":
+                raise ValueError(
+                    f"scheduler {self.scheduler!r} needs a single metric; "
+                    "a multi-objective search runs with scheduler='fifo'"
+                )
+            if self.algorithm == "hyperopt":
+                raise ValueError("algorithm 'hyperopt' optimizes a single metric; a multi-objective "
+                                 "search runs with 'bayesian', 'bayesian_gp', 'random' or 'grid'")
+        if self.scheduler == "pbt" and not self.pbt_mutations:
+            raise ValueError("scheduler='pbt' needs pbt_mutations (fields PBT may perturb)")
+        if self.pbt_mutations and self.scheduler != "pbt":
+            raise ValueError("pbt_mutations is only used with scheduler='pbt'")
+        if self.scheduler != "fifo" and self.objectives is None and self.metric in FINAL_METRICS:
+            raise ValueError(f"scheduler {self.scheduler!r} compares trials every epoch, but "
+                             f"{self.metric!r} is only reported at the end; use a per-epoch "
+                             "metric (val_accuracy, val_loss) or scheduler='fifo'")
+        return self
+
+
+
+class Resources(_Base):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(0, ge=-1)
+    placement: Literal["pack", "spread"] = "pack"
+    # "ddp": a full model copy per worker; "fsdp": FSDP2, each worker holds 1/N of every
+    # weight (dlopt.train.sharding); "pipeline": each worker holds consecutive layers of an
+    # mlp and microbatches stream through them (dlopt.train.pipeline).
+    strategy: Literal["ddp", "fsdp", "pipeline"] = "ddp"
+    # A 1-worker trial runs the same loop inside its Tune trial (no TorchTrainer, no second
+    # process: ~15 s less start-up per trial); False forces a TorchTrainer worker anyway.
+    in_trial: bool = True
+
+
+class Tracking(_Base):
+    experiment: Optional[str] = None
+    register_as: Optional[str] = None
+    alias: str = "champion"
+    # How often a trial reports metrics + checkpoint to Tune: "auto" keeps reporting under
+    # ~5% of the loop's time (short epochs are reported in batches; dlopt.train.cadence),
+    # N reports every N-th epoch, 1 every epoch. MLflow gets every epoch either way.
+    report_every: Union[Literal["auto"], Annotated[int, Field(ge=1)]] = "auto"
