@@ -1,7 +1,7 @@
 """Shared helpers for the benchmark scripts: machine facts, timing fits, result files.
 
 Benchmarks are plain scripts (not tests): each runs both sides in one process tree, prints a
-table, writes JSON under benchmarks/results/ and appends a section to BENCHMARKS.md.
+table, writes JSON and a markdown section under benchmarks/results/ (committed).
 """
 from __future__ import annotations
 
@@ -84,7 +84,10 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write(name: str, title: str, payload: dict, markdown: str) -> Path:
-    """JSON under benchmarks/results/, and a dated section appended to BENCHMARKS.md."""
+    """JSON (committed) and its markdown section under benchmarks/results/; printed too.
+
+    BENCHMARKS.md is not appended to: its "Current results" table is edited by hand from
+    these files, one row per figure, citing the JSON."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc)
     info = {"machine": machine(), "date": stamp.isoformat(timespec="seconds"), "command": command(),
@@ -92,17 +95,14 @@ def write(name: str, title: str, payload: dict, markdown: str) -> Path:
     path = RESULTS / f"{name}-{stamp:%Y%m%dT%H%M%S}.json"
     path.write_text(json.dumps({**info, **payload}, indent=1, default=str))
     m = info["machine"]
-    header = (f"\n## {title} ({stamp:%Y-%m-%d %H:%M} UTC)\n\n"
-              f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, torch {m['torch']}, "
-              f"Ray {m['ray']}; load average at start {m['load_avg_at_start']} "
-              "(other jobs shared this machine).  \n"
-              f"Command: `{info['command']}` at commit {info['commit']}  \nJSON: `{path.relative_to(ROOT)}`\n\n")
-    if not REPORT.exists():
-        REPORT.write_text("# dlopt benchmarks\n\nAppended by the scripts in benchmarks/ "
-                          "(see benchmarks/README.md). Newest sections last.\n")
-    with REPORT.open("a") as f:
-        f.write(header + markdown.rstrip() + "\n")
-    print(f"wrote {path} and appended to {REPORT}")
+    section = (f"## {title} ({stamp:%Y-%m-%d %H:%M} UTC)\n\n"
+               f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, torch {m['torch']}, "
+               f"Ray {m['ray']}; load average at start {m['load_avg_at_start']}.  \n"
+               f"Command: `{info['command']}` at commit {info['commit']}  \n"
+               f"JSON: `{path.relative_to(ROOT)}`\n\n" + markdown.rstrip() + "\n")
+    path.with_suffix(".md").write_text(section)
+    print(section)
+    print(f"wrote {path} and {path.with_suffix('.md').name}; copy the figures into {REPORT.name}")
     return path
 
 

@@ -3,7 +3,7 @@
 Needs a CUDA machine (exits with a message otherwise). Synthetic classification data
 (200k x 256, 10 classes), MLP 256-1024-1024-10, batch 1024:
 - bare: `dlopt.train.loop.fit` on "cuda" in this process, precision "32" then "bf16-mixed";
-- dlopt: `dlopt.sweep.run` of the same spec, Resources(num_workers=1, use_gpu=True).
+- dlopt: `dlopt.driver.sweep.run` of the same spec, Resources(num_workers=1, use_gpu=True).
 samples/s = train samples / median in-loop `epoch_seconds` (epoch 1, the warm-up, dropped).
 
     python benchmarks/gpu.py [--epochs 5] [--samples 200000]
@@ -76,7 +76,7 @@ def main() -> None:
             hist = sorted(MlflowClient(uri).get_metric_history(trial.run_id, "epoch_seconds"),
                           key=lambda m: m.step)
             train_n = round(args.samples * (1 - spec.data.val_fraction - spec.data.test_fraction))
-            rows.append({"side": "dlopt.sweep.run", "precision": precision,
+            rows.append({"side": "dlopt.driver.sweep.run", "precision": precision,
                          "samples_per_s": samples_per_s([m.value for m in hist], train_n),
                          "val_accuracy": trial.metrics.get("val_accuracy")})
     for r in rows:

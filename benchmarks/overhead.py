@@ -3,7 +3,7 @@
 Both sides train the same spec (digits, 64-512-10 MLP, Adam, seed 0, N epochs):
 - bare: `dlopt.train.loop.fit` called in this process with a list-collecting `report`
   (no Ray, no MLflow, no checkpoint files);
-- dlopt: `dlopt.sweep.run` of the same spec as a 1-trial sweep (1 worker, then 2 workers),
+- dlopt: `dlopt.driver.sweep.run` of the same spec as a 1-trial sweep (1 worker, then 2 workers),
   local Ray started in this process, SQLite MLflow in a temp dir.
 
 Timing: each epoch's end time, stamped in the loop (`epoch_end_time`; the MLflow metric
@@ -191,7 +191,7 @@ def through_dlopt(spec, poll: str | None) -> dict:
         a, b = common.line_fit(epochs, times)
         path = "in-trial" if spec.resources.num_workers == 1 and spec.resources.in_trial \
             else "TorchTrainer"
-        return {"side": f"dlopt.sweep.run ({path})", "workers": spec.resources.num_workers,
+        return {"side": f"dlopt.driver.sweep.run ({path})", "workers": spec.resources.num_workers,
                 "poll_s": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"),
                 "total_s": t_end - t_call, "sweep_startup_s": t_trial - t_call,
                 "startup_s": a, "epoch_s": b, "compute_s": compute_s,

@@ -2,7 +2,7 @@
 
 efficiency = (sum of bare-loop seconds of the 16 sampled configurations / 2) / sweep wall seconds
 
-The sweep runs first (`dlopt.sweep.run`, local Ray in this process, SQLite MLflow in a temp
+The sweep runs first (`dlopt.driver.sweep.run`, local Ray in this process, SQLite MLflow in a temp
 dir); then each trial's resolved spec is trained again by `dlopt.train.loop.fit` in this
 process with one torch thread (a trial of the sweep has one CPU), timed from the call to its
 return (data load included, as in a trial).

@@ -48,3 +48,20 @@ def test_schema_is_json_schema():
     out = run_cli("schema")
     schema = json.loads(out.stdout)
     assert {"optimizer", "compression", "search"} <= set(schema["properties"])
+
+
+def test_version_from_the_installed_package():
+    from importlib.metadata import version
+
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"dlopt {version('dlopt')}"
+
+
+def test_python_m_dlopt_is_the_console_script(root):
+    from importlib.metadata import version
+
+    out = subprocess.run([sys.executable, "-m", "dlopt", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"dlopt {version('dlopt')}"
+    out = subprocess.run([sys.executable, "-m", "dlopt", "validate",
+                          str(root / "experiments" / "digits_mlp.py")], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok"

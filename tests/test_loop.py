@@ -99,3 +99,30 @@ def test_resume_after_the_last_epoch_still_reports_its_metrics(tmp_path):
     fit(spec(epochs=2), again, resume=ckpt)
     assert [m.get("final") for m in again.metrics] == [1]
     assert again.metrics[0]["val_accuracy"] == first.metrics[1]["val_accuracy"]
+
+
+def test_a_misspelled_event_is_an_error():
+    from dlopt.stages import Event, Stage, State, run_event
+
+    state = State(spec=None, model=torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError):
+        run_event([], "epoch_ends", state)
+    with pytest.raises(ValueError):
+        Stage().run("after_stepp", state)
+    run_event([Stage()], Event.EPOCH_END, state)
+    assert Event("fit_end") is Event.FIT_END
+
+
+@pytest.mark.parametrize("strategy, world, expect", [
+    ("ddp", 1, "DataParallel"), ("ddp", 2, "DataParallel"),
+    ("fsdp", 2, "FullySharded"), ("pipeline", 2, "Pipelined"),
+    ("fsdp", 1, "DataParallel"), ("pipeline", 1, "DataParallel"),  # alone: plain training
+])
+def test_one_loop_picks_its_strategy(strategy, world, expect):
+    from dlopt.train import strategies
+
+    s = Experiment.model_validate({"name": "t", "model": {"hidden": [8, 8]},
+                                   "resources": {"num_workers": 2, "strategy": strategy}})
+    picked = strategies.pick(s, 0, world, "cpu", lambda m: m)
+    assert type(picked).__name__ == expect
+    assert picked.data_world == (1 if expect == "Pipelined" else world)

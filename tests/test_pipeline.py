@@ -1,7 +1,7 @@
 """Pipeline model parallelism (dlopt.train.pipeline) without Ray: two gloo ranks in separate
-processes run the pipeline loop; its losses equal one process training the whole model, a
-run resumes from its per-stage checkpoint, and the final artifact is the usual one. The spec
-refuses what a pipeline cannot run."""
+processes run the loop with the pipeline strategy; its losses equal one process training the
+whole model, a run resumes from its per-stage checkpoint, and the final artifact is the usual
+one. The spec refuses what a pipeline cannot run."""
 from __future__ import annotations
 
 import json

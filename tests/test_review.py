@@ -9,9 +9,11 @@ import pytest
 from dlopt import Data, Experiment, Model, Optimizer, Prune, Search, Tracking, tune
 from dlopt.driver.finalize import TrialSummary
 from dlopt.spec.plan import make_plan
-from dlopt.driver.review import (compression_png, compression_report, compression_rows, description,
-                          learning_curves_png, results_csv, results_html, source_tags, table,
-                          trial_rows)
+from dlopt.driver.description import description
+from dlopt.driver.plots import compression_png, learning_curves_png
+from dlopt.driver.provenance import source_tags
+from dlopt.driver.tables import (compression_report, compression_rows, results_csv, results_html,
+                                 table, trial_rows)
 
 SPEC = Experiment(
     name="digits-mlp", epochs=3, data=Data(dataset="digits"), model=Model(hidden=[32]),
@@ -144,12 +146,13 @@ def test_plots_are_small_pngs(rows, tmp_path):
 
 def test_source_tags_name_the_experiment_file_and_command():
     tags = source_tags(["/x/.venv/bin/dlopt", "run", "experiments/digits_mlp.py", "--set",
-                        "epochs=3"], commit="abc")
+                        "epochs=3"], spec_file="experiments/digits_mlp.py", commit="abc")
     assert tags["mlflow.source.name"] == "experiments/digits_mlp.py"
     assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.git.commit"] == "abc"
     assert tags["dlopt.command"] == "dlopt run experiments/digits_mlp.py --set epochs=3"
     assert tags["mlflow.user"]
-    module = source_tags(["/x/platform/dlopt/cli/__main__.py", "run", "--storage", "/tmp/r", "e x.py"])
+    module = source_tags(["/x/platform/dlopt/cli/__main__.py", "run", "--storage", "/tmp/r", "e x.py"],
+                         spec_file="e x.py")
     assert module["mlflow.source.name"] == "e x.py"
     assert module["dlopt.command"] == "dlopt run --storage /tmp/r 'e x.py'"
     api = source_tags(["train.py", "--fast"], find_commit=False)

@@ -47,7 +47,7 @@ result = {"ddp": run("ddp", "ddp"), "fsdp": run("fsdp", "fsdp")}
 bf16 = {"epochs": 1, "precision": "bf16-mixed", "compression": []}
 result["ddp_bf16"] = run("ddp", "ddp_bf16", **bf16)
 result["fsdp_bf16"] = run("fsdp", "fsdp_bf16", **bf16)
-# resume the FSDP run from its merged epoch-1 checkpoint (as dlopt.train.worker.resume_from)
+# resume the FSDP run from its merged epoch-1 checkpoint (as dlopt.runtime.worker.resume_from)
 ckpt = out / "fsdp" / "epoch1"
 resume = load_checkpoint(ckpt)
 resume["sharded"] = sharding.keep_local_copy(ckpt)

@@ -105,7 +105,7 @@ def test_champion_loads_in_a_fresh_process_and_reproduces_accuracy(compressed, w
     code = (
         "import mlflow, numpy as np, torch, dlopt\n"
         f"mlflow.set_tracking_uri({compressed.tracking_uri!r})\n"
-        "from dlopt.data import load\nfrom dlopt.spec import Data\n"
+        "from dlopt.ml.data import load\nfrom dlopt.spec import Data\n"
         "m = dlopt.load_model('models:/digits-lenet300@champion')\n"
         "d = load(Data(dataset='digits'), 0)\n"
         "with torch.no_grad():\n"

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from dlopt.tracking.store import PER_EPOCH_METRICS
+from dlopt.spec.report import PER_EPOCH_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,7 +154,7 @@ def test_train_worker_killed_mid_trial_resumes_and_registers(tmp_path, monkeypat
         "pickle.load = pickle.loads = refuse\npickle.Unpickler = NoUnpickler\n"
         "torch.load = refuse\n"
         f"mlflow.set_tracking_uri({uri!r})\n"
-        "import dlopt\nfrom dlopt.data import load\nfrom dlopt.spec import Data\n"
+        "import dlopt\nfrom dlopt.ml.data import load\nfrom dlopt.spec import Data\n"
         "m = dlopt.load_model('models:/fault-worker@champion')\n"
         "d = load(Data(dataset='digits', test_fraction=0.0), 0)\n"
         "print((m(d.val.x).argmax(1) == d.val.y).float().mean().item())\n")

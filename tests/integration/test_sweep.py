@@ -34,6 +34,8 @@ def test_one_parent_two_children(sweep):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
     assert len(parents) == 1 and parents[0].info.run_id == result.parent_run_id
+    # dlopt's summary carries Ray's own ResultGrid too
+    assert len(result.result_grid) == 2 and not result.result_grid.errors
     assert len(children) == 2 and len(runs) == 3
     assert sorted(float(c.data.params["optimizer.lr"]) for c in children) == [0.003, 0.01]
     for c in children:
@@ -60,7 +62,7 @@ def test_best_accuracy_and_registered_champion(sweep):
     code = (
         "import mlflow, torch, dlopt\n"
         f"mlflow.set_tracking_uri({result.tracking_uri!r})\n"
-        "from dlopt.data import load\nfrom dlopt.spec import Data\n"
+        "from dlopt.ml.data import load\nfrom dlopt.spec import Data\n"
         "m = dlopt.load_model('models:/it-model@champion')\n"
         "d = load(Data(dataset='digits'), 0)\n"
         "print(int((m(d.val.x).argmax(1) == d.val.y).sum()), len(d.val.y))\n"

@@ -59,7 +59,7 @@ def build_from_dir(directory: Path) -> torch.nn.Module:
 
 
 def load_compressed(directory: Path, spec, meta: dict) -> torch.nn.Module:
-    """Rebuild a compact artifact (see dlopt.compact) into a ready nn.Module."""
+    """Rebuild a compact artifact (see dlopt.artifact.compact) into a ready nn.Module."""
     directory = Path(directory)
     if meta.get("format") != compact.FORMAT:
         raise ValueError(f"{directory}: unknown model format {meta.get('format')!r}")

@@ -1,7 +1,10 @@
 """`dlopt` console script: validate, plan, run, submit, evaluate, schema, ui.
 
 Validation errors print one line per problem naming the field path and exit 2,
-before Ray or MLflow are imported.
+before Ray or MLflow are imported: each command imports the layers it needs inside itself
+(deferred on purpose: `dlopt validate` loads neither Ray, MLflow nor torch). The CLI owns
+the terminal (docs/architecture.md, "Logging and the terminal"): it prints, sets up
+logging, silences Ray and MLflow unless --verbose, and turns exceptions into exit codes.
 """
 from __future__ import annotations
 
@@ -9,23 +12,21 @@ import argparse
 import json
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
-EXIT_INVALID = 2
+from dlopt.cli.common import EXIT_INVALID, configure_logging, load_spec
+from dlopt.cli.submit import add_parser as add_submit_parser
 
 
-def _load(args):
-    from dlopt.spec.load import SpecError, load
-
+def dlopt_version() -> str:
     try:
-        return load(args.spec, getattr(args, "set", None) or ())
-    except SpecError as err:
-        for line in err.lines:
-            print(line, file=sys.stderr)
-        sys.exit(EXIT_INVALID)
+        return version("dlopt")
+    except PackageNotFoundError:  # run from a source tree (PYTHONPATH=platform), not installed
+        return "unknown (not installed)"
 
 
 def cmd_validate(args) -> int:
-    _load(args)
+    load_spec(args)
     print("ok")
     return 0
 
@@ -33,7 +34,7 @@ def cmd_validate(args) -> int:
 def cmd_plan(args) -> int:
     from dlopt.spec.plan import make_plan
 
-    plan = make_plan(_load(args), cluster_cpus=args.cpus)
+    plan = make_plan(load_spec(args), cluster_cpus=args.cpus)
     print(json.dumps(plan.to_dict(), indent=1) if args.json else plan.describe())
     return 0
 
@@ -46,14 +47,24 @@ def cmd_schema(args) -> int:
 
 
 def cmd_run(args) -> int:
-    spec = _load(args)
+    spec = load_spec(args)
+    from dlopt.driver import environment
+    from dlopt.driver.sweep import ResumeError, run
     from dlopt.spec.load import SpecError
-    from dlopt.driver.sweep import run
     from dlopt.tracking.store import SweepFinished
+    from dlopt.tracking.uris import TrackingUnreachable
 
+    quiet = not args.verbose
+    # Ray's and MLflow's settings stay for the whole command (the summary reads MLflow too);
+    # dlopt.run() from Python sets them only while the sweep runs.
+    environment.apply(os.environ, quiet)
     try:
         result = run(spec, address=args.address, tracking_uri=args.tracking_uri,
-                     storage=args.storage, resume=args.resume, verbose=args.verbose)
+                     storage=args.storage, resume=args.resume, verbose=args.verbose, quiet=quiet,
+                     progress=sys.stdout, source_file=args.spec)
+    except (ResumeError, TrackingUnreachable) as err:  # before Ray starts; one line
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except SpecError as err:  # preflight: the run could never succeed (before Ray starts)
         for line in err.lines:
             print(line, file=sys.stderr)
@@ -62,7 +73,7 @@ def cmd_run(args) -> int:
         print(done, file=sys.stderr)
         return 0
     except Exception as err:  # noqa: BLE001 - one clear line, with credentials scrubbed
-        from dlopt.tracking.store import scrub
+        from dlopt.tracking.scrub import scrub
 
         if args.verbose:
             import traceback
@@ -75,13 +86,13 @@ def cmd_run(args) -> int:
 
 
 def print_summary(result) -> None:
-    from dlopt.tracking.store import redact_uri
+    from dlopt.tracking.uris import redact_uri
 
     plan = result.plan
     ok = sum(t.status == "ok" for t in result.trials)
     print(f"\nsweep {plan.sweep_name}: {ok}/{len(result.trials)} trials ok in "
           f"{result.wall_seconds:.0f} s")
-    metric = next(iter(plan.objectives)) if plan.objectives else plan.metric
+    metric = plan.headline[0]
     best = result.best
     if best is None:
         print("no healthy trial finished; see the MLflow runs for errors")
@@ -89,7 +100,8 @@ def print_summary(result) -> None:
         shown = {k: best.metrics[k] for k in ("val_accuracy", "val_loss", "train_loss",
                                                "compressed_val_accuracy", "model_bytes",
                                                "compression_ratio") if k in best.metrics}
-        from dlopt.driver.review import fmt, run_name
+        from dlopt.driver.publish import run_name
+        from dlopt.driver.tables import fmt
 
         name = run_name(result.tracking_uri, best.run_id) or best.trial_id
         print(f"best trial {name} ({metric} = {best.metrics.get(metric):.4g})")
@@ -101,8 +113,8 @@ def print_summary(result) -> None:
             print("  test    " + ", ".join(f"{k}={v:.4g}" for k, v in reg["test_metrics"].items()))
     uri = redact_uri(result.tracking_uri)
     print(f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}) at {uri}")
-    from dlopt.driver.review import UI_QUERY
-    from dlopt.tracking.store import default_tracking_uri
+    from dlopt.driver.description import UI_QUERY
+    from dlopt.tracking.uris import default_tracking_uri
 
     route = f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}{UI_QUERY}"
     if uri.startswith(("http://", "https://")):
@@ -117,7 +129,8 @@ def cmd_evaluate(args) -> int:
     import mlflow
 
     from dlopt.registry.evaluation import EvaluationError, evaluate_uri
-    from dlopt.tracking.store import default_tracking_uri, scrub
+    from dlopt.tracking.scrub import scrub
+    from dlopt.tracking.uris import default_tracking_uri
 
     mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
     from mlflow.exceptions import MlflowException
@@ -143,9 +156,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from dlopt.tracking.store import default_tracking_uri
-
-    from dlopt.driver.review import UI_QUERY
+    from dlopt.driver.description import UI_QUERY
+    from dlopt.tracking.uris import default_tracking_uri
 
     uri = args.backend_store_uri or default_tracking_uri()
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port}/#/experiments{UI_QUERY}",
@@ -158,6 +170,7 @@ def cmd_ui(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlopt", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {dlopt_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def spec_cmd(name, helptext):
@@ -179,10 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     s.add_argument("--storage", default=None, help="Ray storage path or URI (default ./ray_results)")
     s.add_argument("--resume", action="store_true", help="continue the latest sweep of this experiment")
-    s.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    s.add_argument("--verbose", action="store_true",
+                   help="show Ray's and MLflow's own logs and warnings, and dlopt's debug lines")
     s.set_defaults(fn=cmd_run)
-    from dlopt.cli.submit import add_parser as add_submit_parser
-
     add_submit_parser(sub)  # `dlopt submit SPEC --address http://HEAD:8265` (Ray job SDK)
     s = sub.add_parser("schema", help="JSON schema of Experiment")
     s.set_defaults(fn=cmd_schema)
@@ -206,5 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "verbose", False))
     return args.fn(args) or 0
 

@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from dlopt.cli.common import EXIT_INVALID, load_spec
+from dlopt.tracking.uris import redact_uri
+
 # What never goes into the working_dir upload: VCS data, environments, local tracking stores,
 # Ray results and caches. Ray also honours .gitignore; these hold even without one.
 EXCLUDES = [".git", ".venv", "venv", "mlflow.db", "mlruns", "mlartifacts", "ray_results",
@@ -31,7 +34,6 @@ EXCLUDES = [".git", ".venv", "venv", "mlflow.db", "mlruns", "mlartifacts", "ray_
 MLFLOW_FORWARD = ["MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                   "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-EXIT_INVALID = 2
 
 
 class SubmitError(Exception):
@@ -99,11 +101,10 @@ def follow(client, job_id: str) -> str:
 def submit(spec, spec_path: str, *, address: str, sets: list[str], tracking_uri: Optional[str],
            storage: Optional[str], wait: bool = True) -> int:
     """`spec` is the validated Experiment; returns the process exit code."""
-    from dlopt.tracking.store import redact_uri
-
     env = runtime_env(tracking_uri)
     command = entrypoint(relative_spec(spec_path, Path.cwd()), sets, storage)
     enable_token_auth_if_available()
+    # deferred on purpose: Ray reads RAY_AUTH_MODE (set just above) once, at import
     from ray.job_submission import JobSubmissionClient
 
     try:
@@ -134,9 +135,7 @@ def submit(spec, spec_path: str, *, address: str, sets: list[str], tracking_uri:
 
 
 def cmd_submit(args) -> int:
-    from dlopt.cli.main import _load
-
-    spec = _load(args)  # exits 2 on an invalid spec, before anything is uploaded
+    spec = load_spec(args)  # exits 2 on an invalid spec, before anything is uploaded
     address = args.address or os.environ.get("RAY_ADDRESS", "")
     try:
         if not address.startswith(("http://", "https://")):

@@ -1,18 +1,27 @@
 """After the sweep, on the driver: collect trials, select the best, register its model.
 
 Each step is a function; `finalize` runs them in order. Registration happens here,
-never inside a trial (DESIGN rule 6).
+never inside a trial (docs/architecture.md, "Registration after the sweep"); then the
+chosen model's test-split report and the review (dlopt.driver.publish).
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from dlopt.driver import review
+from dlopt.driver import publish
+from dlopt.driver.front import register_front
+from dlopt.registry import register as register_mod
+from dlopt.registry import teachers
+from dlopt.spec.plan import trial_spec
+from dlopt.tracking.names import numeric_metrics
+from dlopt.tracking.retry import DRAIN_TIMEOUT_S, retry_transient
+from dlopt.tracking.scrub import scrub
 
-from dlopt.tracking import store as tracking
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,7 +59,7 @@ def collect(grid, tracker) -> list[TrialSummary]:
             metrics=dict(result.metrics or {}),
             status="ok" if ok else ("diverged" if diverged else "error"),
             # a TorchTrainer trial reports its checkpoint's path; an in-trial run's final
-            # checkpoint is Tune's own (dlopt.train.worker.fit_in_trial)
+            # checkpoint is Tune's own (dlopt.runtime.worker.fit_in_trial)
             checkpoint_path=(result.metrics or {}).get("checkpoint_path")
             or (result.checkpoint.path if result.checkpoint else None)))
     for t in trials:
@@ -60,25 +69,18 @@ def collect(grid, tracker) -> list[TrialSummary]:
 
 
 def finalize(grid, plan, spec, tracker, tables, space):
-    from dlopt.registry import register as register_mod
-    from dlopt.spec.plan import trial_spec
-
     parent_id = tracker.parent_id
-    metric, mode = plan.metric, plan.mode
-    if plan.objectives:
-        metric, mode = next(iter(plan.objectives.items()))
+    metric, mode = plan.headline
     trials = collect(grid, tracker)
     best = pick_best(trials, metric, mode)
     registered = []
     if best is not None:
         tracker.client.set_tag(parent_id, "dlopt.best_trial", best.trial_id)
-        for k, v in tracking.numeric_metrics(best.metrics).items():
+        for k, v in numeric_metrics(best.metrics).items():
             tracker.client.log_metric(parent_id, f"best_{k}", v)
     if plan.objectives:
         # Multi-objective: no single best; every Pareto-optimal model is registered, with
-        # aliases most-accurate / smallest / fastest, plus the front's plot and CSV (dlopt.front).
-        from dlopt.driver.front import register_front
-
+        # aliases most-accurate / smallest / fastest, plus the front's plot and CSV.
         registered = register_front(tracker, plan, spec, trials, tables, space)
     elif best is not None and spec.tracking.register_as and best.checkpoint_path and best.run_id:
         best_spec = trial_spec(plan.spec_json, tables,
@@ -86,37 +88,33 @@ def finalize(grid, plan, spec, tracker, tables, space):
         version_tags = {"dlopt.spec_hash": best_spec.spec_hash(), "dlopt.source_run": best.run_id,
                         "dlopt.sweep": plan.sweep_name,
                         **{f"metric.{k}": f"{v:.6g}" for k, v in
-                           tracking.numeric_metrics(best.metrics).items()}}
-        from dlopt.registry import teachers  # distilled: the teacher URI and its pinned version
-
+                           numeric_metrics(best.metrics).items()}}
+        # distilled: the teacher URI and its pinned version
         version_tags.update(teachers.registry_tags(best_spec))
-        version = tracking.retry_transient(
+        version = retry_transient(
             lambda: register_mod.register(tracker, best.run_id, best.checkpoint_path,
                                           spec.tracking.register_as, spec.tracking.alias,
                                           version_tags),
-            tracking.DRAIN_TIMEOUT_S, "registering the best model")
+            DRAIN_TIMEOUT_S, "registering the best model")
         registered.append({"name": spec.tracking.register_as, "version": version,
                            "alias": spec.tracking.alias, "trial_id": best.trial_id})
         tracker.client.set_tag(parent_id, "dlopt.registered",
                                f"{spec.tracking.register_as} v{version}")
     final_test_report(tracker, best, registered, trials)  # after selection, never before
-    # Multi-objective sweeps: the Pareto plot joins review.PLOTS (written with the others).
-    review.publish_safely(tracker, plan, spec, trials, best, registered, tables, space)
+    publish.publish_safely(tracker, plan, spec, trials, best, registered, tables, space)
     return trials, best, registered
 
 
 def final_test_report(tracker, best, registered, trials) -> None:
-    """After selection only: the chosen model(s) on the withheld test split (dlopt.evaluation).
-    A failure here is reported, not raised: the sweep and its registered model stand."""
-    import sys
-
+    """After selection only: the chosen model(s) on the withheld test split
+    (dlopt.registry.evaluation). A failure here is logged, not raised: the sweep and its
+    registered model stand."""
+    # deferred on purpose: evaluation loads torch (~1.5 s on the driver), needed only now
     from dlopt.registry.evaluation import final_report
 
     try:
         final_report(tracker, best, registered, trials)
     except Exception as err:  # noqa: BLE001 (any failure is reported on the parent run)
-        from dlopt.tracking.store import scrub
-
         # an MLflow error quotes the request URL, credentials included: scrubbed
-        print(f"warning: the test-split report failed: {scrub(repr(err))}", file=sys.stderr)
+        log.warning("warning: the test-split report failed: %s", scrub(repr(err)))
         tracker.client.set_tag(tracker.parent_id, "dlopt.test_report", f"failed: {err!r}"[:5000])

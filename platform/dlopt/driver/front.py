@@ -1,13 +1,14 @@
 """Multi-objective sweeps, on the driver after the sweep: the Pareto front goes to MLflow.
 
-`register_front` (called by dlopt.finalize when `Search.objectives` is set):
-1. ranks every finished, healthy trial by non-dominated sorting (dlopt.pareto);
+`register_front` (called by dlopt.driver.finalize when `Search.objectives` is set):
+1. ranks every finished, healthy trial by non-dominated sorting (dlopt.driver.pareto);
 2. writes `pareto/trials.csv` (every trial: objectives, rank, status, swept values) and
    `pareto/pareto.png` (objective pairs, the front joined and labelled) on the parent run;
 3. registers each Pareto-optimal trial's saved (compressed) model as a version of
    `Tracking.register_as`, tagged with its objective values and Pareto rank, and points the
    aliases `most-accurate`, `smallest` and `fastest` at the front's extremes.
-Registering happens here, never inside a trial (DESIGN rule 6).
+Registering happens here, never inside a trial (docs/architecture.md, "Registration after
+the sweep").
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Optional
 
 from dlopt.driver import pareto
-
-from dlopt.tracking import store as tracking
+from dlopt.registry import register as register_mod
+from dlopt.spec.plan import trial_spec
+from dlopt.tracking.names import numeric_metrics
+from dlopt.tracking.retry import DRAIN_TIMEOUT_S, retry_transient
 
 ARTIFACT_DIR = "pareto"
 # alias -> (metric, mode): the front's best model on that one metric.
@@ -68,7 +71,7 @@ def pareto_png(trials, ranks: list[Optional[int]], objectives: dict[str, str], p
     """One panel per pair of objectives; every trial a dot, the front in red and joined."""
     import itertools
 
-    import matplotlib
+    import matplotlib  # deferred on purpose: loaded only when there is a front to draw
 
     matplotlib.use("Agg")  # the driver has no display
     import matplotlib.pyplot as plt
@@ -102,9 +105,6 @@ def pareto_png(trials, ranks: list[Optional[int]], objectives: dict[str, str], p
 
 def register_front(tracker, plan, spec, trials, tables, space) -> list[dict]:
     """Rank, plot and register the Pareto front; returns one entry per registered version."""
-    from dlopt.registry import register as register_mod
-    from dlopt.spec.plan import trial_spec
-
     objectives = plan.objectives
     client, parent_id = tracker.client, tracker.parent_id
     healthy = [t.status == "ok" for t in trials]
@@ -138,12 +138,12 @@ def register_front(tracker, plan, spec, trials, tables, space) -> list[dict]:
                 "dlopt.sweep": plan.sweep_name, "dlopt.trial_id": t.trial_id,
                 "dlopt.pareto_rank": "1", "dlopt.objectives": ",".join(
                     f"{k}:{m}" for k, m in objectives.items()),
-                **{f"metric.{k}": f"{v:.6g}" for k, v in tracking.numeric_metrics(t.metrics).items()},
+                **{f"metric.{k}": f"{v:.6g}" for k, v in numeric_metrics(t.metrics).items()},
                 **{f"objective.{k}": f"{t.metrics[k]:.6g}" for k in objectives}}
-        version = tracking.retry_transient(
+        version = retry_transient(
             lambda t=t, tags=tags: register_mod.register(tracker, t.run_id, t.checkpoint_path,
                                                          name, None, tags),
-            tracking.DRAIN_TIMEOUT_S, "registering a Pareto-optimal model")
+            DRAIN_TIMEOUT_S, "registering a Pareto-optimal model")
         by_index[i] = version
         registered.append({"name": name, "version": version, "alias": None, "aliases": [],
                            "trial_id": t.trial_id, "pareto_rank": 1,

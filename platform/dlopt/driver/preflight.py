@@ -17,10 +17,11 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from dlopt.spec.load import SpecError
 from dlopt.spec import Experiment
 from dlopt.spec.checks import _compression_options
 from dlopt.spec.fields import TEACHER_URI
+from dlopt.spec.load import SpecError
+from dlopt.tracking.uris import redact_uri
 
 # A local run may put up to this many training processes on one core (slow but it runs);
 # a trial that needs more can never be placed on this machine.
@@ -75,8 +76,6 @@ def teacher_problems(spec: Experiment, tracking_uri: str) -> list[str]:
                 wanted.append((f"compression.{i}.teacher", stage.teacher))
     if not wanted:
         return []
-    from dlopt.tracking.store import redact_uri
-
     db = _sqlite_path(tracking_uri)
     if db is not None and not db.exists():
         return [f"{field}: {uri} not found: the MLflow store {redact_uri(tracking_uri)} does not "

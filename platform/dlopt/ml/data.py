@@ -7,7 +7,7 @@ validation and test examples.
 
 The test split is withheld unless asked for: `load(spec, seed)` (what training and
 selection call) returns `Datasets.test` as a guard that raises `TestSplitWithheld` on any
-use; only the final report after selection (dlopt.evaluation) calls `with_test=True`.
+use; only the final report after selection (dlopt.registry.evaluation) calls `with_test=True`.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _linear_1d(spec: Data, seed: int):
     return x, y, "regression"
 
 
-# name -> builder returning (x, y, task); torchvision datasets live in dlopt.vision_data.
+# name -> builder returning (x, y, task); torchvision datasets live in dlopt.ml.vision_data.
 DATASETS = {
     "digits": _digits,
     "synthetic": _synthetic,

@@ -10,7 +10,6 @@ from dlopt.ml.components import ACTIVATIONS, import_path
 from dlopt.spec import Model
 
 
-
 def mlp(spec: Model, input_shape, out_features: int) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)

@@ -1,7 +1,7 @@
 """Optimizer catalog: name -> builder(spec.Optimizer, params). All of them are torch.optim.
 
 `gd` is torch's SGD too: what makes it full-batch gradient descent is the loop taking
-the whole training shard as one batch (see `train.loop.batch_size_for`).
+the whole training shard as one batch (see `train.steps.batch_size_for`).
 """
 from __future__ import annotations
 

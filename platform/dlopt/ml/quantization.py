@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 
-
 def _ao():
     import torchao.quantization as q
 

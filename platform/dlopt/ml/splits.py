@@ -36,7 +36,7 @@ class Withheld:
 
     def _refuse(self, *args, **kwargs):
         raise TestSplitWithheld("the test split is withheld until after model selection; "
-                                "only dlopt.evaluation loads it (data.load(..., with_test=True))")
+                                "only dlopt.registry.evaluation loads it (data.load(..., with_test=True))")
 
     __len__ = __iter__ = __getitem__ = __bool__ = _refuse
 

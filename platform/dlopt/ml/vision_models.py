@@ -1,6 +1,6 @@
 """Convolutional model catalog: arch name -> builder(spec.Model, input_shape, out_features).
 
-Kept apart from the dense models so `dlopt.models` stays small and torch-vision-free.
+Kept apart from the dense models so `dlopt.ml.models` stays small and torch-vision-free.
 Every builder accepts an image shape (C, H, W) or flat features: a flat input of n = s*s
 features is viewed as a 1 x s x s image (sklearn's digits: 64 -> 1x8x8), so the same
 dataset tensors and saved-model metadata serve dense and conv models alike.

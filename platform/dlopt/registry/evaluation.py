@@ -1,11 +1,11 @@
 """The final report: the chosen model, as saved (compressed), evaluated on the test split.
 
 Selection uses validation metrics only, so the best validation score is biased upward;
-the test split (withheld from training and selection, see dlopt.data) gives an unbiased
+the test split (withheld from training and selection, see dlopt.ml.data) gives an unbiased
 number. It runs once per sweep on the driver, after selection and registration
-(dlopt.finalize), and again on demand with `dlopt evaluate models:/NAME@ALIAS`. Both load
-the model the same way (dlopt.artifact.build_from_dir, which handles compressed formats),
-evaluate it on the CPU in fp32 and so print the same numbers.
+(dlopt.driver.finalize), and again on demand with `dlopt evaluate models:/NAME@ALIAS`. Both
+load the model the same way (dlopt.artifact.files.build_from_dir, which handles compressed
+formats), evaluate it on the CPU in fp32 and so print the same numbers.
 
 This is the only module that calls `data.load(..., with_test=True)`
 (tests/test_splits.py checks that statically).
@@ -14,16 +14,23 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from dlopt.artifact.files import META, SPEC, build_from_dir
 from dlopt.ml import data as data_mod
 from dlopt.ml import metrics as metrics_mod
+from dlopt.registry.register import local_copy
 from dlopt.spec import Data, Experiment
+from dlopt.spec.load import SpecError, load
+from dlopt.tracking.retry import DRAIN_TIMEOUT_S, retry_transient
+from dlopt.train.loop import predict
 
 PREFIX = "test_"
 TAG_PREFIX = "metric."  # version tags: metric.test_accuracy = repr(value), exact
@@ -36,7 +43,7 @@ class EvaluationError(ValueError):
 
 @dataclass
 class Report:
-    metrics: dict[str, float]  # test_* names, see dlopt.metrics
+    metrics: dict[str, float]  # test_* names, see dlopt.ml.metrics
     task: str
     n: int  # test examples
     data: str  # what was evaluated: dataset, seed, fractions
@@ -56,10 +63,10 @@ class Report:
 # ------------------------------------------------------------------ loading
 def model_dir_from_uri(uri: str) -> Path:
     """A registered model (`models:/NAME@ALIAS`, `models:/NAME/3`, `runs:/...`) -> its saved dir."""
-    import mlflow
+    import mlflow  # deferred on purpose: only this function needs MLflow (heavy to import)
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    for candidate in (local / "artifacts" / "model_dir", local):  # pyfunc layout of dlopt.register
+    for candidate in (local / "artifacts" / "model_dir", local):  # pyfunc layout of dlopt.registry.register
         if (candidate / "spec.json").exists():
             return candidate
     raise EvaluationError(f"{uri}: not a dlopt model (no spec.json in its artifacts)")
@@ -67,8 +74,6 @@ def model_dir_from_uri(uri: str) -> Path:
 
 def load_saved(model_dir: Path) -> tuple[torch.nn.Module, Experiment, dict]:
     """The saved model (dense or compressed), its resolved spec and its metadata."""
-    from dlopt.artifact.files import META, SPEC, build_from_dir
-
     model_dir = Path(model_dir)
     spec = Experiment.model_validate(json.loads((model_dir / SPEC).read_text()))
     meta = json.loads((model_dir / META).read_text())
@@ -81,8 +86,6 @@ def data_override(spec: Experiment, data: Optional[str]) -> tuple[Data, int]:
     if not data:
         return spec.data, spec.seed
     if Path(data).suffix in (".py", ".yaml", ".yml", ".json") and Path(data).exists():
-        from dlopt.spec.load import SpecError, load
-
         try:
             other = load(data)
         except SpecError as err:
@@ -99,8 +102,6 @@ def data_override(spec: Experiment, data: Optional[str]) -> tuple[Data, int]:
 def evaluate_model(model: torch.nn.Module, data: Data, seed: int, meta: Optional[dict] = None,
                    batch_size: int = 1024) -> Report:
     """Test-split metrics (and confusion matrix) of `model` on `data` split with `seed`."""
-    from dlopt.train.loop import predict
-
     datasets = data_mod.load(data, seed, with_test=True)
     test = datasets.test
     if test is None:
@@ -174,10 +175,9 @@ def confusion_png(confusion: torch.Tensor, path: Path, title: str) -> Path:
 def log_report(client, run_id: str, report: Report, metric_prefix: str = "",
                artifact_dir: str = ARTIFACT_DIR) -> None:
     """Test metrics, the confusion matrix (PNG + CSV) and the report JSON on one MLflow run."""
-    import math
-    import time
-
-    from mlflow.entities import Metric
+    from mlflow.entities import (
+        Metric,  # deferred on purpose: `dlopt evaluate` loads MLflow late
+    )
 
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(metric_prefix + k, v, now, 0)
@@ -203,8 +203,6 @@ def final_report(tracker, best, registered: list[dict], trials: list) -> list[Re
     """Once per sweep, after selection: each registered model (or the best trial's saved
     model when nothing is registered) on the test split, logged on its trial run, on the
     parent run, and as tags on its model version."""
-    from dlopt.registry.register import _local_copy
-
     client = tracker.client
     by_trial = {t.trial_id: t for t in trials}
     targets = [(r["trial_id"], r) for r in registered]
@@ -215,13 +213,11 @@ def final_report(tracker, best, registered: list[dict], trials: list) -> list[Re
         if reg is not None:
             # the download is the one call here that is not the (retrying) tracker client's:
             # it retries through an MLflow outage the same bounded way
-            from dlopt.tracking.store import DRAIN_TIMEOUT_S, retry_transient
-
             uri = f"models:/{reg['name']}/{reg['version']}"
             model_dir = retry_transient(lambda: model_dir_from_uri(uri), DRAIN_TIMEOUT_S,
                                         f"download {reg['name']} v{reg['version']}")
         else:
-            model_dir = _local_copy(by_trial[trial_id].checkpoint_path)
+            model_dir = local_copy(by_trial[trial_id].checkpoint_path)
         model, spec, meta = load_saved(model_dir)
         try:
             report = evaluate_model(model, spec.data, spec.seed, meta)

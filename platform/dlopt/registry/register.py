@@ -1,20 +1,25 @@
-"""Driver step after the sweep: log a trial's saved model and register it (DESIGN rule 6)."""
+"""Driver step after the sweep: log a trial's saved model and register it.
+
+Registration happens on the driver once the sweep is over, never inside a trial
+(docs/architecture.md, "Registration after the sweep").
+"""
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
 
+from dlopt.artifact.files import build_from_dir
+
 PIP_REQUIREMENTS = ["torch", "torchao", "safetensors", "pydantic", "dlopt"]
 
 
-def _local_copy(checkpoint_path: str) -> Path:
+def local_copy(checkpoint_path: str) -> Path:
     """The checkpoint as a local directory (storage may be a remote URI)."""
     if "://" not in checkpoint_path:
         return Path(checkpoint_path)
-    import pyarrow.fs
+    import pyarrow.fs  # deferred on purpose: only remote storage needs it
 
     fs, path = pyarrow.fs.FileSystem.from_uri(checkpoint_path)
     local = Path(tempfile.mkdtemp(prefix="dlopt-ckpt-"))
@@ -25,11 +30,11 @@ def _local_copy(checkpoint_path: str) -> Path:
 def register(tracker, trial_run_id: str, checkpoint_path: str, name: str, alias: Optional[str],
              tags: dict[str, str]) -> str:
     """Log the model under the trial's run, create a version of `name`, set `alias`."""
-    import mlflow
+    import mlflow  # deferred on purpose: MLflow is heavy to import (`import dlopt` stays cheap)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracker.uri)
-    source = _local_copy(checkpoint_path)
+    source = local_copy(checkpoint_path)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model_dir"
         shutil.copytree(source, model_dir, ignore=shutil.ignore_patterns("checkpoint.pt", ".*"))
@@ -48,13 +53,8 @@ def register(tracker, trial_run_id: str, checkpoint_path: str, name: str, alias:
 
 def load_model(uri: str):
     """`models:/NAME@ALIAS` (or any MLflow model URI) -> a ready torch.nn.Module, nothing unpickled."""
-    import mlflow
-
-    from dlopt.artifact.files import build_from_dir
+    import mlflow  # deferred on purpose, as in `register`
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     return build_from_dir(local / "artifacts" / "model_dir")
 
-
-def saved_metrics(model_dir: Path) -> dict:
-    return json.loads((Path(model_dir) / "meta.json").read_text()).get("metrics", {})

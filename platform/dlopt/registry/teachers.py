@@ -1,13 +1,13 @@
 """Distillation teachers: resolved on the driver, shipped to workers, rebuilt there.
 
-Workers hold no MLflow credentials (DESIGN rule 5), so the driver does the registry
-work before Ray starts: `fetch` finds every `Distill.teacher` URI in the spec (search
-domains included), resolves each alias to one model version (pinned for the whole
-sweep), and reads the saved model files (safetensors + spec JSON, a few hundred KB for
-the models here). An unknown URI is a spec problem, raised as `SpecError` naming the
-field, before Ray starts. The files travel to the workers in the TorchTrainer's
-`train_loop_config`; `install` + `load` rebuild the teacher there with
-`artifact.build_from_dir` (no pickle). Outside Ray (`load` with nothing installed) the
+Workers hold no MLflow credentials (docs/architecture.md, "One MLflow writer: the
+driver"), so the driver does the registry work before Ray starts: `fetch` finds every
+`Distill.teacher` URI in the spec (search domains included), resolves each alias to one
+model version (pinned for the whole sweep), and reads the saved model files (safetensors +
+spec JSON, a few hundred KB for the models here). An unknown URI is a spec problem, raised
+as `SpecError` naming the field, before Ray starts. The files travel to the workers in the
+TorchTrainer's `train_loop_config`; `install` + `load` (dlopt.artifact.teachers) rebuild
+the teacher there with `dlopt.artifact.files.build_from_dir` (no pickle). Outside Ray (`load` with nothing installed) the
 teacher is read from the registry with the process's own MLflow settings.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from dlopt.artifact.teachers import _installed, resolve_version, version_of
 from dlopt.spec.load import SpecError
-from dlopt.tracking.store import redact_uri
+from dlopt.tracking.uris import redact_uri
 
 
 def find(spec_json: Any, path: str = "") -> list[tuple[str, str]]:
@@ -41,7 +41,7 @@ def fetch(spec_json: dict, tracking_uri: str) -> dict[str, dict]:
     pairs = find(spec_json)
     if not pairs:
         return {}
-    import mlflow
+    import mlflow  # deferred on purpose: a spec without distillation never loads MLflow here
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 

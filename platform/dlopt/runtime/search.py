@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from dlopt.spec.plan import Plan
 from dlopt.spec import FINAL_METRICS, Experiment
 from dlopt.spec.fields import _points
+from dlopt.spec.plan import Plan
+
 
 # ------------------------------------------------------------------ plan -> Ray objects
 def is_scalar(value: Any) -> bool:

@@ -1,24 +1,28 @@
-"""One Tune trial: resolve the sampled config into a concrete spec and fit a TorchTrainer.
+"""One Tune trial: the sampled config becomes a concrete spec (dlopt.spec.plan.trial_spec),
+then the training loop runs.
 
-This is the Ray Train V2 pattern: a Tune function trial builds the trainer itself and
-forwards worker reports to Tune through `TuneReportCallback`.
+A 1-worker trial runs the loop in the trial's own process (dlopt.runtime.worker.fit_in_trial):
+no TorchTrainer, metrics and checkpoints straight to `ray.tune.report`. A multi-worker trial
+follows the Ray Train V2 pattern: the Tune function trial builds a TorchTrainer itself and
+forwards rank 0's reports to Tune through `TuneReportCallback` (under PBT, through a
+`CheckpointForwarder`, which carries the checkpoint too). The trial and its workers get the
+spec as JSON and the teachers' files (docs/architecture.md, "Only JSON crosses processes").
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
-
-def assignment(config: dict, tables: dict[str, list]) -> dict[str, Any]:
-    """Tune config -> {spec path: value}; non-scalar choices travel as indices into `tables`."""
-    return {path: (tables[path][value] if path in tables else value) for path, value in config.items()}
-
+from dlopt.artifact import teachers as teachers_mod
+from dlopt.runtime import ray_compat
+from dlopt.runtime.worker import fit_in_trial, train_loop_per_worker
+from dlopt.spec.plan import trial_spec
 
 # Tune refuses a zero-resource trial; a trial that only waits on its TorchTrainer takes this.
 TRIAL_DRIVER_CPU = 0.001
 
 
 def runs_in_trial(spec) -> bool:
-    """One worker: run the loop in the trial itself (dlopt.train.worker.fit_in_trial)."""
+    """One worker: run the loop in the trial itself (dlopt.runtime.worker.fit_in_trial)."""
     return spec.resources.num_workers == 1 and spec.resources.in_trial
 
 
@@ -32,7 +36,8 @@ def trial_resources(spec) -> dict[str, float]:
 
 def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str,
                   teachers: Optional[dict] = None):
-    """`teachers`: distillation teachers' files fetched by the driver (dlopt.teachers)."""
+    """The Tune function trial. `teachers`: distillation teachers' files fetched by the driver
+    (dlopt.registry.teachers), installed where this trial's loop finds them."""
 
     def dlopt_trial(config: dict) -> None:
         from ray import tune
@@ -40,12 +45,7 @@ def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str,
         from ray.train.torch import TorchTrainer
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from dlopt.spec.plan import trial_spec
-        from dlopt.runtime.worker import fit_in_trial, train_loop_per_worker
-
         spec = trial_spec(base_json, tables, config)
-        from dlopt.artifact import teachers as teachers_mod
-
         teachers_mod.install(teachers or {})
         if runs_in_trial(spec):
             fit_in_trial(spec)
@@ -89,14 +89,13 @@ def wait_until_tune_took_last_report(poll_s: float = 0.05, settle_s: float = 1.0
     still in that queue, Tune's end-of-trial marker takes the 1-slot local result queue
     first, and the main thread then blocks forever putting the final report into it (seen
     under load: the job hung after the final report, stack in `_TrainSession.report`). So
-    the trial returns only after the main thread has taken the last report. Uses Ray's
-    private session attribute; without it (another Ray version) this does nothing.
+    the trial returns only after the main thread has taken the last report. The queue is
+    Ray's private session attribute (dlopt.runtime.ray_compat.train_report_queue); without
+    it (another Ray version) this does nothing.
     """
     import time
 
-    from ray.train._internal.session import get_session
-
-    queue = getattr(get_session(), "_inter_actor_queue", None)
+    queue = ray_compat.train_report_queue()
     if queue is None:
         return
     while not queue.empty():
@@ -114,7 +113,7 @@ def wait_until_tune_took_last_report(poll_s: float = 0.05, settle_s: float = 1.0
 # deprecated `resume_from_checkpoint`, so its location goes to the workers in the loop config
 # (`resume_from`), and the Train run gets a fresh name: Train V2 would otherwise restore the
 # trial's previous run of the same name from storage and ignore the clone.
-# (1-worker trials run in-trial, dlopt.train.worker.fit_in_trial, and need none of this.)
+# (1-worker trials run in-trial, dlopt.runtime.worker.fit_in_trial, and need none of this.)
 def checkpoint_uri(checkpoint) -> str:
     """A checkpoint's location as one string a worker can open (`ray.train.Checkpoint(uri)`)."""
     import pyarrow.fs

@@ -1,8 +1,10 @@
 """Ray entry points: adapt the plain loop to a Ray Train worker, or to the Tune trial itself.
 
-Only JSON crosses the process boundary (DESIGN rule 2): the worker re-validates the spec.
-Both entry points run the same `fit`; they differ only in where `report` sends metrics and
-checkpoints (Ray Train's controller, or Tune directly) and where a restart resumes from.
+Only JSON crosses the process boundary (docs/architecture.md, "Only JSON crosses
+processes"): the worker re-validates the spec. Both entry points run the same `fit`; they
+differ only in where `report` sends metrics and checkpoints (Ray Train's controller, or Tune
+directly) and where a restart resumes from. This module runs in trial and worker processes
+only (dlopt.runtime.trial imports it there), so importing torch through the loop is fine.
 """
 from __future__ import annotations
 
@@ -11,20 +13,22 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from dlopt.train import faults
+from dlopt.artifact import teachers
+from dlopt.spec import Experiment
+from dlopt.spec.report import FINAL, REPORT_SECONDS, WORKER_NODES
+from dlopt.train import faults, sharding
+from dlopt.train.loop import CHECKPOINT_FILE, fit, load_checkpoint
 
 
 def resume_from(checkpoint) -> Optional[dict]:
     """The loop's checkpoint dict inside a Ray checkpoint, or None (fresh start)."""
-    from dlopt.train import sharding
-    from dlopt.train.loop import CHECKPOINT_FILE, load_checkpoint
-
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
         if (Path(d) / CHECKPOINT_FILE).exists():
             resume = load_checkpoint(Path(d))
-            # FSDP: every rank's shards, merged by Ray into this dir (dlopt.train.sharding)
+            # FSDP and pipeline: every rank's part, merged by Ray into this dir
+            # (dlopt.train.sharding, dlopt.train.pipeline)
             resume["sharded"] = sharding.keep_local_copy(Path(d))
             faults.resumed(resume)
             return resume
@@ -34,14 +38,14 @@ def resume_from(checkpoint) -> Optional[dict]:
 def reporter(send: Callable, checkpoint_cls) -> Callable:
     """The loop's `report(metrics, write)` on top of a Ray `send(metrics, checkpoint)`.
 
-    Platform overhead made visible: each report carries `report_seconds`, how long the
+    Platform overhead made visible: each report carries `REPORT_SECONDS`, how long the
     previous send blocked (checkpoint write + persist + waiting on Ray).
     """
     blocked: list[float] = []
 
     def report(metrics: dict, write=None) -> None:
         if blocked:
-            metrics = {**metrics, "report_seconds": blocked[-1]}
+            metrics = {**metrics, REPORT_SECONDS: blocked[-1]}
         t0 = time.perf_counter()
         if write is None:
             send(metrics, None)
@@ -66,7 +70,7 @@ def placement_report(world: int) -> dict:
         import torch.distributed as dist
 
         dist.all_gather_object(nodes, nodes[0])
-    return {"worker_nodes": ",".join(nodes), "num_nodes": len(set(nodes))}
+    return {WORKER_NODES: ",".join(nodes), "num_nodes": len(set(nodes))}
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -74,24 +78,19 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from dlopt.spec import Experiment
-    from dlopt.train.loop import fit
-
     spec = Experiment.model_validate(config["spec"])
-    from dlopt.artifact import teachers
-
     teachers.install(config.get("teachers") or {})
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     placed = placement_report(world)
-    report = reporter(lambda m, c: ray.train.report({**m, **placed} if m.get("final") else m,
+    report = reporter(lambda m, c: ray.train.report({**m, **placed} if m.get(FINAL) else m,
                                                     checkpoint=c), ray.train.Checkpoint)
     device = "cuda" if spec.resources.use_gpu else "cpu"
     wrap = ray.train.torch.prepare_model if world > 1 else (lambda m: m)
     if device == "cuda":
         device = str(ray.train.torch.get_device())
     # This run's own latest checkpoint (a worker-group restart) wins; else, under PBT, the
-    # checkpoint the trial continues from, maybe a cloned trial's (dlopt.trial.pbt_setup).
+    # checkpoint the trial continues from, maybe a cloned trial's (dlopt.runtime.trial.pbt_setup).
     resume = resume_from(ray.train.get_checkpoint())
     if resume is None and config.get("resume_from"):
         resume = resume_from(ray.train.Checkpoint(config["resume_from"]))
@@ -105,13 +104,11 @@ def fit_in_trial(spec) -> None:
     trial (~15 s of start-up on 2 cores) and each `ray.train.report` waits for the
     controller's poll. Here metrics and checkpoints go straight to `ray.tune.report`; Tune
     persists each checkpoint into the trial directory. A failed trial is retried by Tune
-    (`tune.RunConfig(failure_config=FailureConfig(max_failures))`, set by dlopt.sweep) and
-    resumes from its latest checkpoint via `tune.get_checkpoint()` - the same semantics as
+    (`tune.RunConfig(failure_config=FailureConfig(max_failures))`, set by dlopt.driver.sweep)
+    and resumes from its latest checkpoint via `tune.get_checkpoint()` - the same semantics as
     Ray Train's worker-group restart. PBT's exploit also restores through it.
     """
     from ray import tune
-
-    from dlopt.train.loop import fit
 
     report = reporter(lambda m, c: tune.report(m, checkpoint=c), tune.Checkpoint)
     device = "cuda" if spec.resources.use_gpu else "cpu"  # Tune sets CUDA_VISIBLE_DEVICES

@@ -7,12 +7,33 @@ errors per field), `plan` (what a sweep will do), `report` (the trial report pro
 """
 from dlopt.spec import tune
 from dlopt.spec.experiment import Experiment, resolve
-from dlopt.spec.fields import (ACTIVATIONS, ALGORITHMS, ARCHS, DATASETS, INITS, LOCAL_DATASETS,
-                               OPTIMIZERS, SCHEDULERS, SCHEDULES)
+from dlopt.spec.fields import (
+                               ACTIVATIONS,
+                               ALGORITHMS,
+                               ARCHS,
+                               DATASETS,
+                               INITS,
+                               LOCAL_DATASETS,
+                               OPTIMIZERS,
+                               SCHEDULERS,
+                               SCHEDULES,
+)
 from dlopt.spec.metric_names import FINAL_METRICS, VAL_METRICS
 from dlopt.spec.paths import domains, flatten, set_path
-from dlopt.spec.sections import (Data, Distill, Model, Optimizer, Prune, Quantize, Regularization,
-                                 Resources, Schedule, Search, Stage, Tracking)
+from dlopt.spec.sections import (
+                               Data,
+                               Distill,
+                               Model,
+                               Optimizer,
+                               Prune,
+                               Quantize,
+                               Regularization,
+                               Resources,
+                               Schedule,
+                               Search,
+                               Stage,
+                               Tracking,
+)
 
 __all__ = ["tune", "Experiment", "resolve", "Data", "Distill", "Model", "Optimizer", "Prune",
            "Quantize", "Regularization", "Resources", "Schedule", "Search", "Stage", "Tracking",

@@ -14,8 +14,17 @@ from pydantic import Field, model_validator
 from dlopt.spec import checks
 from dlopt.spec.fields import S, _Base
 from dlopt.spec.paths import domains, set_path
-from dlopt.spec.sections import (Data, Model, Optimizer, Regularization, Resources, Schedule, Search,
-                                 Stage, Tracking)
+from dlopt.spec.sections import (
+    Data,
+    Model,
+    Optimizer,
+    Regularization,
+    Resources,
+    Schedule,
+    Search,
+    Stage,
+    Tracking,
+)
 
 
 class Experiment(_Base):

@@ -1,6 +1,6 @@
 """Field types of the spec: catalog names and searchable fields (`S[...]`).
 
-This module imports neither ray nor torch (DESIGN rule 1): `dlopt validate` and
+This module imports neither ray nor torch (docs/architecture.md, "Layers"): `dlopt validate` and
 `dlopt plan` must answer in a second and refuse bad input before Ray or MLflow run.
 Catalog names are listed here as plain tuples; tests check they match the torch-side
 catalogs, so a name the spec accepts always builds.
@@ -28,7 +28,7 @@ from dlopt.spec import tune as _tune
 
 # ---------------------------------------------------------------- catalog names
 DATASETS = ("digits", "synthetic", "linear_1d", "mnist", "fashion_mnist", "cifar10")
-LOCAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")  # read from Data.root (dlopt.vision_data)
+LOCAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")  # read from Data.root (dlopt.ml.vision_data)
 ARCHS = ("mlp", "linear", "lenet5", "cnn", "resnet")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu", "elu", "silu")
 INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
@@ -43,7 +43,7 @@ TEACHER_URI = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[^/@]+)|/(?P<ver
 
 
 def _is_import_path(name: str) -> bool:
-    """Custom components are named "pkg.module:attr" (DESIGN rule 4)."""
+    """Custom components are named "pkg.module:attr" (docs/architecture.md, "Catalogs")."""
     module, sep, attr = name.partition(":")
     return bool(sep and module and attr and all(p.isidentifier() for p in module.split(".")))
 

@@ -1,7 +1,7 @@
 """Spec -> Plan: everything a sweep will do, decided before anything starts.
 
 `dlopt plan` stops here (SkyPilot-style dry run). Pure Python: no ray, no torch;
-`dlopt.sweep` turns the plan's plain data into Ray Tune objects.
+`dlopt.runtime.search` turns the plan's plain data into Ray Tune objects.
 """
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ class Plan:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def headline(self) -> tuple[str, str]:
+        """(metric, mode) that ranks trials for people: the first objective of a
+        multi-objective search, else the searched metric."""
+        return headline(self.to_dict())
 
     def describe(self) -> str:
         lines = [
@@ -161,6 +167,13 @@ def make_plan(spec: Experiment, cluster_cpus: Optional[float] = None, now: Optio
         scheduler_detail=scheduler_detail(spec),
         pbt_mutations=spec.model_dump(mode="json")["search"]["pbt_mutations"],
     )
+
+
+def headline(plan: dict) -> tuple[str, str]:
+    """`Plan.headline` for a plan as JSON (the review reads the plan back as a dict)."""
+    if plan.get("objectives"):
+        return next(iter(plan["objectives"].items()))
+    return plan["metric"], plan["mode"]
 
 
 # ------------------------------------------------------------------ config -> trial spec

@@ -6,8 +6,21 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import Field, model_validator
 
 from dlopt.spec import tune as _tune
-from dlopt.spec.fields import (ACTIVATIONS, ALGORITHMS, ARCHS, DATASETS, INITS, OPTIMIZERS, S,
-                               SCHEDULERS, SCHEDULES, TEACHER_URI, Name, _Base, _points)
+from dlopt.spec.fields import (
+    ACTIVATIONS,
+    ALGORITHMS,
+    ARCHS,
+    DATASETS,
+    INITS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    SCHEDULES,
+    TEACHER_URI,
+    Name,
+    S,
+    _Base,
+    _points,
+)
 from dlopt.spec.metric_names import FINAL_METRICS
 
 
@@ -16,7 +29,7 @@ class Data(_Base):
     dataset: S[Name(DATASETS, "dataset")] = "digits"
     batch_size: S[int, Field(ge=1)] = 64
     val_fraction: S[float, Field(gt=0, lt=1)] = 0.2
-    # Held out from training and selection; evaluated once on the chosen model (dlopt.evaluation).
+    # Held out from training and selection; evaluated once on the chosen model (dlopt.registry.evaluation).
     test_fraction: S[float, Field(ge=0, lt=1)] = 0.2
     root: Optional[str] = None
     download: bool = False

@@ -2,7 +2,8 @@
 
 They mirror `ray.tune`'s sampling functions by name so a spec reads like a Tune
 search space, but they are plain Pydantic data: a spec must validate, plan and
-serialize without Ray (DESIGN rule 1). `dlopt.sweep` turns them into Ray domains.
+serialize without Ray (docs/architecture.md, "Layers"). `dlopt.runtime.search` turns them
+into Ray domains.
 """
 from __future__ import annotations
 

@@ -1,19 +1,51 @@
 """Stages: techniques that hook into the training loop at a few named events.
 
-Composer-style: each stage reacts to events by name; the loop calls `run(event, state)`
-on every stage in spec order. A stage's math lives in a pure function beside it,
-testable without the loop or Ray.
-
-Events: setup, loss, after_backward, after_step, epoch_end, fit_end.
+Composer-style: each stage reacts to events by name; the loop calls `run_event(stages,
+event, state)`, which runs every stage in spec order. A stage's math lives in a pure
+function beside it, testable without the loop or Ray. Where each event sits in the loop:
+`Event` (docs/architecture.md, "The training loop and its events").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from enum import Enum
+from typing import Any, Callable, Optional, Union
 
 import torch
 
-EVENTS = ("setup", "loss", "after_backward", "after_step", "epoch_end", "fit_end")
+
+class Event(str, Enum):
+    """The points of dlopt.train.loop.fit where stages run, drawn as the loop::
+
+        build model, optimizer, LR schedule (the strategy wraps or splits the model)
+        SETUP             on the whole model: attach masks, prepare QAT, measure dense size
+        resume: load model, optimizer and stage state from the checkpoint
+        for epoch:
+            for batch:
+                forward, loss
+                LOSS              state.loss may still change: penalties, distillation
+                backward
+                AFTER_BACKWARD    gradients ready, optimizer not stepped: clipping
+                optimizer step
+                AFTER_STEP        weights changed: pruning keeps pruned weights at zero
+            validate (a non-finite loss reports `diverged` and ends the run here)
+            EPOCH_END         state.metrics is this epoch's: early stopping, QAT switch-on
+            report metrics (+ checkpoint) when the cadence says so
+        gather the full model onto rank 0
+        FIT_END           compress the trained model into state.artifact
+        final report
+
+    Under the pipeline strategy one schedule call runs forward and backward of every
+    microbatch, so LOSS never fires there (the spec refuses the stages that need it).
+    A stage handles an event with a method of the same name; a misspelled event is an error.
+    """
+
+    SETUP = "setup"
+    LOSS = "loss"
+    AFTER_BACKWARD = "after_backward"
+    AFTER_STEP = "after_step"
+    EPOCH_END = "epoch_end"
+    FIT_END = "fit_end"
 
 
 @dataclass
@@ -45,8 +77,8 @@ class Stage:
 
     name = "stage"
 
-    def run(self, event: str, state: State) -> None:
-        handler = getattr(self, event, None)
+    def run(self, event: Union[Event, str], state: State) -> None:
+        handler = getattr(self, Event(event).value, None)  # ValueError on a misspelled event
         if handler is not None:
             handler(state)
 
@@ -57,6 +89,7 @@ class Stage:
         pass
 
 
-def run_event(stages: list[Stage], event: str, state: State) -> None:
+def run_event(stages: list[Stage], event: Union[Event, str], state: State) -> None:
+    event = Event(event)  # a misspelled event fails here, even with no stage listening
     for stage in stages:
         stage.run(event, state)

@@ -2,14 +2,8 @@
 from __future__ import annotations
 
 from dlopt.spec import Experiment
-from dlopt.stages import Stage
+from dlopt.stages import Stage, compression
 from dlopt.stages.regularization import EarlyStopping, GradClip, Penalty
-
-
-def _compression_stage(stage_spec, spec: Experiment) -> Stage:
-    from dlopt.stages import compression  # torch-heavy parts load only when used
-
-    return compression.STAGES[stage_spec.stage](stage_spec, spec)
 
 
 def build(spec: Experiment) -> list[Stage]:
@@ -23,5 +17,5 @@ def build(spec: Experiment) -> list[Stage]:
         metric = spec.search.metric if spec.search.objectives is None else "val_loss"
         mode = spec.search.mode if spec.search.objectives is None else "min"
         stages.append(EarlyStopping(metric, mode, reg.early_stopping_patience))
-    stages += [_compression_stage(s, spec) for s in spec.compression]
+    stages += [compression.STAGES[s.stage](s, spec) for s in spec.compression]
     return stages

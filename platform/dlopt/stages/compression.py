@@ -21,9 +21,9 @@ import time
 import torch
 from torch import nn
 
-from dlopt.artifact import files as artifact_mod
 from dlopt.artifact import compact
-from dlopt.stages import Stage, State
+from dlopt.artifact import files as artifact_mod
+from dlopt.stages import Event, Stage, State
 from dlopt.stages.distill import Distill
 from dlopt.stages.prune import Prune
 from dlopt.stages.pruning import PRUNABLE
@@ -80,11 +80,11 @@ class Measured(Stage):
         self.name = inner.name
 
     def run(self, event: str, state: State) -> None:
-        if event == "setup" and "dense_bytes" not in state.report:
+        if event == Event.SETUP and "dense_bytes" not in state.report:
             # the fp32 baseline, measured before any stage reparametrizes the model
             state.report["dense_bytes"] = artifact_mod.dense_bytes(state.model)
         self.inner.run(event, state)
-        if event == "fit_end":
+        if event == Event.FIT_END:
             record(state, self.inner)
 
     def state_dict(self) -> dict:

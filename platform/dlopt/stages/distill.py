@@ -3,7 +3,7 @@
 loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)
 
 The T^2 factor keeps the soft-target gradients on the scale of the hard-target ones
-when T changes. The teacher comes from `dlopt.teachers` (resolved and pinned to one
+when T changes. The teacher comes from `dlopt.registry.teachers` (resolved and pinned to one
 registry version by the driver before the sweep) and runs in eval mode, without
 gradients, on every worker.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dlopt.artifact import teachers
 from dlopt.stages import Stage, State
 
 
@@ -40,8 +41,6 @@ class Distill(Stage):
         self.teacher_version = None
 
     def setup(self, state: State) -> None:
-        from dlopt.artifact import teachers
-
         self.teacher, info = teachers.load(self.spec.teacher, state.device)
         self.teacher_version = info.get("version")
 

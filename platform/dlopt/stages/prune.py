@@ -27,7 +27,17 @@ from __future__ import annotations
 from torch import nn
 
 from dlopt.stages import Stage, State, prune_sharded
-from dlopt.stages.pruning import (apply_masks, attach, compute_masks, gradual_sparsity, make_permanent, masks_agree, targets, update_due, zero_pruned)
+from dlopt.stages.pruning import (
+    apply_masks,
+    attach,
+    compute_masks,
+    gradual_sparsity,
+    make_permanent,
+    masks_agree,
+    targets,
+    update_due,
+    zero_pruned,
+)
 
 
 class Prune(Stage):

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlopt.ml.quantization import (apply, calibrate, is_qat_prepared, qat_convert, qat_prepare, set_fake_quant)
+from dlopt.ml.quantization import (
+    apply,
+    calibrate,
+    is_qat_prepared,
+    qat_convert,
+    qat_prepare,
+    set_fake_quant,
+)
 from dlopt.stages import Stage, State
 from dlopt.stages.pruning import make_permanent
 

@@ -1,4 +1,4 @@
-"""PBT perturbations -> MLflow, on the driver (called by tracking.MlflowCallback).
+"""PBT perturbations -> MLflow, on the driver (called by dlopt.tracking.callback).
 
 A trial's MLflow params are logged once, when its child run is created, and MLflow
 refuses to change a param. When PBT clones a top trial's checkpoint into a bottom trial
@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import time
 from typing import Any, Optional
+
+from mlflow.entities import Metric
+
+from dlopt.spec.report import EPOCH
 
 
 def _numeric(value: Any) -> Optional[float]:
@@ -65,7 +69,7 @@ class PerturbationLog:
         cloned = donor is not None and donor.trial_id != tid
         if not diff and not cloned:
             return None  # a plain pause/resume of the same trial
-        epoch = max(int(result.get("epoch", 1)) - 1, 0)  # the cloned checkpoint's epoch
+        epoch = max(int(result.get(EPOCH, 1)) - 1, 0)  # the cloned checkpoint's epoch
         entry = {"epoch": epoch, "cloned_trial": donor.trial_id if cloned else None,
                  "cloned_run": self.tracker.children.get(donor.trial_id) if cloned else None,
                  "changes": diff, "time": time.time()}
@@ -75,8 +79,6 @@ class PerturbationLog:
         return entry
 
     def _write(self, tid: str, entry: dict, first: bool) -> None:
-        from mlflow.entities import Metric
-
         run_id = self.tracker.children[tid]
         now = int(time.time() * 1000)
         metrics = []

@@ -11,10 +11,11 @@ Epochs of 0.4 s and longer are therefore still reported one by one.
 What is never skipped: the first epoch after (re)start (it measures the cost), epochs a
 trial scheduler compares trials at (ASHA/HyperBand rungs, PBT perturbation steps), an
 epoch that stops the loop (early stopping, divergence), and the last epoch. Epochs that
-are not reported are not lost: the next report carries them (`epoch_history`), and the
-MLflow writer logs each at its own step with its own end time (dlopt.tracking), so the
-per-epoch history in MLflow is the same either way. Ray Tune has no such option (a
-function trainable's report is synchronous), hence this module.
+are not reported are not lost: the next report carries them (`spec.report.HISTORY`) and
+the MLflow writer logs each at its own step with its own end time (`spec.report.END_TIME`;
+docs/architecture.md, "Report protocol"), so the per-epoch history in MLflow is the same
+either way. Ray Tune has no such option (a function trainable's report is synchronous),
+hence this module.
 
 Pure Python (no torch, no Ray): unit-tested alone.
 """
@@ -24,8 +25,6 @@ import math
 from typing import Optional, Union
 
 BUDGET = 0.05  # reporting may take this fraction of the loop's time
-HISTORY_KEY = "epoch_history"  # earlier unreported epochs' metrics, oldest first
-END_TIME_KEY = "epoch_end_time"  # unix seconds at the end of the epoch (MLflow timestamp)
 
 
 def scheduler_epochs(search, max_epochs: int) -> Optional[set[int]]:

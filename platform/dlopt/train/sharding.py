@@ -7,7 +7,8 @@ than Ray's `prepare_model(parallel_strategy="fsdp")`, which wraps with the older
 (FlatParameter) API: FSDP2 leaves every parameter a DTensor under its own name, so the
 model's state-dict keys, the optimizer and the stages see the same names as without FSDP.
 
-How it fits the loop (dlopt.train.loop, `Resources.strategy == "fsdp"` and world > 1):
+How it fits the loop (dlopt.train.loop through dlopt.train.strategies.FullySharded,
+`Resources.strategy == "fsdp"` and world > 1):
 - `shard` runs before the optimizer is built (the optimizer must hold the DTensor shards);
 - each epoch every rank writes its own shard with torch.distributed.checkpoint (DCP) into
   its own local checkpoint dir under `SHARDED_DIR`; Ray Train V2 agrees the checkpoint dir
@@ -29,6 +30,8 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
+
+from dlopt.ml.quantization import qat_prepare
 
 SHARDED_DIR = "sharded"
 
@@ -61,20 +64,12 @@ def shard(model: nn.Module, precision: str = "32", compression: list = ()) -> nn
     from torch.distributed.fsdp import fully_shard
 
     if any(s.stage == "quantize" and s.method == "qat" for s in compression):
-        from dlopt.ml.quantization import qat_prepare
-
         qat_prepare(model)
     kwargs = {} if policy(precision) is None else {"mp_policy": policy(precision)}
     for block in blocks(model):
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     return model
-
-
-def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
 
 
 def local_shard_numel(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -130,7 +125,10 @@ def keep_local_copy(checkpoint_dir: Path) -> Optional[str]:
 # ------------------------------------------------------------------ back to one full model
 def full_state_dict(model: nn.Module) -> dict:
     """The full (unsharded) state dict on rank 0, on CPU; empty on other ranks. Collective."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                 cpu_offload=True))

@@ -1,0 +1,102 @@
+"""What a sweep sets up in the driver process: Ray's and MLflow's settings, and quiet.
+
+`dlopt.run()` leaves the caller's environment and warnings filters as they were
+(docs/architecture.md, "Logging and the terminal"). So the variables below are set only
+while a sweep runs (`scoped`) and restored after; Ray's processes get them through
+`ray.init`'s runtime_env (`runtime_env_vars`) and by inheriting the environment of a
+local Ray started inside the scope. `silence_process` changes process-wide state (every
+warning, Ray's and MLflow's loggers and prints): only the CLI asks for it (`quiet=True`),
+and the CLI, which owns its process, also keeps the variables for the whole command (`apply`).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator, MutableMapping, Optional
+
+from dlopt.runtime import ray_compat
+
+# Train V2's controller polls workers every 2 s by default and each `ray.train.report`
+# waits for that poll: at 0.1 s a report costs ~0.1 s instead of up to 2 s
+# (benchmarks/overhead.py --poll measures it).
+FAST_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+# No usage stats or telemetry, no patched print in Train workers, no Tune loggers writing
+# result files beside dlopt's own tracking, MLflow's INFO lines and progress bars off.
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_ENABLE_TELEMETRY": "false",
+             "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+             "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+             "RAY_AIR_NEW_OUTPUT": "1", "PYTHONWARNINGS": "ignore",
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+# Tune saves its experiment state at most every 10 s by default; a driver killed in that
+# window would rerun trials that had finished. The state of a dlopt sweep is small.
+TUNE_STATE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}
+# Quiet only. Tune's banner ("Configuration for experiment", "View detailed results here")
+# comes from its new output engine even at verbose=0; the old one is silent there, and dlopt
+# has its own table (dlopt.driver.progress). MLflow prints "View run ... at" for every run
+# it ends.
+SILENT_ENV = {"RAY_AIR_NEW_OUTPUT": "0"}  # set even when the caller set it
+SILENT_DEFAULT_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+_KEYS = tuple(dict.fromkeys([*FAST_POLL_ENV, *QUIET_ENV, *TUNE_STATE_ENV, *SILENT_ENV,
+                             *SILENT_DEFAULT_ENV]))
+# Ray messages that tell a dlopt user nothing they can act on. The raylet pushes them to every
+# driver through its error channel, which Ray prints whatever `log_to_driver` says.
+RAY_NOISE = ("PYTHON worker processes have been started on node",)
+
+
+def apply(environ: MutableMapping[str, str], quiet: bool) -> None:
+    """Set the sweep's variables in `environ`; a value the caller set is kept, except
+    `SILENT_ENV` when quiet."""
+    for env in (QUIET_ENV, FAST_POLL_ENV, TUNE_STATE_ENV) + ((SILENT_DEFAULT_ENV,) if quiet else ()):
+        for key, value in env.items():
+            environ.setdefault(key, value)
+    if quiet:
+        environ.update(SILENT_ENV)
+
+
+@contextlib.contextmanager
+def scoped(quiet: bool) -> Iterator[None]:
+    """`apply` to os.environ for the duration of the block, then restore what was there."""
+    saved: dict[str, Optional[str]] = {k: os.environ.get(k) for k in _KEYS}
+    apply(os.environ, quiet)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def runtime_env_vars() -> dict[str, str]:
+    """The env_vars of `ray.init`'s runtime_env: the sweep's settings as set now (inside
+    `scoped`), and the fault-injection switches tests set. Workers get no MLflow settings
+    (docs/architecture.md, "One MLflow writer: the driver")."""
+    env_vars = {k: os.environ[k] for k in (*FAST_POLL_ENV, *QUIET_ENV) if k in os.environ}
+    env_vars.update({k: v for k, v in os.environ.items() if k.startswith("DLOPT_FAULT_")})
+    return env_vars
+
+
+def drop_ray_noise(data: dict) -> dict | None:
+    """A Ray driver message (`{"lines": [...], ...}`) without the noisy lines; None if empty."""
+    lines = [line for line in data.get("lines", []) if not any(n in line for n in RAY_NOISE)]
+    return {**data, "lines": lines} if lines else None
+
+
+def silence_process() -> None:
+    """Hide every warning and Ray's and MLflow's INFO chatter in this process (the CLI
+    without --verbose). Other messages, e.g. out-of-memory kills, still print."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    # MLflow's log_model re-enables UserWarnings inside `catch_warnings` ("once"); dropping
+    # them at display time hides those too.
+    warnings.showwarning = lambda *args, **kwargs: None
+    import mlflow  # noqa: F401  (configures its loggers on import; lower them after)
+
+    ray_compat.silence_mlflow_events()  # "Successfully registered model ...", "Created version ..."
+    ray_compat.filter_driver_messages(drop_ray_noise)  # "(raylet) WARNING: N PYTHON worker ..."
+    for name in ("mlflow", "alembic", "ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)

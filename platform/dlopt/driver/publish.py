@@ -1,0 +1,131 @@
+"""The sweep review, written to MLflow by the driver after the sweep.
+
+Called once from `finalize.finalize` (docs/architecture.md, "One MLflow writer: the
+driver"). It writes:
+
+- the parent run's description (`mlflow.note.content`, dlopt.driver.description): the
+  experiment, the search, the best trial and its metrics, the registered model versions
+  with links, and the command that reproduces the sweep;
+- artifacts on the parent under `review/`: `results.csv` / `results.html` (every trial),
+  `learning_curves.png` (every trial, one figure), and for sweeps with compression stages
+  `compression.csv` / `compression.png` (accuracy against model bytes);
+- on each child: `compression_report.json` and the checkpoint reference tag (the resolved
+  `spec.json` is already logged by the tracking callback).
+
+Tables, text and plots are pure builders (dlopt.driver.tables, description, plots); this
+module is the thin part that reads metric histories and writes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+from dlopt.driver.description import ARTIFACT_DIR, description
+from dlopt.driver.plots import CURVE_METRICS, PLOTS
+from dlopt.driver.tables import (
+    compression_report,
+    compression_rows,
+    results_csv,
+    results_html,
+    trial_rows,
+)
+from dlopt.spec.plan import assignment, trial_spec
+from dlopt.tracking.scrub import scrub
+
+log = logging.getLogger(__name__)
+
+
+def histories_from_mlflow(client, rows: list[dict], metrics: Sequence[str]) -> dict[str, dict[str, list]]:
+    """Per-epoch metric histories of every child run (logged once per epoch by the tracker)."""
+    out: dict[str, dict[str, list]] = {}
+    for r in rows:
+        if not r["run_id"]:
+            continue
+        out[r["trial_id"]] = {m: [(h.step, h.value) for h in client.get_metric_history(r["run_id"], m)
+                                  if math.isfinite(h.value)] for m in metrics}
+    return out
+
+
+def publish(tracker, plan, spec, trials, best, registered: list[dict], tables: dict,
+            space) -> dict:
+    """Write the review of a finished sweep to MLflow; returns what it wrote (for tests)."""
+    client = tracker.client
+    parent_id = tracker.parent_id
+    plan_dict = plan.to_dict()
+    metric, mode = plan.headline
+    names = {t.trial_id: client.get_run(t.run_id).info.run_name for t in trials if t.run_id}
+    configs = {t.trial_id: {k: v for k, v in (t.config or {}).items() if k in space} for t in trials}
+    assignments = {trial_id: assignment(config, tables) for trial_id, config in configs.items()}
+    rows = trial_rows(trials, names, assignments)
+    best_id = best.trial_id if best else None
+    parent = client.get_run(parent_id)
+    tags = parent.data.tags
+    compression = bool(plan.spec_json.get("compression"))
+
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp) / ARTIFACT_DIR
+        d.mkdir()
+        (d / "results.csv").write_text(results_csv(rows, metric, mode))
+        (d / "results.html").write_text(results_html(rows, metric, mode, plan.sweep_name))
+        if compression:
+            header, cells = compression_rows(rows)
+            (d / "compression.csv").write_text(
+                ",".join(header) + "\n" + "\n".join(",".join("" if v is None else str(v) for v in c)
+                                                    for c in cells) + "\n")
+        histories = histories_from_mlflow(client, rows, tuple(dict.fromkeys((*CURVE_METRICS, metric))))
+        for name, build in PLOTS.items():
+            if name == "compression.png" and not compression:
+                continue
+            build(rows, histories, d / name, metric, mode, best_id)
+        written = sorted(f"{ARTIFACT_DIR}/{p.name}" for p in d.iterdir())
+        client.log_artifacts(parent_id, str(d), ARTIFACT_DIR)
+
+    for r in rows:  # each child: its compression report and checkpoint reference
+        if not r["run_id"]:
+            continue
+        stages = trial_spec(plan.spec_json, tables, configs.get(r["trial_id"], {})).model_dump(
+            mode="json")["compression"]  # as the trial ran them (its spec.json)
+        tracker.log_json(r["run_id"], compression_report(r, stages), "compression_report.json")
+        if r["checkpoint"]:
+            client.set_tag(r["run_id"], "dlopt.model_checkpoint", r["checkpoint"])
+
+    text = description(plan=plan_dict, rows=rows, best_id=best_id, registered=registered,
+                       experiment_id=tracker.experiment_id, parent_run_id=parent_id,
+                       command=tags.get("dlopt.command"), commit=tags.get("mlflow.source.git.commit"),
+                       source=tags.get("mlflow.source.name"), artifacts=written,
+                       compression=compression)
+    client.set_tag(parent_id, "mlflow.note.content", text)
+    return {"rows": rows, "artifacts": written, "description": text}
+
+
+def publish_safely(*args, **kwargs) -> Optional[dict]:
+    """`publish`, but a failure to draw or upload the review never fails a finished sweep:
+    the trials and the registered model are already in MLflow. The error is logged and tagged."""
+    try:
+        return publish(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 (reported, not hidden)
+        tracker = args[0] if args else kwargs.get("tracker")
+        log.warning("warning: the sweep review could not be written to MLflow: %s", scrub(repr(err)))
+        try:
+            tracker.client.set_tag(tracker.parent_id, "dlopt.review_error", repr(err)[:5000])
+        except Exception:  # noqa: BLE001 (the tracking store itself is down)
+            pass
+        return None
+
+
+def run_name(tracking_uri: str, run_id: Optional[str]) -> Optional[str]:
+    """A run's name for the terminal summary (None when the store cannot be read)."""
+    if not run_id:
+        return None
+    try:
+        from mlflow.tracking import (
+            MlflowClient,  # MLflow loads only when a summary asks
+        )
+
+        return MlflowClient(tracking_uri).get_run(run_id).info.run_name
+    except Exception:  # noqa: BLE001 (the summary falls back to the trial id)
+        return None

@@ -1,0 +1,118 @@
+"""Every private Ray (and MLflow) attribute dlopt touches, in one place.
+
+dlopt uses public APIs wherever Ray 2.60 and MLflow 3.17 have one (docs/architecture.md,
+"Private Ray APIs"). Each function here stands in for a missing one and says why;
+tests/test_ray_compat.py checks that every attribute used here still exists with the
+shape relied on, so a Ray or MLflow upgrade that moves one fails that test, not a sweep.
+Ray and MLflow are imported inside each function: importing this module loads neither.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional
+
+
+# ------------------------------------------------------------------ Ray Tune
+def set_restored_callbacks(tuner, callbacks: list) -> None:
+    """Give a `Tuner.restore`d tuner this process's callbacks.
+
+    `Tuner.restore` takes no RunConfig: the callbacks pickled in tuner.pkl (with the MLflow
+    tracker of the process that was killed) would run again. Ray 2.60 has no public setter,
+    so the restored tuner's run config gets this run's callbacks directly.
+    """
+    tuner._local_tuner._run_config.callbacks = callbacks
+
+
+def drop_propagated_env_vars(prefix: str) -> None:
+    """Stop Tune copying the driver's variables named `prefix...` into trial runtime_envs.
+
+    Tune copies AWS_* credentials into every trial actor's runtime_env
+    (`ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE`), and Ray's runtime_env agent
+    logs runtime envs in plain text. Ray has no option to turn the copy off; the module-level
+    set is read each time a trial actor class is made, so narrowing it here holds.
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(
+        k for k in class_cache.ENV_VARS_TO_PROPAGATE if not k.startswith(prefix))
+
+
+# ------------------------------------------------------------------ Ray Train (in a trial)
+def train_report_queue():
+    """The 1-slot queue through which a Train controller hands reports to this Tune trial,
+    or None (not in a trial, or a Ray version without it).
+
+    dlopt.runtime.trial waits for it to empty before the trial returns (a Ray 2.60 deadlock,
+    see `wait_until_tune_took_last_report` there). Ray exposes neither the session nor its
+    queue publicly.
+    """
+    from ray.train._internal.session import get_session
+
+    return getattr(get_session(), "_inter_actor_queue", None)
+
+
+# ------------------------------------------------------------------ driver terminal noise
+def filter_driver_messages(keep: Callable[[dict], Optional[dict]]) -> None:
+    """Pass every message the raylet pushes to this driver through `keep` (None drops it).
+
+    Ray prints these ("(raylet) WARNING: N PYTHON worker processes have been started ...")
+    whatever `log_to_driver` says and has no switch for them. Its listener thread
+    (`ray._private.worker.listen_error_messages`) looks `print_to_stdstream` up at each
+    message, so a wrapper put there holds. Installing twice wraps once.
+    """
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "dlopt_filtered", False):
+        return
+
+    def filtered(data, ignore_prefix):
+        kept = keep(data)
+        if kept is not None:
+            original(kept, ignore_prefix)
+
+    filtered.dlopt_filtered = True
+    ray_worker.print_to_stdstream = filtered
+
+
+class _Stderr:
+    """sys.stderr looked up at each write (pytest and others swap it)."""
+
+    def write(self, text):
+        return sys.stderr.write(text)
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+class _Discard:
+    """Where MLflow's event prints go when silenced; `enabled` as MLflow's stream has."""
+
+    enabled = False
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def silence_mlflow_events() -> None:
+    """Drop MLflow's event prints ("Successfully registered model ...", "Created version ...")
+    while its logger's warnings and errors still reach stderr.
+
+    MLflow prints them with `eprint` to `mlflow.utils.logging_utils.MLFLOW_LOGGING_STREAM`,
+    the same stream its logger writes to; it has no public switch for the prints alone.
+    `disable_logging()` silences both, and MLflow's own context managers call
+    `enable_logging()` again on exit. `eprint` looks the stream up at each call, so pointing
+    that name at a sink (and the logger's handler at stderr) holds.
+    """
+    import logging
+
+    from mlflow.utils import logging_utils
+
+    old = logging_utils.MLFLOW_LOGGING_STREAM
+    for handler in logging.getLogger("mlflow").handlers:
+        if getattr(handler, "stream", None) is old:
+            handler.setStream(_Stderr())
+    logging_utils.MLFLOW_LOGGING_STREAM = _Discard()

@@ -1,0 +1,190 @@
+"""How one training run spreads over its workers: the parts of the loop that differ by
+`Resources.strategy` (docs/architecture.md, "The training loop and its events").
+
+dlopt.train.loop.fit is the one loop for every strategy. It asks its strategy, in order:
+- `prepare(model, build)`: the module this rank trains, before the optimizer exists
+  (DDP: the model; FSDP: the model sharded in place; pipeline: this rank's stage);
+- `load(resume, optimizer)`: that module's and the optimizer's state from a checkpoint;
+- `start(optimizer, loss_fn)`: what must follow loading (DDP wraps the model here);
+- `train_step(state, x, y, run)`: one batch's forward, backward and optimizer step, with
+  the stage events in between (`run(event)`); returns the batch's mean loss;
+- `eval_model()`: the module validation runs on, after each epoch;
+- `checkpoint(saved)`: the writer of this rank's part of an epoch checkpoint, or None;
+- `final_model(state)`: the plain full model the final stages compress (None on a rank
+  with nothing left to do; that rank sends the final metrics without a model).
+`data_rank`/`data_world` say how batches are dealt: DDP and FSDP split each epoch's
+batches across the ranks; a pipeline splits the model instead, so every rank walks every
+batch. The mechanics live in dlopt.train.sharding (FSDP) and dlopt.train.pipeline.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+import torch
+from torch import nn
+
+from dlopt.spec import Experiment
+from dlopt.stages import Event, State
+from dlopt.train import checkpoint, pipeline, sharding
+from dlopt.train.steps import autocast
+
+Writer = Callable[[Path], None]
+Events = Callable[[Event], None]
+
+
+class Strategy(Protocol):
+    data_rank: int
+    data_world: int
+
+    def prepare(self, model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module: ...
+
+    def load(self, resume: dict, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def start(self, optimizer: torch.optim.Optimizer, loss_fn: Callable) -> None: ...
+
+    def train_step(self, state: State, x: torch.Tensor, y: torch.Tensor,
+                   run: Events) -> float: ...
+
+    def eval_model(self) -> nn.Module: ...
+
+    def checkpoint(self, saved: dict) -> Optional[Writer]: ...
+
+    def final_model(self, state: State) -> Optional[nn.Module]: ...
+
+
+def pick(spec: Experiment, rank: int, world: int, device: str,
+         wrap: Callable[[nn.Module], nn.Module]) -> Strategy:
+    """FSDP and pipeline need more than one worker; alone, every strategy is plain training."""
+    if world > 1 and spec.resources.strategy == "fsdp":
+        return FullySharded(spec, rank, world, device)
+    if world > 1 and spec.resources.strategy == "pipeline":
+        return Pipelined(spec, rank, world, device)
+    return DataParallel(spec, rank, world, device, wrap)
+
+
+class DataParallel:
+    """DDP (`wrap` is Ray's prepare_model or torch's DDP) or one process (`wrap` is the
+    identity): every rank holds the whole model and trains on its share of the batches."""
+
+    def __init__(self, spec: Experiment, rank: int, world: int, device: str,
+                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m):
+        self.spec, self.rank, self.device, self.wrap = spec, rank, device, wrap
+        self.data_rank, self.data_world = rank, world
+        self.scaler = torch.amp.GradScaler(device) if spec.precision == "16-mixed" else None
+
+    def prepare(self, model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
+        self.model, self.build = model, build
+        return model
+
+    def load(self, resume: dict, optimizer: torch.optim.Optimizer) -> None:
+        self.model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+
+    def start(self, optimizer: torch.optim.Optimizer, loss_fn: Callable) -> None:
+        self.optimizer, self.loss_fn = optimizer, loss_fn
+        self.forward = self.wrap(self.model)  # after loading: DDP starts from rank 0's weights
+
+    def train_step(self, state: State, x: torch.Tensor, y: torch.Tensor, run: Events) -> float:
+        with autocast(self.spec.precision, self.device):
+            state.outputs = self.forward(x)
+            state.loss = self.loss_fn(state.outputs, y)
+        run(Event.LOSS)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(state.loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            run(Event.AFTER_BACKWARD)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            state.loss.backward()
+            run(Event.AFTER_BACKWARD)
+            self.optimizer.step()
+        return state.loss.item()
+
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def checkpoint(self, saved: dict) -> Optional[Writer]:
+        saved.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict())
+        if self.rank != 0:  # every rank holds the same weights: rank 0 writes them
+            return None
+        return lambda d: checkpoint.save(saved, d)
+
+    def final_model(self, state: State) -> Optional[nn.Module]:
+        return self.model  # every rank runs the final stages on its own (identical) copy
+
+
+class FullySharded(DataParallel):
+    """FSDP2 (dlopt.train.sharding): each rank holds 1/world of every weight; the same
+    forward and backward as DDP, with FSDP's own all-gathers and reduce-scatters."""
+
+    def prepare(self, model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
+        # parameters become DTensor shards, so shard before the optimizer is built
+        sharding.shard(model, self.spec.precision, self.spec.compression)
+        return super().prepare(model, build)
+
+    def load(self, resume: dict, optimizer: torch.optim.Optimizer) -> None:
+        sharding.load(self.model, optimizer, resume["sharded"])  # each rank its own shards
+
+    def start(self, optimizer: torch.optim.Optimizer, loss_fn: Callable) -> None:
+        self.optimizer, self.loss_fn = optimizer, loss_fn
+        self.forward = self.model  # already sharded: no DDP wrapper
+
+    def checkpoint(self, saved: dict) -> Optional[Writer]:
+        def write(d: Path) -> None:  # every rank writes its shard; rank 0 also the rest
+            sharding.save(self.model, self.optimizer, d)
+            if self.rank == 0:
+                checkpoint.save(saved, d)
+        return write
+
+    def final_model(self, state: State) -> Optional[nn.Module]:
+        """The full weights gathered into a plain model on rank 0 (collective)."""
+        state.report["shard_fraction_max"] = sharding.max_shard_fraction(self.model)
+        return sharding.full_model(self.model, self.build, self.rank)
+
+
+class Pipelined:
+    """GPipe over consecutive stages of an nn.Sequential, one per rank (dlopt.train.pipeline):
+    each rank trains only its stage, on every batch of the epoch."""
+
+    def __init__(self, spec: Experiment, rank: int, world: int, device: str):
+        self.rank, self.world, self.device = rank, world, device
+        self.data_rank, self.data_world = 0, 1  # the model is split, not the data
+
+    def prepare(self, model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
+        self.build = build
+        self.stage = pipeline.part(model, pipeline.split(model, self.world), self.rank)
+        return self.stage
+
+    def load(self, resume: dict, optimizer: torch.optim.Optimizer) -> None:
+        pipeline.load_stage(self.stage, optimizer, resume["sharded"], self.rank)
+
+    def start(self, optimizer: torch.optim.Optimizer, loss_fn: Callable) -> None:
+        self.optimizer = optimizer
+        self.pipe = pipeline.Pipe(self.stage, self.rank, self.world, self.device, loss_fn)
+
+    def train_step(self, state: State, x: torch.Tensor, y: torch.Tensor, run: Events) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.pipe.step(x, y)  # forward and backward of every microbatch: no LOSS event
+        state.loss = torch.tensor(loss)
+        run(Event.AFTER_BACKWARD)
+        self.optimizer.step()
+        return loss
+
+    def eval_model(self) -> nn.Module:
+        return pipeline.gather_full(self.stage, self.build)  # collective
+
+    def checkpoint(self, saved: dict) -> Optional[Writer]:
+        def write(d: Path) -> None:  # every rank writes its stage; rank 0 also the rest
+            pipeline.save_stage(self.stage, self.optimizer, d, self.rank)
+            if self.rank == 0:
+                checkpoint.save(saved, d)
+        return write
+
+    def final_model(self, state: State) -> Optional[nn.Module]:
+        """The gathered full model on rank 0 (collective)."""
+        full = pipeline.gather_full(self.stage, self.build)
+        state.report["stage_fraction_max"] = pipeline.max_stage_fraction(self.stage, full)
+        return full if self.rank == 0 else None

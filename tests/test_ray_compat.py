@@ -1,0 +1,90 @@
+"""Every private Ray/MLflow attribute dlopt.runtime.ray_compat uses still exists with the shape it
+relies on. A failure here means a Ray or MLflow upgrade moved one: update ray_compat (and the
+pinned version) before a sweep finds out. No Ray cluster is started."""
+import inspect
+
+from dlopt.runtime import ray_compat
+
+
+def _reads_global(fn, name: str) -> bool:
+    """`fn` looks `name` up in its module at each call (so replacing the module attribute holds)."""
+    return name in fn.__code__.co_names
+
+
+def test_tune_copies_env_vars_from_a_module_level_set_read_at_each_actor_class():
+    from ray.tune.execution import class_cache
+
+    names = class_cache.ENV_VARS_TO_PROPAGATE
+    assert isinstance(names, (set, frozenset)) and "AWS_SECRET_ACCESS_KEY" in names
+    assert _reads_global(class_cache._ActorClassCache.get, "ENV_VARS_TO_PROPAGATE")
+
+
+def test_dropping_propagated_env_vars_keeps_the_others(monkeypatch):
+    from ray.tune.execution import class_cache
+
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", frozenset(class_cache.ENV_VARS_TO_PROPAGATE))
+    others = {k for k in class_cache.ENV_VARS_TO_PROPAGATE if not k.startswith("AWS_")}
+    ray_compat.drop_propagated_env_vars("AWS_")
+    assert set(class_cache.ENV_VARS_TO_PROPAGATE) == others and others
+
+
+def test_a_restored_tuner_runs_with_its_run_config_callbacks(tmp_path):
+    """Tuner -> _local_tuner (TunerInternal) -> _run_config, the RunConfig fit() uses."""
+    from ray import tune
+    from ray.tune.impl.tuner_internal import TunerInternal
+
+    tuner = tune.Tuner(lambda config: None,
+                       run_config=tune.RunConfig(name="compat", storage_path=str(tmp_path)))
+    assert isinstance(tuner._local_tuner, TunerInternal)
+    assert isinstance(tuner._local_tuner._run_config, tune.RunConfig)
+    callbacks = [tune.Callback()]
+    ray_compat.set_restored_callbacks(tuner, callbacks)
+    assert tuner._local_tuner._run_config.callbacks is callbacks
+    # fit() hands Tune the callbacks of that RunConfig
+    assert "callbacks=self._run_config.callbacks" in inspect.getsource(TunerInternal)
+
+
+def test_train_session_has_the_report_queue_the_trial_waits_on():
+    from ray.train._internal import session
+
+    assert inspect.signature(session.get_session).parameters == {}
+    assert session.get_session() is None  # outside a trial
+    assert ray_compat.train_report_queue() is None
+    # set up empty by the session, filled by the Train controller's reports through it
+    assert "self._inter_actor_queue: Optional[" in inspect.getsource(session._TrainSession.reset)
+    assert callable(session._TrainSession._get_or_create_inter_actor_queue)
+    from ray.util.queue import Queue
+
+    assert callable(Queue.empty)
+
+
+def test_ray_driver_messages_go_through_a_replaceable_print_function(monkeypatch):
+    import ray._private.worker as ray_worker
+
+    assert list(inspect.signature(ray_worker.print_to_stdstream).parameters) == ["data", "ignore_prefix"]
+    assert _reads_global(ray_worker.listen_error_messages, "print_to_stdstream")
+    printed = []
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", lambda data, ignore_prefix: printed.append(data))
+    ray_compat.filter_driver_messages(lambda data: None if "noise" in data["lines"][0] else data)
+    ray_compat.filter_driver_messages(lambda data: None)  # a second install wraps nothing more
+    ray_worker.print_to_stdstream({"lines": ["noise"]}, False)
+    ray_worker.print_to_stdstream({"lines": ["kept"]}, False)
+    assert printed == [{"lines": ["kept"]}]
+
+
+def test_mlflow_event_prints_go_to_a_replaceable_stream(monkeypatch):
+    import logging
+
+    from mlflow.utils import logging_utils
+
+    assert hasattr(logging_utils.MLFLOW_LOGGING_STREAM, "enabled")
+    assert _reads_global(logging_utils.eprint, "MLFLOW_LOGGING_STREAM")
+    monkeypatch.setattr(logging_utils, "MLFLOW_LOGGING_STREAM", logging_utils.MLFLOW_LOGGING_STREAM)
+    handlers = logging.getLogger("mlflow").handlers
+    streams = [(h, h.stream) for h in handlers if hasattr(h, "stream")]
+    try:
+        ray_compat.silence_mlflow_events()
+        assert logging_utils.MLFLOW_LOGGING_STREAM.write("Created version '1'") == len("Created version '1'")
+    finally:
+        for handler, stream in streams:
+            handler.setStream(stream)
