@@ -116,7 +116,11 @@ class LossyProxy:
                         self._outage = []
                         self.refused += 1
                         return
-            with socket.create_connection(("127.0.0.1", self.upstream)) as up:
+            try:
+                up = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:
+                return  # the server itself is stopped: the caller sees a refused request
+            with up:
                 up.sendall(self._close_header(head) + b"\r\n\r\n" + rest)
 
                 def pump():  # the rest of the request body, as the client sends it
