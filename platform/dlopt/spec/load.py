@@ -54,7 +54,7 @@ def error_lines(err: ValidationError, prefix: str = "", where: str = "") -> list
 
 def _looks_like_path(text: str) -> bool:
     parts = re.sub(r"\[(\d+|[a-z_]+)\]", "", text).split(".")
-    return all(p.isidentifier() for p in parts)
+    return all(p.isidentifier() or p.isdigit() for p in parts)
 
 
 def _clean_loc(loc: tuple) -> str:
