@@ -309,19 +309,9 @@ URI_PASSWORD = "pw-uri-93e6aa"
 
 
 def start_server(db: Path, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-           "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT,
-                            start_new_session=True,
-                            env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false",
-                                 # no background job runner (7 extra processes on 2 cores)
-                                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    import urllib.request
+    from dlopt_testing import mlflow_server
 
-    wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
-             == 200, 120, "mlflow server up", proc)
-    return proc
+    return mlflow_server(db, artifacts, port, log)
 
 
 def test_server_outage_two_concurrent_sweeps_and_no_secret_leaks(tmp_path):
@@ -405,11 +395,11 @@ def test_outage_driver_kill_worker_kill_and_outage_during_replay_lose_no_epoch(t
     proxy refuses requests for 6 s after the first replayed batch). Every epoch of every trial
     is in MLflow exactly once, step by step."""
     from dlopt.tracking.journal import NAME, Journal
-    from dlopt_testing import LossyProxy, mlflow_server
+    from dlopt_testing import LossyProxy
 
     port, ray_tmp = free_port(), short_tmp()
     db, art, server_log = tmp_path / "server.db", tmp_path / "art", tmp_path / "server.log"
-    server = mlflow_server(db, art, port, server_log)
+    server = start_server(db, art, port, server_log)
     proxy = LossyProxy(port)
     direct = MlflowClient(f"http://127.0.0.1:{port}")
     epochs, marker = 30, tmp_path / "worker-killed"
@@ -439,7 +429,7 @@ def test_outage_driver_kill_worker_kill_and_outage_during_replay_lose_no_epoch(t
               for m in r["metrics"]}  # (trial, epoch) trained during the outage: only on disk
     assert len(queued) >= 2, queued
 
-    server = mlflow_server(db, art, port, server_log)  # same port, same store
+    server = start_server(db, art, port, server_log)  # same port, same store
     proxy.outage_after("/runs/log-batch", 1, 6.0)  # outage 2: after the first replayed batch
     try:
         second = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env,

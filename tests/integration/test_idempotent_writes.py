@@ -9,9 +9,8 @@ import os
 import signal
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from dlopt_testing import LossyProxy, free_port, mlflow_server
+from mlflow.tracking import MlflowClient
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,6 @@ def _checkpoint(path):
 
 def test_retried_registration_finds_the_version_the_lost_reply_created(lossy, tmp_path):
     import mlflow
-
     from dlopt.registry.register import register
     from dlopt.tracking.retry import retry_transient
 

@@ -34,7 +34,8 @@ from dlopt.spec.report import (
     PER_EPOCH_METRICS,
     WORKER_NODES,
 )
-from dlopt.tracking.journal import NAME as JOURNAL_NAME, Journal
+from dlopt.tracking.journal import NAME as JOURNAL_NAME
+from dlopt.tracking.journal import Journal
 from dlopt.tracking.names import numeric_metrics, param_text
 from dlopt.tracking.retry import DRAIN_TIMEOUT_S, TrackingUnavailable, is_transient
 from dlopt.tracking.scrub import ScrubbingClient, scrub
