@@ -1,5 +1,6 @@
 """Shared test helpers (a uniquely named module: `conftest` is ambiguous with tests/integration/conftest.py)."""
 import os
+import subprocess
 import sys
 
 
@@ -34,3 +35,136 @@ def run_gloo_ranks(code: str, *args: str, world: int = 2, timeout: float = 300) 
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
     return [out for out, _ in outs]
+
+
+class LossyProxy:
+    """A loopback HTTP proxy in front of a real server, for faults a stopped server cannot
+    time: `lose(path_part, n)` lets the next n matching requests reach the server, which
+    answers, then drops the connection before the reply (a server that died right after it
+    took the request); `outage_after(path_part, k, seconds)` refuses every request for
+    `seconds` once k more matching requests went through. One request per connection
+    (`Connection: close` both ways), so no HTTP body parsing is needed. Stop it with `close`."""
+
+    def __init__(self, upstream_port: int):
+        import collections
+        import socket
+        import threading
+
+        self.upstream = upstream_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.seen: collections.Counter = collections.Counter()  # path -> requests forwarded
+        self.lost: collections.Counter = collections.Counter()  # path -> replies dropped
+        self.refused = 0
+        self._lose: dict[str, int] = {}
+        self._outage: list = []  # [path part, requests left, seconds]
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def lose(self, path_part: str, n: int = 1) -> None:
+        with self._lock:
+            self._lose[path_part] = n
+
+    def outage_after(self, path_part: str, k: int, seconds: float) -> None:
+        with self._lock:
+            self._outage = [path_part, k, seconds]
+
+    def close(self) -> None:
+        self.server.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _close_header(head: bytes) -> bytes:
+        lines = [ln for ln in head.split(b"\r\n") if not ln.lower().startswith(b"connection:")]
+        return b"\r\n".join([lines[0], b"Connection: close", *lines[1:]])
+
+    def _handle(self, conn) -> None:
+        import socket
+        import threading
+        import time
+
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1].decode()
+            with self._lock:
+                if time.monotonic() < self._down_until:
+                    self.refused += 1
+                    return  # closed unanswered: the server is away
+                lose = next((p for p, n in self._lose.items() if p in path and n > 0), None)
+                if lose:
+                    self._lose[lose] -= 1
+                if self._outage and self._outage[0] in path:
+                    self._outage[1] -= 1
+                    if self._outage[1] < 0:
+                        self._down_until = time.monotonic() + self._outage[2]
+                        self._outage = []
+                        self.refused += 1
+                        return
+            try:
+                up = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:
+                return  # the server itself is stopped: the caller sees a refused request
+            with up:
+                up.sendall(self._close_header(head) + b"\r\n\r\n" + rest)
+
+                def pump():  # the rest of the request body, as the client sends it
+                    try:
+                        while chunk := conn.recv(65536):
+                            up.sendall(chunk)
+                    except OSError:
+                        pass
+
+                threading.Thread(target=pump, daemon=True).start()
+                reply = b""
+                while chunk := up.recv(65536):
+                    reply += chunk
+            with self._lock:
+                self.seen[path] += 1
+                if lose:
+                    self.lost[path] += 1
+                    return  # the server took it and answered; the answer never arrives
+            rhead, _, body = reply.partition(b"\r\n\r\n")
+            conn.sendall(self._close_header(rhead) + b"\r\n\r\n" + body)
+
+
+def mlflow_server(db, artifacts, port: int, log, timeout: float = 120.0):
+    """A real `mlflow server` on 127.0.0.1:port (SQLite store), up and healthy; stop it by
+    its own process group (`os.killpg(proc.pid, SIGKILL)`)."""
+    import time
+    import urllib.request
+
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+           "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                            start_new_session=True,
+                            env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false",
+                                 # no background job runner (7 extra processes on 2 cores)
+                                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"mlflow server exited ({proc.returncode}); see {log}")
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("mlflow server did not come up")

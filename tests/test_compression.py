@@ -272,7 +272,7 @@ def test_teacher_uris_are_found_inside_search_domains():
 
     spec_json = {"compression": {"domain": "choice", "values": [
         [], [{"stage": "distill", "teacher": "models:/t@champion"}]]}}
-    assert teachers.find(spec_json) == [("compression.values.1.0.teacher", "models:/t@champion")]
+    assert teachers.find(spec_json) == [("compression.values[1][0].teacher", "models:/t@champion")]
 
 
 def test_resolve_version_rejects_malformed_uri():

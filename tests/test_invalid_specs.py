@@ -1,7 +1,8 @@
 """Bad input is refused: exit 2, one line naming the field, nothing started, nothing written.
 
 The corpus lives in tests/invalid_specs/: each file says which field its error must name
-(`# expect: <line prefix>`; JSON cannot hold comments, so JSON_EXPECT says it for them).
+(`# expect: <line prefix>`, the field path in the one style of every message: dotted, list
+indexes in brackets, `model.hidden[1]: ...`; JSON cannot hold comments, so JSON_EXPECT says it for them).
 Files under invalid_specs/run/ are valid specs that `dlopt run` must still refuse before
 Ray starts (dlopt.preflight): a trial that no cluster dlopt would start can place, and a
 distillation teacher missing from the registry.
@@ -63,7 +64,7 @@ def test_refused_in_process(path, command, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([command, str(spec)])
     assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line.replace(f"{tmp_path}/", "") for line in capsys.readouterr().err.strip().splitlines()]
     prefix = expected_prefix(path)
     assert any(line.startswith(prefix) for line in err), (prefix, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # nothing written
@@ -214,6 +215,6 @@ def test_teacher_lookup_in_an_existing_registry(tmp_path):
 
     assert problems("models:/teacher@champion") == []
     assert problems(f"models:/teacher/{version.version}") == []
-    assert problems("models:/teacher@nope")[0].startswith("compression.0.teacher:")
-    assert problems("models:/teacher/99")[0].startswith("compression.0.teacher:")
-    assert problems("models:/other@champion")[0].startswith("compression.0.teacher:")
+    assert problems("models:/teacher@nope")[0].startswith("compression[0].teacher:")
+    assert problems("models:/teacher/99")[0].startswith("compression[0].teacher:")
+    assert problems("models:/other@champion")[0].startswith("compression[0].teacher:")

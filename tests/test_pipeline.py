@@ -141,8 +141,8 @@ def test_split_balances_parameters():
     ({"regularization": {"l2": 1e-4}}, "regularization.l2"),
     ({"regularization": {"grad_clip_norm": 1.0}}, "regularization.grad_clip_norm"),
     ({"precision": "bf16-mixed"}, "precision"),
-    ({"compression": [{"stage": "prune", "sparsity": 0.5, "start_epoch": 1}]}, "compression.0"),
-    ({"compression": [{"stage": "quantize", "method": "qat"}]}, "compression.0"),
+    ({"compression": [{"stage": "prune", "sparsity": 0.5, "start_epoch": 1}]}, "compression[0]"),
+    ({"compression": [{"stage": "quantize", "method": "qat"}]}, "compression[0]"),
 ])
 def test_pipeline_refuses_what_it_cannot_run(extra, field):
     spec = {"name": "x", "model": {"arch": "mlp", "hidden": [32]},

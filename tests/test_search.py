@@ -194,8 +194,9 @@ def test_invalid_combination_refused_with_message(kw, expect):
 
 
 def test_empty_grid_is_impossible():
-    with pytest.raises(ValidationError):
-        tune.grid([])
+    """Refused where it is placed, naming that field."""
+    assert errors_of(optimizer={"lr": tune.grid([])}, search=Search(algorithm="grid")) == [
+        "optimizer.lr: tune.grid needs at least 1 value"]
 
 
 def test_valid_pbt_and_multi_objective_specs_pass():

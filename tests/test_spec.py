@@ -44,13 +44,62 @@ def test_domain_bounds_are_checked_against_field_constraints(field, domain):
     assert len(lines) == 1 and lines[0].startswith(f"optimizer.{field}:"), lines
 
 
-def test_domain_own_constraints():
-    with pytest.raises(ValidationError):
-        tune.loguniform(0.0, 1.0)
-    with pytest.raises(ValidationError):
-        tune.uniform(1.0, 0.5)
-    with pytest.raises(ValidationError):
-        tune.choice([])
+@pytest.mark.parametrize("build, field, line", [
+    (lambda: tune.loguniform(0.0, 1.0), "lr", "optimizer.lr: tune.loguniform low must be > 0"),
+    (lambda: tune.uniform(1.0, 0.5), "lr",
+     "optimizer.lr: tune.uniform needs low < high, got 1.0 >= 0.5"),
+    (lambda: tune.choice([]), "lr", "optimizer.lr: tune.choice needs at least 1 value"),
+    (lambda: tune.randint(3, 3), "epochs", "epochs: tune.randint needs low < high, got 3 >= 3"),
+])
+def test_domain_own_constraints_name_the_field(build, field, line):
+    """A domain is checked where it is placed, so the error names that field (not
+    `loguniform.low`, which the user cannot find in the spec)."""
+    domain = build()  # building it alone is not an error: it belongs to no field yet
+    kw = {"epochs": domain} if field == "epochs" else {"optimizer": {field: domain}}
+    assert errors_of(**kw) == [line]
+
+
+def test_section_built_alone_names_the_field():
+    with pytest.raises(ValidationError) as info:
+        Optimizer(lr=tune.loguniform(0.0, 1.0))
+    assert error_lines(info.value, prefix="optimizer") == [
+        "optimizer.lr: tune.loguniform low must be > 0"]
+
+
+def test_one_path_style_in_every_message():
+    """Dotted paths, list indexes in brackets: pydantic locations, section checks and
+    cross-field checks alike."""
+    assert errors_of(model={"hidden": [64, 0]}) == ["model.hidden[1]: must be >= 1"]
+    assert errors_of(compression=[{"stage": "prune", "sparsity": 1.5}])[0].startswith(
+        "compression[0].sparsity: ")
+    lines = errors_of(epochs=4, compression=[Prune(sparsity=0.5, start_epoch=2, end_epoch=9)])
+    assert lines == ["compression[0].end_epoch: pruning window ends at epoch 9 but the run has 4 "
+                     "epochs"]
+    assert errors_of(optimizer={"name": "adam", "nesterov": True})[0].startswith(
+        "optimizer.nesterov: ")
+    assert errors_of(search={"scheduler": "pbt", "pbt_mutations": {
+        "optimizer.lr": tune.loguniform(-1.0, 1.0)}}, epochs=6) == [
+        "search.pbt_mutations.optimizer.lr: tune.loguniform low must be > 0"]
+
+
+def test_error_in_the_users_own_code_names_file_and_line(tmp_path):
+    spec = tmp_path / "x.py"
+    spec.write_text("from dlopt import Experiment\n\nexperiment = Experiment(name=1 / 0)\n")
+    with pytest.raises(SpecError) as info:
+        load(spec)
+    assert info.value.lines == [f"spec: {spec}:3: ZeroDivisionError: division by zero"]
+    spec.write_text("from dlopt import Experiment, Optimizer\nexperiment = Experiment(\n"
+                    "    name='x', optimizer=Optimizer(lr=-1))\n")
+    with pytest.raises(SpecError) as info:
+        load(spec)
+    assert info.value.lines == [f"optimizer.lr: Input should be greater than 0 ({spec}:3)"]
+
+
+def test_set_accepts_both_index_styles(tmp_path):
+    spec = tmp_path / "x.yaml"
+    spec.write_text("name: x\nmodel: {hidden: [8, 8]}\n")
+    assert load(spec, ["model.hidden[1]=4"]).model.hidden == [8, 4]
+    assert load(spec, ["model.hidden.0=2"]).model.hidden == [2, 8]
 
 
 def test_valid_domains_accepted_in_int_and_categorical_fields():
@@ -64,7 +113,7 @@ def test_valid_domains_accepted_in_int_and_categorical_fields():
 def test_unknown_fields_are_refused_everywhere():
     assert errors_of(bogus=1) == ["bogus: Extra inputs are not permitted"]
     assert errors_of(optimizer={"learning_rate": 0.1})[0].startswith("optimizer.learning_rate:")
-    assert errors_of(compression=[{"stage": "prune", "amount": 0.5}])[0].startswith("compression.0.amount:")
+    assert errors_of(compression=[{"stage": "prune", "amount": 0.5}])[0].startswith("compression[0].amount:")
 
 
 def test_one_line_per_problem_with_field_paths():

@@ -136,3 +136,101 @@ def test_failed_test_report_warning_hides_uri_credentials(monkeypatch, capsys, c
     assert "the test-split report failed" in err and "127.0.0.1:5000" in err
     assert "pw-secret-1" not in err
     assert Tracker.client.tags and Tracker.client.tags[0][1] == "dlopt.test_report"
+
+
+# ------------------------------------------------------------------ the journal (issue 19)
+def _sweep(tracker, name="s-j"):
+    tracker.start_parent(name, {"spec_json": {"search": {}}, "trials": 1, "domains": []}, {})
+
+
+def test_driver_killed_during_outage_loses_nothing_replay_writes_each_epoch_once(tmp_path):
+    """Outage, then the driver dies (its Tracker is dropped unclosed): the journal holds the
+    queued writes; a new Tracker on the same journal replays them in order, and a record the
+    store took just before the kill (its `done` mark lost) is not written twice."""
+    from dlopt.tracking.journal import NAME, Journal
+
+    uri, sweep_dir = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "rr" / "s-j"
+    tracker = Tracker(uri, "journal")
+    tracker.open_journal(sweep_dir)
+    _sweep(tracker)
+    tracker.child("t1", "trial-001", {"optimizer.lr": 0.1}, {})
+    for e in (1, 2):
+        tracker.log_result("t1", {"epoch": e, "train_loss": 1.0 / e, "epoch_end_time": 1000.0 + e})
+    outage = Outage(tracker.client)
+    tracker.client = outage
+    outage.down = True
+    for e in range(3, 9):
+        tracker.log_result("t1", {"epoch": e, "train_loss": 1.0 / e, "epoch_end_time": 1000.0 + e})
+    assert len(tracker.pending) == 6
+    # the store took epoch 3 but the driver died before marking it done
+    outage.down = False
+    tracker._apply(tracker.pending[0])  # written, but neither popped nor marked done
+    outage.down = True
+    with open(sweep_dir / NAME, "ab") as f:
+        f.write(b'{"seq": 999, "op": "log_b')  # killed mid-append: a torn last line
+    del tracker  # SIGKILL: nothing closed, nothing flushed
+
+    assert len(Journal(sweep_dir / NAME).pending()) == 6
+    again = Tracker(uri, "journal")
+    again.open_journal(sweep_dir)
+    assert again.replayed == 6 and again.last_epoch["t1"] == 8
+    _sweep(again)  # --resume: the parent is found, the journal replayed before the sweep goes on
+    assert not again.pending and again.last_epoch["t1"] == 8
+    again.log_result("t1", {"epoch": 8, "train_loss": 0.5})  # Tune re-reports: not written
+    again.log_result("t1", {"epoch": 9, "train_loss": 1 / 9, "epoch_end_time": 1009.0})
+    again.end_child("t1", "FINISHED")
+    again.close()
+    assert not (sweep_dir / NAME).exists()  # removed once the store took everything
+    client = MlflowClient(uri)
+    history = client.get_metric_history(again.children["t1"], "train_loss")
+    assert sorted(m.step for m in history) == list(range(1, 10))  # each epoch exactly once
+    assert [m.timestamp for m in sorted(history, key=lambda m: m.step)][:8] == [
+        (1000 + e) * 1000 for e in range(1, 9)]
+
+
+def test_second_outage_during_replay_keeps_the_rest_journaled(tmp_path):
+    """The store goes away again while the journal replays: what is left stays queued and
+    journaled, ahead of new writes, and reaches the store once it is back."""
+    from dlopt.tracking import store
+    from dlopt.tracking.journal import NAME, Journal
+
+    uri, sweep_dir = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "s-k"
+    tracker = Tracker(uri, "journal2")
+    tracker.open_journal(sweep_dir)
+    _sweep(tracker, "s-k")
+    tracker.child("t1", "trial-001", {}, {})
+    tracker.client = outage = Outage(tracker.client)
+    outage.down = True
+    for e in range(1, 6):
+        tracker.log_result("t1", {"epoch": e, "train_loss": 1.0 / e})
+    del tracker
+
+    again = Tracker(uri, "journal2")
+    again.open_journal(sweep_dir)
+    real = again.client
+
+    class Flaky(Outage):  # two epochs go through, then the store is away
+        batches = 0
+
+        def __getattr__(self, name):
+            if name == "log_batch":
+                self.batches += 1
+                self.down = self.down or self.batches > 2
+            return super().__getattr__(name)
+
+    again.client = flaky = Flaky(real)
+    old, store.REPLAY_WAIT_S = store.REPLAY_WAIT_S, 0.0
+    try:
+        _sweep(again, "s-k")
+    finally:
+        store.REPLAY_WAIT_S = old
+    assert 0 < len(again.pending) < 5 and len(Journal(sweep_dir / NAME).pending()) == len(again.pending)
+    again.log_result("t1", {"epoch": 6, "train_loss": 1 / 6})  # the sweep goes on meanwhile
+    flaky.down = False
+    flaky.__class__ = Outage
+    again.drain(timeout_s=5.0)
+    again.close()
+    client = MlflowClient(uri)
+    steps = [m.step for m in client.get_metric_history(again.children["t1"], "train_loss")]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+    assert not (sweep_dir / NAME).exists()

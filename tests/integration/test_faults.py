@@ -309,19 +309,9 @@ URI_PASSWORD = "pw-uri-93e6aa"
 
 
 def start_server(db: Path, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-           "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT,
-                            start_new_session=True,
-                            env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false",
-                                 # no background job runner (7 extra processes on 2 cores)
-                                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    import urllib.request
+    from dlopt_testing import mlflow_server
 
-    wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
-             == 200, 120, "mlflow server up", proc)
-    return proc
+    return mlflow_server(db, artifacts, port, log)
 
 
 def test_server_outage_two_concurrent_sweeps_and_no_secret_leaks(tmp_path):
@@ -395,3 +385,77 @@ def test_server_outage_two_concurrent_sweeps_and_no_secret_leaks(tmp_path):
         kill_group(server)
         for d in ray_tmps:
             shutil.rmtree(d, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ (7) faults combined (issue 19)
+def test_outage_driver_kill_worker_kill_and_outage_during_replay_lose_no_epoch(tmp_path):
+    """A worker is killed (epoch 3); the real `mlflow server` is stopped by pid; 8 s later the
+    driver is SIGKILLed with writes queued (they are in its journal); the server is started
+    again and `--resume` replays the journal while the store goes away a second time (a
+    proxy refuses requests for 6 s after the first replayed batch). Every epoch of every trial
+    is in MLflow exactly once, step by step."""
+    from dlopt.tracking.journal import NAME, Journal
+    from dlopt_testing import LossyProxy
+
+    port, ray_tmp = free_port(), short_tmp()
+    db, art, server_log = tmp_path / "server.db", tmp_path / "art", tmp_path / "server.log"
+    server = start_server(db, art, port, server_log)
+    proxy = LossyProxy(port)
+    direct = MlflowClient(f"http://127.0.0.1:{port}")
+    epochs, marker = 30, tmp_path / "worker-killed"
+    env = cli_env(ray_tmp, DLOPT_FAULT_KILL_AT_EPOCH=f"3:{marker}", DLOPT_FAULT_EPOCH_DELAY_S="0.5")
+    spec = spec_yaml(tmp_path / "s.yaml", "fault-combined", epochs=epochs, lrs=[0.003, 0.01],
+                     concurrent=2, batch_size=32, experiment="faults-combined")
+    args = dlopt_cmd("run", str(spec), "--tracking-uri", f"http://127.0.0.1:{proxy.port}",
+                     "--storage", str(tmp_path / "rr"))
+    first = subprocess.Popen(args, cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def both_past_epoch_4():
+            exp = direct.get_experiment_by_name("faults-combined")
+            runs = direct.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'trial'")
+            return len(runs) == 2 and marker.exists() and all(
+                len(direct.get_metric_history(r.info.run_id, "train_loss")) >= 4 for r in runs)
+
+        wait_for(both_past_epoch_4, 400, "both trials past epoch 4, a worker killed", first)
+        kill_group(server)  # outage 1: the server process is stopped
+        time.sleep(8)
+        os.kill(first.pid, signal.SIGKILL)  # the driver dies with writes queued
+        first.wait(timeout=30)
+    finally:
+        kill_group(first)
+    journal = next((tmp_path / "rr").glob(f"*/{NAME}"))
+    queued = {(r["trial"], m[3]) for r in Journal(journal).pending() if r.get("epoch")
+              for m in r["metrics"]}  # (trial, epoch) trained during the outage: only on disk
+    assert len(queued) >= 2, queued
+
+    server = start_server(db, art, port, server_log)  # same port, same store
+    proxy.outage_after("/runs/log-batch", 1, 6.0)  # outage 2: after the first replayed batch
+    try:
+        second = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert second.returncode == 0, second.stderr[-3000:]
+        exp = direct.get_experiment_by_name("faults-combined")
+        runs = direct.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'trial'")
+        assert len(runs) == 2
+        lost, dup = set(), set()  # (trial, epoch) missing from / repeated in any history
+        for r in runs:
+            for key in ("train_loss", "val_loss", "val_accuracy"):
+                steps = [m.step for m in direct.get_metric_history(r.info.run_id, key)]
+                lost |= {(r.info.run_id, e) for e in range(1, epochs + 1) if e not in steps}
+                dup |= {(r.info.run_id, e) for e in steps if steps.count(e) > 1}
+        lost, dup = len(lost), len(dup)
+        print(f"faults: worker kill, outage, driver SIGKILL ({len(queued)} journaled epochs), "
+              f"outage during replay ({proxy.refused} refused); lost epochs {lost}, "
+              f"duplicated epochs {dup}")
+        assert (lost, dup) == (0, 0)
+        assert "replaying" in second.stderr and proxy.refused > 0, second.stderr[-3000:]
+        for r in runs:
+            assert_each_epoch_once(direct, r, epochs)
+            assert r.info.status == "FINISHED"
+        assert not journal.exists()  # removed once the store took everything
+        assert len(direct.search_model_versions("name = 'fault-combined'")) == 1
+    finally:
+        proxy.close()
+        kill_group(server)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -73,7 +73,7 @@ def teacher_problems(spec: Experiment, tracking_uri: str) -> list[str]:
     for options in _compression_options(spec.compression):
         for i, stage in enumerate(options):
             if stage.stage == "distill":
-                wanted.append((f"compression.{i}.teacher", stage.teacher))
+                wanted.append((f"compression[{i}].teacher", stage.teacher))
     if not wanted:
         return []
     db = _sqlite_path(tracking_uri)

@@ -113,6 +113,10 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         space, tables = to_ray_space(plan)
         # user, source (the experiment file), git commit, and the command that reproduces it
         tags = {"dlopt.sweep": plan.sweep_name, **source_tags(sys.argv, spec_file=source_file)}
+        if "://" not in str(storage_path):
+            # every queued MLflow write is journaled beside Tune's experiment state, so a
+            # killed driver loses none: --resume replays them (dlopt.tracking.journal)
+            tracker.open_journal(Path(storage_path) / plan.sweep_name)
         tracker.start_parent(plan.sweep_name, plan.to_dict(), tags)
         callbacks = [MlflowCallback(tracker, plan.spec_json, tables, tags)]
         if progress:
@@ -282,5 +286,6 @@ def fit_and_finalize(tuner: tune.Tuner, plan: Plan, spec: Experiment, tracker: T
         if not tracker.flush(wait_s=30.0):
             log.error("error: %d MLflow writes could not be made (store unreachable); rerun "
                       "with --resume once it is back", len(tracker.pending))
+        tracker.close()  # the journal goes once the store took everything in it
         if stop_ray:
             ray.shutdown()

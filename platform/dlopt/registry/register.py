@@ -27,6 +27,20 @@ def local_copy(checkpoint_path: str) -> Path:
     return local
 
 
+# The trial run a version was registered from; a retried registration looks for it first.
+SOURCE_TAG = "dlopt.source_run"
+
+
+def existing_version(client, name: str, source_run: str) -> Optional[str]:
+    """The version of `name` registered from `source_run`, if an earlier attempt made one.
+
+    A registration is retried when the store is unreachable (dlopt.tracking.retry); when the
+    server took the request but the reply was lost, the retry must find that version instead
+    of adding a second one. The tag is set in the same request that creates the version."""
+    found = client.search_model_versions(f"name = '{name}' and tags.`{SOURCE_TAG}` = '{source_run}'")
+    return str(min(int(v.version) for v in found)) if found else None
+
+
 def register(tracker, trial_run_id: str, checkpoint_path: str, name: str, alias: Optional[str],
              tags: dict[str, str]) -> str:
     """Log the model under the trial's run, create a version of `name`, set `alias`."""
@@ -34,6 +48,11 @@ def register(tracker, trial_run_id: str, checkpoint_path: str, name: str, alias:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracker.uri)
+    done = existing_version(client, name, trial_run_id)
+    if done is not None:  # an earlier attempt made it; its reply was lost (retry_transient)
+        if alias:
+            client.set_registered_model_alias(name, alias, done)
+        return done
     source = local_copy(checkpoint_path)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model_dir"
@@ -45,7 +64,8 @@ def register(tracker, trial_run_id: str, checkpoint_path: str, name: str, alias:
                 artifacts={"model_dir": str(model_dir)},
                 pip_requirements=PIP_REQUIREMENTS,
             )
-    version = mlflow.register_model(info.model_uri, name, tags=tags, await_registration_for=60)
+    version = mlflow.register_model(info.model_uri, name, tags={**tags, SOURCE_TAG: trial_run_id},
+                                    await_registration_for=60)
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return version.version

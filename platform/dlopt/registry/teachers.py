@@ -17,6 +17,7 @@ from typing import Any
 
 from dlopt.artifact.teachers import _installed, resolve_version, version_of
 from dlopt.spec.load import SpecError
+from dlopt.spec.paths import join
 from dlopt.tracking.uris import redact_uri
 
 
@@ -32,7 +33,7 @@ def find(spec_json: Any, path: str = "") -> list[tuple[str, str]]:
     else:
         return found
     for k, v in items:
-        found += find(v, f"{path}.{k}" if path else str(k))
+        found += find(v, join(path, f"[{k}]" if isinstance(k, int) else str(k)))
     return found
 
 

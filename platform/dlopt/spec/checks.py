@@ -9,7 +9,7 @@ from pydantic import TypeAdapter, ValidationError
 from dlopt.spec import tune as _tune
 from dlopt.spec.fields import LOCAL_DATASETS, _points
 from dlopt.spec.metric_names import VAL_METRICS
-from dlopt.spec.paths import domains, set_path
+from dlopt.spec.paths import domains, set_path, shown
 from dlopt.spec.sections import Stage
 
 
@@ -41,11 +41,11 @@ def _search_problems(spec) -> list[str]:
     if search.algorithm == "grid":
         for path, dom in doms.items():
             if dom["domain"] in CONTINUOUS_DOMAINS:
-                problems.append(f"{path}: algorithm='grid' cannot enumerate tune.{dom['domain']}; "
+                problems.append(f"{shown(path)}: algorithm='grid' cannot enumerate tune.{dom['domain']}; "
                                 "use tune.grid/tune.choice values or algorithm='random'")
     for path, dom in doms.items():
         if dom["domain"] in ("choice", "grid") and domains({"v": dom["values"]}):
-            problems.append(f"{path}: a search domain inside tune.{dom['domain']} values is not "
+            problems.append(f"{shown(path)}: a search domain inside tune.{dom['domain']} values is not "
                             "sampled; list concrete values (e.g. one pipeline per sparsity)")
     if search.scheduler == "pbt":
         min_epochs = min(_points(spec.epochs))
@@ -142,7 +142,7 @@ def _pipeline_problems(spec) -> list[str]:
         for i, s in enumerate(options):
             if s.stage in ("prune", "distill") or (s.stage == "quantize"
                                                    and "qat" in _points(s.method)):
-                problems.append(f"compression.{i}: {s.stage} acts during training on every "
+                problems.append(f"compression[{i}]: {s.stage} acts during training on every "
                                 f"layer at once, not implemented {why}; post-training "
                                 "quantize ('dynamic'/'static') is")
     return list(dict.fromkeys(problems))
@@ -168,7 +168,7 @@ def _check_stage_order(stages: list, epochs: int) -> list[str]:
         if s.stage == "prune":
             end = s.end_epoch if s.end_epoch is not None else s.start_epoch + 1
             if end > epochs or s.start_epoch >= epochs:
-                problems.append(f"compression.{i}.end_epoch: pruning window ends at epoch {end} "
+                problems.append(f"compression[{i}].end_epoch: pruning window ends at epoch {end} "
                                 f"but the run has {epochs} epochs")
     return problems
 

@@ -72,8 +72,8 @@ def _domain_check(adapter_holder: dict, tp):
         return adapter_holder["a"]
 
     def check(value, handler):
-        if _tune.is_domain_dict(value):
-            value = TypeAdapter(_tune.Domain).validate_python(value)
+        if _tune.is_domain_dict(value) or isinstance(value, _tune._Domain):
+            value = _tune.checked(value)  # its own checks, reported at this field
         if not isinstance(value, _tune._Domain):
             return handler(value)
         normalized = []
@@ -82,10 +82,10 @@ def _domain_check(adapter_holder: dict, tp):
                 checked = adapter().validate_python(point)
             except ValidationError as err:
                 first = err.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
+                where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
                 raise ValueError(
-                    f"search domain {value.domain} value {point!r} is invalid for this field"
-                    f"{' at ' + where if where else ''}: {first['msg']}"
+                    f"tune.{value.domain} value {point!r} is invalid for this field"
+                    f"{' at ' + where.lstrip('.') if where else ''}: {first['msg']}"
                 ) from None
             normalized.append(adapter().dump_python(checked, mode="json"))
         if isinstance(value, (_tune.Choice, _tune.Grid)):

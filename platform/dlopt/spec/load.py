@@ -6,14 +6,16 @@ path, so the CLI can print them and exit 2 before Ray or MLflow start.
 from __future__ import annotations
 
 import json
+import re
 import runpy
+import traceback
 from pathlib import Path
 from typing import Any, Iterable
 
 from pydantic import ValidationError
 
 from dlopt.spec.experiment import Experiment
-from dlopt.spec.paths import set_path
+from dlopt.spec.paths import join, set_path, shown
 
 # A Python spec builds sections first (`Optimizer(lr=-1)` fails before `Experiment`
 # sees it), so the error's location starts inside the section: put the section back.
@@ -31,35 +33,48 @@ class SpecError(Exception):
         self.lines = lines
 
 
-def error_lines(err: ValidationError, prefix: str = "") -> list[str]:
+def error_lines(err: ValidationError, prefix: str = "", where: str = "") -> list[str]:
+    """One line per problem, each starting with its field path in one style: dotted, list
+    indexes in brackets (`model.hidden[1]: must be >= 1`, dlopt.spec.paths.shown). A message
+    that starts with a path relative to the failing model (`hidden[1]: ...`, raised by a
+    section's own check) is joined onto that model's path. `where` (`file.py:12`) is appended."""
     lines = []
     for e in err.errors(include_url=False):
-        loc = _clean_loc(e["loc"])
-        path = ".".join(([prefix] if prefix else []) + loc) or "spec"
+        path = join(prefix, _clean_loc(e["loc"]))
         msg = e["msg"].removeprefix("Value error, ")
         for part in msg.split("\n"):
             head, sep, rest = part.partition(": ")
-            if e["loc"] == () and sep and "." not in head and " " not in head:
-                lines.append(part)  # cross-field problem already names its field
-            elif e["loc"] == () and sep and _looks_like_path(head):
-                lines.append(part)
+            if sep and _looks_like_path(head):
+                line = f"{join(path, shown(head))}: {rest}"
             else:
-                lines.append(f"{path}: {part}")
+                line = f"{path or 'spec'}: {part}"
+            lines.append(f"{line} ({where})" if where else line)
     return lines
 
 
 def _looks_like_path(text: str) -> bool:
-    return all(p.isidentifier() or p.isdigit() for p in text.split("."))
+    parts = re.sub(r"\[(\d+|[a-z_]+)\]", "", text).split(".")
+    return all(p.isidentifier() or p.isdigit() for p in parts)
 
 
-def _clean_loc(loc: tuple) -> list[str]:
-    """Drop the discriminator tag pydantic inserts for stages: compression.0.prune.x -> compression.0.x."""
-    out: list[str] = []
+def _clean_loc(loc: tuple) -> str:
+    """pydantic's location as a path, without the discriminator tag it inserts for stages:
+    ("compression", 0, "prune", "x") -> compression[0].x."""
+    out = ""
     for i, part in enumerate(loc):
         if i > 0 and isinstance(loc[i - 1], int) and part in ("prune", "quantize", "distill"):
             continue
-        out.append(str(part))
+        out = join(out, f"[{part}]" if isinstance(part, int) else str(part))
     return out
+
+
+def _user_line(err: BaseException, path: Path) -> str:
+    """`file.py:12`: the last line of the spec file itself in the error's traceback."""
+    target, line = path.resolve(), None
+    for frame in traceback.extract_tb(err.__traceback__):
+        if Path(frame.filename).resolve() == target:
+            line = frame.lineno
+    return f"{path}:{line}" if line is not None else str(path)
 
 
 def _validate(data: Any) -> Experiment:
@@ -88,9 +103,11 @@ def load_file(path: str | Path) -> Experiment:
     try:
         namespace = runpy.run_path(str(path), run_name="__dlopt_spec__")
     except ValidationError as err:
-        return _raise_section_error(err)
+        return _raise_section_error(err, _user_line(err, path))
     except SyntaxError as err:
         raise SpecError([f"spec: {path}:{err.lineno}: {err.msg}"]) from None
+    except Exception as err:  # noqa: BLE001 - the user's own code failed: say where
+        raise SpecError([f"spec: {_user_line(err, path)}: {type(err).__name__}: {err}"]) from None
     if "experiment" not in namespace:
         raise SpecError([f"spec: {path} must define a variable named `experiment`"])
     experiment = namespace["experiment"]
@@ -99,9 +116,9 @@ def load_file(path: str | Path) -> Experiment:
     return _validate(experiment)
 
 
-def _raise_section_error(err: ValidationError):
+def _raise_section_error(err: ValidationError, where: str):
     section = _SECTION_OF_MODEL.get(err.title, err.title.lower())
-    raise SpecError(error_lines(err, prefix=section)) from None
+    raise SpecError(error_lines(err, prefix=section, where=where)) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -1,6 +1,7 @@
 """Dotted paths into spec JSON: where the search domains are, setting a value, MLflow params."""
 from __future__ import annotations
 
+import re
 from typing import Any, Union
 
 from pydantic import BaseModel
@@ -30,9 +31,27 @@ def domains(spec: Union[BaseModel, dict]) -> dict[str, dict]:
     return found
 
 
+def shown(path: str) -> str:
+    """A path as errors print it: dotted, list indexes in brackets (`compression[0].sparsity`).
+
+    One style for every message (pydantic's own locations, section checks, cross-field checks);
+    `--set` and `set_path` accept it as well as the dotted form (`compression.0.sparsity`).
+    """
+    return re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", path)
+
+
+def join(*parts: str) -> str:
+    """`join("model", "hidden[1]")` -> `model.hidden[1]`; empty parts are skipped."""
+    out = ""
+    for part in parts:
+        if part:
+            out = part if not out else out + (part if part.startswith("[") else "." + part)
+    return out
+
+
 def set_path(data: dict, path: str, value) -> None:
-    """Set a dotted path ("optimizer.lr", "model.hidden.0") inside spec JSON."""
-    keys = path.split(".")
+    """Set a path ("optimizer.lr", "model.hidden.0" or "model.hidden[0]") inside spec JSON."""
+    keys = re.sub(r"\[(\d+)\]", r".\1", path).split(".")
     node = data
     for k in keys[:-1]:
         node = node[int(k)] if isinstance(node, list) else node.setdefault(k, {})

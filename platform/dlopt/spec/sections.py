@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dlopt.spec import tune as _tune
 from dlopt.spec.fields import (
@@ -63,7 +63,7 @@ class Model(_Base):
         if isinstance(self.hidden, list):
             for i, h in enumerate(self.hidden):
                 if any(p < 1 for p in _points(h)):
-                    raise ValueError(f"hidden[{i}] must be >= 1")
+                    raise ValueError(f"hidden[{i}]: must be >= 1")
         return self
 
 
@@ -80,12 +80,12 @@ class Optimizer(_Base):
     def _nesterov(self):
         if self.nesterov:
             if self.name not in ("sgd", "gd"):
-                raise ValueError("nesterov applies to name='sgd' or 'gd' only")
+                raise ValueError("nesterov: applies to name='sgd' or 'gd' only")
             if any(m <= 0 for m in _points(self.momentum)):
-                raise ValueError("nesterov needs momentum > 0")
+                raise ValueError("nesterov: needs momentum > 0")
         for b in self.betas:
             if not 0 <= b < 1:
-                raise ValueError("betas must lie in [0, 1)")
+                raise ValueError("betas: must lie in [0, 1)")
         return self
 
 
@@ -126,9 +126,9 @@ class Prune(_Base):
     @model_validator(mode="after")
     def _window(self):
         if self.end_epoch is not None and self.end_epoch <= self.start_epoch:
-            raise ValueError("end_epoch must be after start_epoch")
+            raise ValueError("end_epoch: must be after start_epoch")
         if self.structured and self.scope == "global":
-            raise ValueError("structured pruning ranks rows within a layer: use scope='layer'")
+            raise ValueError("scope: structured pruning ranks rows within a layer; use scope='layer'")
         return self
 
 
@@ -165,25 +165,42 @@ class Search(_Base):
     # spec path -> tune.uniform/loguniform (resampled) or a list of values (PBT steps through it)
     pbt_mutations: Optional[dict[str, Union[_tune.Domain, list[float]]]] = None
 
+    @field_validator("pbt_mutations", mode="before")
+    @classmethod
+    def _mutation_domains(cls, value):
+        """Each domain's own checks, named by its key (`search.pbt_mutations.optimizer.lr: ...`)."""
+        if not isinstance(value, dict):
+            return value
+        out, problems = {}, []
+        for path, v in value.items():
+            try:
+                is_domain = _tune.is_domain_dict(v) or isinstance(v, _tune._Domain)
+                out[path] = _tune.checked(v) if is_domain else v
+            except ValueError as err:
+                problems.append(f"{path}: {err}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return out
+
     @model_validator(mode="after")
     def _objectives(self):
         if self.objectives is not None:
             if len(self.objectives) < 2:
-                raise ValueError("objectives needs at least two metrics; use metric/mode for one")
+                raise ValueError("objectives: needs at least two metrics; use metric/mode for one")
             if self.scheduler != "fifo":
                 raise ValueError(
-                    f"scheduler {self.scheduler!r} needs a single metric; "
+                    f"objectives: scheduler {self.scheduler!r} needs a single metric; "
                     "a multi-objective search runs with scheduler='fifo'"
                 )
             if self.algorithm == "hyperopt":
-                raise ValueError("algorithm 'hyperopt' optimizes a single metric; a multi-objective "
+                raise ValueError("objectives: algorithm 'hyperopt' optimizes a single metric; a multi-objective "
                                  "search runs with 'bayesian', 'bayesian_gp', 'random' or 'grid'")
         if self.scheduler == "pbt" and not self.pbt_mutations:
-            raise ValueError("scheduler='pbt' needs pbt_mutations (fields PBT may perturb)")
+            raise ValueError("pbt_mutations: scheduler='pbt' needs pbt_mutations (fields PBT may perturb)")
         if self.pbt_mutations and self.scheduler != "pbt":
-            raise ValueError("pbt_mutations is only used with scheduler='pbt'")
+            raise ValueError("pbt_mutations: only used with scheduler='pbt'")
         if self.scheduler != "fifo" and self.objectives is None and self.metric in FINAL_METRICS:
-            raise ValueError(f"scheduler {self.scheduler!r} compares trials every epoch, but "
+            raise ValueError(f"metric: scheduler {self.scheduler!r} compares trials every epoch, but "
                              f"{self.metric!r} is only reported at the end; use a per-epoch "
                              "metric (val_accuracy, val_loss) or scheduler='fifo'")
         return self

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Domain(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Built unchecked by `tune.loguniform(...)` and friends; checked (`checked`) when placed in
+    # a field, so an error names the field (`optimizer.lr: tune.loguniform low must be > 0`)
+    # rather than the domain (`loguniform.low: ...`), which the user cannot place.
+    model_config = ConfigDict(extra="forbid", frozen=True, revalidate_instances="always")
 
     def points(self) -> list[Any]:
         """Values that must satisfy the field's own constraints (bounds or every choice)."""
@@ -84,15 +87,43 @@ class RandInt(_Domain):
 
 
 Domain = Annotated[Union[Choice, Grid, Uniform, LogUniform, RandInt], Field(discriminator="domain")]
-DOMAIN_KINDS = {"choice", "grid", "uniform", "loguniform", "randint"}
+KINDS = {c.model_fields["domain"].default: c for c in (Choice, Grid, Uniform, LogUniform, RandInt)}
+DOMAIN_KINDS = set(KINDS)
+
+
+def _problem(kind: str, e: dict) -> str:
+    """One pydantic error of a domain, in the words of the spec file (`tune.loguniform(...)`)."""
+    field = ".".join(str(p) for p in e["loc"])
+    ctx = e.get("ctx") or {}
+    if e["type"] == "greater_than":
+        return f"tune.{kind} {field} must be > {ctx['gt']:g}"
+    if e["type"] == "too_short":
+        return f"tune.{kind} needs at least {ctx.get('min_length', 1)} value"
+    msg = e["msg"].removeprefix("Value error, ")
+    if not field:
+        return f"tune.{msg}" if msg.startswith(kind) else f"tune.{kind}: {msg}"
+    return f"tune.{kind} {field}: {msg}"
+
+
+def checked(value: Any) -> "_Domain":
+    """A domain (instance or its JSON) validated; ValueError with one line per problem, each
+    worded for the field the domain was placed in (the caller's error names that field)."""
+    data = value.__dict__ if isinstance(value, _Domain) else value
+    kind = data.get("domain")
+    if kind not in KINDS:
+        raise ValueError(f"unknown search domain {kind!r}; valid: {', '.join(sorted(KINDS))}")
+    try:
+        return KINDS[kind].model_validate(dict(data))
+    except ValidationError as err:
+        raise ValueError("; ".join(_problem(kind, e) for e in err.errors())) from None
 
 
 def choice(values) -> Choice:
-    return Choice(values=list(values))
+    return Choice.model_construct(values=list(values))
 
 
 def grid(values) -> Grid:
-    return Grid(values=list(values))
+    return Grid.model_construct(values=list(values))
 
 
 # Ray Tune spells it grid_search; accept both.
@@ -100,15 +131,15 @@ grid_search = grid
 
 
 def uniform(low: float, high: float) -> Uniform:
-    return Uniform(low=low, high=high)
+    return Uniform.model_construct(low=low, high=high)
 
 
 def loguniform(low: float, high: float) -> LogUniform:
-    return LogUniform(low=low, high=high)
+    return LogUniform.model_construct(low=low, high=high)
 
 
 def randint(low: int, high: int) -> RandInt:
-    return RandInt(low=low, high=high)
+    return RandInt.model_construct(low=low, high=high)
 
 
 def is_domain_dict(value: Any) -> bool:

@@ -79,7 +79,7 @@ class PerturbationLog:
         return entry
 
     def _write(self, tid: str, entry: dict, first: bool) -> None:
-        run_id = self.tracker.children[tid]
+        run_id = tid  # resolved to the child run when the queued write runs
         now = int(time.time() * 1000)
         metrics = []
         for path, (old, new) in entry["changes"].items():
@@ -88,13 +88,13 @@ class PerturbationLog:
             if _numeric(new) is not None:
                 metrics.append(Metric(f"pbt.{path}", _numeric(new), now, entry["epoch"]))
         if metrics:
-            self.tracker.client.log_batch(run_id, metrics=metrics)
+            self.tracker.log_metrics(run_id, metrics)
         shown = ", ".join(f"{k} {o!r}->{n!r}" for k, (o, n) in entry["changes"].items())
         line = (f"epoch {entry['epoch']}: cloned trial {entry['cloned_trial']}"
                 + (f"; {shown}" if shown else ""))
-        self.tracker.client.set_tag(run_id, "dlopt.pbt.perturbations", str(len(self.history[tid])))
-        self.tracker.client.set_tag(run_id, "dlopt.pbt.last", line[:5000])
+        self.tracker.set_tag(run_id, "dlopt.pbt.perturbations", str(len(self.history[tid])))
+        self.tracker.set_tag(run_id, "dlopt.pbt.last", line[:5000])
         self.tracker.log_json(run_id, self.history[tid], "pbt_perturbations.json")
         if self.tracker.parent_id:
             total = sum(len(h) for h in self.history.values())
-            self.tracker.client.set_tag(self.tracker.parent_id, "dlopt.pbt.perturbations", str(total))
+            self.tracker.set_tag(self.tracker.parent_id, "dlopt.pbt.perturbations", str(total))

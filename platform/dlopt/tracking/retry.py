@@ -53,7 +53,11 @@ def retry_transient(fn, timeout_s: float, what: str = "MLflow call"):
 
 
 class RetryingClient:
-    """Wraps the (scrubbing) client so every call retries transient errors, bounded."""
+    """Wraps the (scrubbing) client so every call retries transient errors, bounded.
+
+    Retried calls must be idempotent: tags, aliases and artifacts (same path) are; a metric
+    is once its timestamp is fixed (below); a model version is looked up before it is created
+    (dlopt.registry.register.existing_version)."""
 
     def __init__(self, client, timeout_s: float):
         self._client, self._timeout_s = client, timeout_s
@@ -64,5 +68,13 @@ class RetryingClient:
         attr = getattr(self._client, name)
         if not callable(attr):
             return attr
+        if name == "log_metric":
+            # A retry after a lost reply must send the same row: MLflow keeps one per key,
+            # value, timestamp and step, so the timestamp is fixed before the first try.
+            def log_metric(run_id, key, value, timestamp=None, step=None, **kw):
+                at = timestamp if timestamp is not None else int(time.time() * 1000)
+                return retry_transient(lambda: attr(run_id, key, value, at, step or 0, **kw),
+                                       self._timeout_s, "MLflow log_metric")
+            return log_metric
         return lambda *a, **kw: retry_transient(lambda: attr(*a, **kw), self._timeout_s,
                                                 f"MLflow {name}")

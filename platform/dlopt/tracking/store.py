@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import mlflow
 from mlflow.entities import Metric, Param
@@ -34,12 +34,17 @@ from dlopt.spec.report import (
     PER_EPOCH_METRICS,
     WORKER_NODES,
 )
+from dlopt.tracking.journal import NAME as JOURNAL_NAME
+from dlopt.tracking.journal import Journal
 from dlopt.tracking.names import numeric_metrics, param_text
 from dlopt.tracking.retry import DRAIN_TIMEOUT_S, TrackingUnavailable, is_transient
 from dlopt.tracking.scrub import ScrubbingClient, scrub
 from dlopt.tracking.uris import redact_uri
 
 log = logging.getLogger(__name__)
+# --resume: how long the journal replay waits for the store before the sweep goes on anyway
+# (what is left stays queued and journaled, ahead of new writes).
+REPLAY_WAIT_S = 30.0
 
 
 class SweepFinished(RuntimeError):
@@ -61,10 +66,16 @@ def finished_sweep(tracking_uri: str, experiment_name: str, sweep_name: str) -> 
 class Tracker:
     """Owns the MlflowClient, the parent run and the trial -> child run map.
 
-    Every write goes through a FIFO queue on the driver (`_write`): when the store is
-    unreachable the write stays queued and the sweep goes on; each later Tune event retries
-    the queue in order, and `drain` waits (bounded) at the end. So an outage of the MLflow
-    server delays metrics but never drops or reorders them, and training never waits on it.
+    Every write is a JSON record (`_apply` runs it) that goes through a FIFO queue on the
+    driver (`_write`), and first into the sweep's journal on local disk (`open_journal`,
+    dlopt.tracking.journal) when there is one. When the store is unreachable the write stays
+    queued and the sweep goes on; each later Tune event retries the queue in order, and
+    `drain` waits (bounded) at the end. So an outage of the MLflow server delays metrics but
+    never drops or reorders them, training never waits on it, and a driver killed meanwhile
+    leaves the queue in the journal for `--resume` to replay. Every record is idempotent
+    (a run is looked up before it is created; a metric carries its own timestamp, and MLflow
+    keeps one row per key, value, timestamp and step), so replaying one the store took just
+    before the kill writes nothing twice.
     """
 
     def __init__(self, tracking_uri: str, experiment_name: str):
@@ -81,44 +92,91 @@ class Tracker:
         self.parent_id: Optional[str] = None
         self.children: dict[str, str] = {}
         self.known: set[str] = set()  # trials whose child run is created or queued
-        self.last_epoch: dict[str, int] = {}
+        self.last_epoch: dict[str, int] = {}  # per trial: the last epoch the store took or queued
         self.finals: set[str] = set()
-        self.pending: deque[tuple[str, Callable[[], Any]]] = deque()
+        self.pending: deque[dict] = deque()  # write records, oldest first
+        self.journal: Optional[Journal] = None
+        self._seq = 0
         self.outage_since: Optional[float] = None
         self.buffered = 0      # writes that waited in the queue during an outage
+        self.replayed = 0      # journal records replayed by --resume
         self.refused: list[str] = []  # writes the store refused for good (reported, not hidden)
 
+    # --- the journal
+    def open_journal(self, directory: Path) -> None:
+        """Journal every write under `directory` (the sweep's directory in local storage);
+        records a killed driver left there are queued again, in order, before any new one."""
+        self.journal = Journal(Path(directory) / JOURNAL_NAME)
+        for rec in self.journal.pending():
+            self._seq = max(self._seq, rec["seq"])
+            self.pending.append(rec)
+            self._note(rec)
+        self.replayed = len(self.pending)
+        if self.pending:
+            log.warning("replaying %d MLflow writes a previous driver queued but did not make "
+                        "(%s)", len(self.pending), self.journal.path)
+
+    def _note(self, rec: dict) -> None:
+        """What a queued record means for the dedup state (from the journal on --resume)."""
+        trial = rec.get("trial")
+        if rec["op"] == "create_run":
+            self.known.add(trial)
+        if rec.get("epoch") is not None:
+            self.last_epoch[trial] = max(self.last_epoch.get(trial, 0), rec["epoch"])
+        if rec.get("final"):
+            self.finals.add(trial)
+
+    def close(self) -> None:
+        """End of the driver: the journal goes once every record in it was written."""
+        if self.journal is not None:
+            self.journal.close(remove=not self.pending)
+
     # --- the write queue
-    def _write(self, what: str, fn: Callable[[], Any]) -> None:
-        self.pending.append((what, fn))
+    def _write(self, rec: dict) -> None:
+        self._seq += 1
+        rec["seq"] = self._seq
+        if self.journal is not None:
+            self.journal.append(rec)
+        self.pending.append(rec)
         self.flush()
+
+    @staticmethod
+    def _what(rec: dict) -> str:
+        return f"{rec['op']} {rec.get('ref') or rec.get('trial') or ''}".strip()
 
     def flush(self, wait_s: float = 0.0) -> bool:
         """Write queued operations in order; True when the queue is empty."""
         deadline = time.monotonic() + wait_s
         delay = 0.5
-        while self.pending:
-            what, fn = self.pending[0]
-            try:
-                fn()
-            except Exception as err:  # noqa: BLE001 - classified below, never swallowed silently
-                if not is_transient(err):
-                    self.pending.popleft()
-                    line = f"warning: MLflow refused {what}: {scrub(str(err))[:300]}"
-                    self.refused.append(line)
-                    log.warning("%s", line)
-                    continue
-                if self.outage_since is None:
-                    self.outage_since = time.monotonic()
-                    log.warning("warning: MLflow at %s is unreachable; buffering tracking writes "
-                                "on the driver until it returns", redact_uri(self.uri))
-                if time.monotonic() >= deadline:
-                    self.buffered = max(self.buffered, len(self.pending))
-                    return False
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self.pending.popleft()
+        try:
+            while self.pending:
+                rec = self.pending[0]
+                try:
+                    self._apply(rec)
+                except Exception as err:  # noqa: BLE001 - classified below, never swallowed silently
+                    if not is_transient(err):
+                        line = f"warning: MLflow refused {self._what(rec)}: {scrub(str(err))[:300]}"
+                        self.refused.append(line)
+                        log.warning("%s", line)
+                    else:
+                        if self.outage_since is None:
+                            self.outage_since = time.monotonic()
+                            log.warning("warning: MLflow at %s is unreachable; buffering tracking "
+                                        "writes on the driver until it returns",
+                                        redact_uri(self.uri))
+                        if time.monotonic() >= deadline:
+                            self.buffered = max(self.buffered, len(self.pending))
+                            return False
+                        time.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+                        continue
+                self.pending.popleft()
+                if self.journal is not None:
+                    self.journal.done(rec["seq"])
+        finally:
+            if self.journal is not None:
+                # writes still waiting are fsynced once per flush (per Tune event), not per record
+                self.journal.sync() if self.pending else self.journal.all_done()
         if self.outage_since is not None:
             # a warning like the outage it ends: shown wherever that one was
             log.warning("MLflow reachable again after %.0f s; buffered writes written",
@@ -130,11 +188,47 @@ class Tracker:
         """End of sweep: everything queued is written, or a clear error after bounded retry."""
         timeout_s = DRAIN_TIMEOUT_S if timeout_s is None else timeout_s
         if not self.flush(wait_s=timeout_s):
-            kinds = sorted({what.split(" ", 1)[0] for what, _ in self.pending})
+            kinds = sorted({rec["op"] for rec in self.pending})
             raise TrackingUnavailable(
                 f"MLflow at {redact_uri(self.uri)} stayed unreachable for {timeout_s:.0f} s; "
                 f"{len(self.pending)} tracking writes ({', '.join(kinds)}) were not written. "
-                "Training results are in Ray storage; rerun with --resume once MLflow is back.")
+                "Training results are in Ray storage"
+                + (f" and the writes in {self.journal.path}" if self.journal else "")
+                + "; rerun with --resume once MLflow is back.")
+
+    def _apply(self, rec: dict) -> None:
+        """Make one write record; each is idempotent (see the class docstring)."""
+        op, c = rec["op"], self.client
+        if op == "create_run":
+            trial = rec["trial"]
+            found = c.search_runs([self.experiment_id], f"tags.`dlopt.trial_id` = '{trial}' and "
+                                  f"tags.`mlflow.parentRunId` = '{rec['tags']['mlflow.parentRunId']}'")
+            self.children[trial] = (found[0].info.run_id if found else c.create_run(
+                self.experiment_id, run_name=rec["name"], tags=rec["tags"]).info.run_id)
+            return
+        run_id = self.children.get(rec["ref"], rec["ref"])  # a trial id, or a run id
+        if op == "log_batch":
+            c.log_batch(run_id, metrics=[Metric(*m) for m in rec.get("metrics", ())],
+                        params=[Param(*p) for p in rec.get("params", ())])
+        elif op == "set_tag":
+            c.set_tag(run_id, rec["key"], rec["value"])
+        elif op == "set_terminated":
+            c.set_terminated(run_id, status=rec["status"])
+        elif op == "log_artifact":
+            with tempfile.TemporaryDirectory() as d:
+                path = Path(d) / rec["name"]
+                path.write_text(rec["text"])
+                c.log_artifact(run_id, str(path))
+        else:
+            raise ValueError(f"unknown tracking write {op!r}")
+
+    # --- writes other modules queue (PBT perturbations)
+    def set_tag(self, ref: str, key: str, value: str) -> None:
+        self._write({"op": "set_tag", "ref": ref, "key": key, "value": str(value)})
+
+    def log_metrics(self, ref: str, metrics: list[Metric]) -> None:
+        self._write({"op": "log_batch", "ref": ref,
+                     "metrics": [[m.key, m.value, m.timestamp, m.step] for m in metrics]})
 
     # --- parent
     def start_parent(self, sweep_name: str, plan_dict: dict, tags: dict[str, str]) -> str:
@@ -144,6 +238,12 @@ class Tracker:
             self.parent_id = existing[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
             self._load_children()
+            if self.pending:  # the journal a killed driver left: replayed before the sweep goes on
+                if self.flush(wait_s=REPLAY_WAIT_S):
+                    self._load_children()  # how far each trial got, now that the store has it all
+                else:  # a second outage: the rest stays queued (and journaled) ahead of new writes
+                    log.warning("%d journaled MLflow writes still wait for the store",
+                                len(self.pending))
             return self.parent_id
         run = self.client.create_run(self.experiment_id, run_name=sweep_name, tags={
             "dlopt.sweep": sweep_name, "dlopt.role": "sweep", "mlflow.user": getpass.getuser(),
@@ -159,7 +259,8 @@ class Tracker:
         return self.parent_id
 
     def _load_children(self) -> None:
-        """--resume: the child runs a killed driver left, and how far each one got."""
+        """--resume: the child runs a killed driver left, and how far each one got (the store's
+        last epoch, or a later one still queued from the journal)."""
         for run in self.client.search_runs(
                 [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
                 max_results=10000):
@@ -169,14 +270,16 @@ class Tracker:
             self.children[trial_id] = run.info.run_id
             self.known.add(trial_id)
             history = self.client.get_metric_history(run.info.run_id, "train_loss")
-            self.last_epoch[trial_id] = max((m.step for m in history), default=0)
+            stored = max((m.step for m in history), default=0)
+            self.last_epoch[trial_id] = max(stored, *(r["epoch"] for r in self.pending if
+                                                      r.get("trial") == trial_id and r.get("epoch")),
+                                            0)
             if "model_bytes" in run.data.metrics:
                 self.finals.add(trial_id)
 
     def finish_parent(self, status: str = "FINISHED") -> None:
         if self.parent_id:
-            self._write("set_terminated parent",
-                        lambda: self.client.set_terminated(self.parent_id, status=status))
+            self._write({"op": "set_terminated", "ref": self.parent_id, "status": status})
 
     # --- children
     def child(self, trial_id: str, run_name: str, params: dict, tags: dict[str, str],
@@ -188,29 +291,12 @@ class Tracker:
         self.last_epoch.setdefault(trial_id, 0)
         run_tags = {"mlflow.parentRunId": self.parent_id, "dlopt.trial_id": trial_id,
                     "dlopt.role": "trial", "mlflow.user": getpass.getuser(), **tags}
-        tries = []
-
-        def create():
-            if tries:  # a retry: the first attempt may have reached the server after all
-                found = self.client.search_runs(
-                    [self.experiment_id], f"tags.`dlopt.trial_id` = '{trial_id}' and "
-                    f"tags.`mlflow.parentRunId` = '{self.parent_id}'")
-                if found:
-                    self.children[trial_id] = found[0].info.run_id
-                    return
-            tries.append(1)
-            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
-            self.children[trial_id] = run.info.run_id
-
-        self._write(f"create_run {trial_id}", create)
+        # looked up before it is created: a retry (or a replay) after a lost reply finds it
+        self._write({"op": "create_run", "trial": trial_id, "name": run_name, "tags": run_tags})
         self._log_params(trial_id, params)
         if spec_json is not None:
             self.log_json(trial_id, spec_json, "spec.json")
         return self.children.get(trial_id)
-
-    def _run_id(self, ref: str) -> str:
-        """A trial id (resolved when the queued write runs) or a run id."""
-        return self.children.get(ref, ref)
 
     def log_result(self, trial_id: str, result: dict) -> None:
         """Per-epoch metrics once per epoch; the final (compression) report once."""
@@ -222,56 +308,41 @@ class Tracker:
                 return
             self.finals.add(trial_id)
             if result.get(CHECKPOINT_PATH):
-                path = result[CHECKPOINT_PATH]
-                self._write(f"set_tag {trial_id}", lambda: self.client.set_tag(
-                    self._run_id(trial_id), "dlopt.model_checkpoint", path))
+                self.set_tag(trial_id, "dlopt.model_checkpoint", result[CHECKPOINT_PATH])
             if result.get(WORKER_NODES):  # Ray node id of each DDP rank (dlopt.runtime.worker)
-                nodes = result[WORKER_NODES]
-                self._write(f"set_tag {trial_id}", lambda: self.client.set_tag(
-                    self._run_id(trial_id), "dlopt.worker_nodes", nodes))
-            batch = [Metric(k, v, now, epoch) for k, v in metrics.items()
+                self.set_tag(trial_id, "dlopt.worker_nodes", result[WORKER_NODES])
+            batch = [[k, v, now, epoch] for k, v in metrics.items()
                      if k not in PER_EPOCH_METRICS and math.isfinite(v)]
-            self._write(f"log_batch {trial_id} final", lambda: self.client.log_batch(
-                self._run_id(trial_id), metrics=batch))
+            self._write({"op": "log_batch", "ref": trial_id, "trial": trial_id, "final": True,
+                         "metrics": batch})
             return
         if result.get(DIVERGED):
-            self._write(f"set_tag {trial_id}", lambda: self.client.set_tag(
-                self._run_id(trial_id), "dlopt.status", "diverged"))
+            self.set_tag(trial_id, "dlopt.status", "diverged")
         batch = []
         for item in [*(result.get(HISTORY) or []), result]:
             epoch = int(item.get(EPOCH, 0))
             if epoch <= self.last_epoch.get(trial_id, 0):
-                continue  # a restarted worker re-reporting an epoch already logged
+                continue  # a restarted worker re-reporting an epoch already logged or queued
             self.last_epoch[trial_id] = epoch
             # stamped with the epoch's own end, not this report's arrival (batched reports)
             at = int(item[END_TIME] * 1000) if END_TIME in item else now
-            batch += [Metric(k, v if math.isfinite(v) else float("nan"), at, epoch)
+            batch += [[k, v if math.isfinite(v) else float("nan"), at, epoch]
                       for k, v in numeric_metrics(item).items()]
         for i in range(0, len(batch), 1000):  # MLflow's log_batch limit: 1000 metrics
             chunk = batch[i:i + 1000]
-            self._write(f"log_batch {trial_id} epoch {epoch}", lambda c=chunk: self.client.log_batch(
-                self._run_id(trial_id), metrics=c))
+            self._write({"op": "log_batch", "ref": trial_id, "trial": trial_id,
+                         "epoch": max(m[3] for m in chunk), "metrics": chunk})
 
     def end_child(self, trial_id: str, status: str) -> None:
         if trial_id in self.known:
-            self._write(f"set_terminated {trial_id}", lambda: self.client.set_terminated(
-                self._run_id(trial_id), status=status))
+            self._write({"op": "set_terminated", "ref": trial_id, "status": status})
 
     # --- helpers
     def _log_params(self, ref: str, params: dict[str, Any]) -> None:
-        items = [Param(k, param_text(v)) for k, v in params.items()]
+        items = [[k, param_text(v)] for k, v in params.items()]
         for i in range(0, len(items), 100):
-            chunk = items[i:i + 100]
-            self._write(f"log_params {ref}", lambda c=chunk: self.client.log_batch(
-                self._run_id(ref), params=c))
+            self._write({"op": "log_batch", "ref": ref, "params": items[i:i + 100]})
 
     def log_json(self, ref: str, obj: Any, name: str) -> None:
-        text = json.dumps(obj, indent=1, default=str)
-
-        def upload():
-            with tempfile.TemporaryDirectory() as d:
-                path = Path(d) / name
-                path.write_text(text)
-                self.client.log_artifact(self._run_id(ref), str(path))
-
-        self._write(f"log_artifact {ref} {name}", upload)
+        self._write({"op": "log_artifact", "ref": ref, "name": name,
+                     "text": json.dumps(obj, indent=1, default=str)})

@@ -1,4 +1,4 @@
-# expect: compression.0.teacher
+# expect: compression[0].teacher: models:/
 from dlopt import Distill, Experiment
 
 experiment = Experiment(name="bad-run", epochs=1,
