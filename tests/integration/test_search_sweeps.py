@@ -36,8 +36,8 @@ def grid_spec(scheduler: str) -> Experiment:
         data=Data(dataset="digits", batch_size=64),
         model=Model(hidden=[32], init="kaiming_uniform"),
         optimizer=Optimizer(name="adam", lr=tune.grid(GRID_LRS)),
-        search=Search(algorithm="grid", scheduler=scheduler, grace_period=1, reduction_factor=2,
-                      max_concurrent_trials=2),
+        search=Search(algorithm="grid", scheduler=scheduler, max_concurrent_trials=2,
+                      **(dict(grace_period=1, reduction_factor=2) if scheduler == "asha" else {})),
         resources=Resources(num_workers=1),
         tracking=Tracking(experiment=f"it-{scheduler}"),
     )
