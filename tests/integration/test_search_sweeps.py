@@ -277,7 +277,10 @@ def stopping_spec(scheduler: str, **settings) -> Experiment:
         optimizer=Optimizer(name="adam", lr=tune.grid(STOP_LRS)),
         search=Search(algorithm="grid", scheduler=scheduler, max_concurrent_trials=2, **settings),
         resources=Resources(num_workers=1),
-        tracking=Tracking(experiment=f"it-{scheduler}"),
+        # The median rule judges whatever result arrives: "auto" would batch these ~0.1 s
+        # epochs into one report at the end (dlopt.train.cadence), leaving nothing to stop.
+        tracking=Tracking(experiment=f"it-{scheduler}",
+                          report_every=1 if scheduler == "median" else "auto"),
     )
 
 
