@@ -31,7 +31,8 @@ def spec(scheduler: str, samples: int, epochs: int, seed: int):
         model=Model(hidden=[tune.choice([32, 64, 128])], init="kaiming_uniform"),
         optimizer=Optimizer(name="adam", lr=tune.loguniform(1e-4, 3e-2)),
         search=Search(algorithm="random", num_samples=samples, seed=seed, scheduler=scheduler,
-                      grace_period=1, reduction_factor=3, max_concurrent_trials=2),
+                      max_concurrent_trials=2,  # FIFO takes no grace period / reduction factor
+                      **(dict(grace_period=1, reduction_factor=3) if scheduler == "asha" else {})),
         resources=Resources(num_workers=1),
         tracking=Tracking(experiment=f"bench-{scheduler}"),
     )

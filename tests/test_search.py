@@ -150,10 +150,32 @@ PBT_LR = {"optimizer.lr": tune.loguniform(1e-3, 1e-1)}
 @pytest.mark.parametrize("kw, expect", [
     (dict(epochs=3, search=Search(scheduler="asha", grace_period=3)),
      "search.grace_period: 3 must be below epochs (3)"),
-    (dict(epochs=4, search=Search(scheduler="hyperband", grace_period=5)), "search.grace_period"),
+    (dict(epochs=4, search=Search(scheduler="median", grace_period=4)),
+     "search.grace_period: 4 must be below epochs (4)"),
+    # HyperBand receives no grace period: refused rather than checked and dropped
+    (dict(epochs=4, search=Search(scheduler="hyperband", grace_period=2)),
+     "search.grace_period: only used with scheduler 'asha' / 'median'; scheduler 'hyperband'"),
+    (dict(epochs=1, search=Search(scheduler="hyperband")),
+     "search.reduction_factor: 2 leaves HyperBand a single bracket at 1 epoch(s)"),
+    (dict(epochs=4, search=Search(scheduler="median", reduction_factor=3)),
+     "search.reduction_factor: only used with scheduler 'asha' / 'hyperband'"),
+    (dict(epochs=4, search=Search(scheduler="fifo", grace_period=1)),
+     "search.grace_period: only used with scheduler 'asha' / 'median'; scheduler 'fifo'"),
+    (dict(epochs=4, search=Search(scheduler="asha", perturbation_interval=2)),
+     "search.perturbation_interval: only used with scheduler 'pbt'"),
     (dict(search={"scheduler": "pbt"}), "needs pbt_mutations"),
     (dict(search={"scheduler": "fifo", "pbt_mutations": {"optimizer.lr": [0.1]}}),
-     "only used with scheduler='pbt'"),
+     "search.pbt_mutations: only used with scheduler 'pbt'"),
+    (dict(search=Search(algorithm="random", warmup_trials=3)),
+     "search.warmup_trials: only used with algorithm 'bayesian_gp' / 'hyperopt', or 'bayesian'"),
+    (dict(search=Search(algorithm="bayesian", warmup_trials=3,
+                        objectives={"val_accuracy": "max", "model_bytes": "min"})),
+     "search.warmup_trials: only used with"),
+    (dict(search=Search(algorithm="bayesian", population_size=4)),
+     "search.population_size: only used with algorithm 'bayesian' with objectives"),
+    (dict(search=Search(algorithm="bayesian_gp", population_size=4,
+                        objectives={"val_accuracy": "max", "model_bytes": "min"})),
+     "search.population_size: only used with"),
     (dict(epochs=2, search=Search(scheduler="pbt", perturbation_interval=2, pbt_mutations=PBT_LR)),
      "search.perturbation_interval: 2 must be below epochs (2)"),
     (dict(epochs=6, search=Search(scheduler="pbt", pbt_mutations={"optimizer.nope": [0.1, 0.2]})),
@@ -352,3 +374,114 @@ def test_grid_and_random_generators_carry_the_concurrency_limit():
                           search=Search(algorithm=algorithm, max_concurrent_trials=1))
         gen = search_algorithm(make_plan(spec), spec)
         assert gen.max_concurrent == 1
+
+
+# ------------------------------------------------------------------ model-based samplers: warm-up
+LR = Optimizer(lr=tune.loguniform(1e-3, 1e-1))
+TWO = {"compressed_val_accuracy": "max", "model_bytes": "min"}
+
+
+@pytest.mark.parametrize("num_samples, warmup, population", [
+    (1, 2, 4), (4, 2, 4), (10, 2, 4), (16, 4, 4), (30, 7, 7), (40, 10, 10), (400, 10, 50)])
+def test_warmup_and_population_scale_with_the_budget(num_samples, warmup, population):
+    assert Search(algorithm="bayesian", num_samples=num_samples).setting("warmup_trials") == warmup
+    assert Search(algorithm="bayesian", num_samples=num_samples,
+                  objectives=TWO).setting("population_size") == population
+    # from 10 trials on, most of the budget is modelled
+    if num_samples >= 10:
+        assert warmup <= num_samples // 4
+
+
+def inner(searcher):
+    while hasattr(searcher, "searcher"):  # EndOfTrialMetrics / ConcurrencyLimiter wrappers
+        searcher = searcher.searcher
+    return searcher
+
+
+@pytest.mark.parametrize("algorithm", ["bayesian", "bayesian_gp", "hyperopt"])
+def test_samplers_get_the_warmup(algorithm):
+    import optuna
+
+    from dlopt.runtime.search import search_algorithm
+
+    for search, expect in [(Search(algorithm=algorithm, num_samples=12), 3),
+                           (Search(algorithm=algorithm, num_samples=12, warmup_trials=5), 5)]:
+        spec = make(optimizer=LR, search=search)
+        got = inner(search_algorithm(make_plan(spec), spec))
+        if algorithm == "hyperopt":
+            assert got.algo.keywords["n_startup_jobs"] == expect
+        else:
+            kind = optuna.samplers.GPSampler if algorithm == "bayesian_gp" else \
+                optuna.samplers.TPESampler
+            assert isinstance(got._sampler, kind) and got._sampler._n_startup_trials == expect
+
+
+def test_nsga2_gets_the_population():
+    import optuna
+
+    from dlopt.runtime.search import search_algorithm
+
+    for search, expect in [(Search(algorithm="bayesian", num_samples=20, objectives=TWO), 5),
+                           (Search(algorithm="bayesian", num_samples=20, objectives=TWO,
+                                   population_size=3), 3)]:
+        spec = make(optimizer=LR, search=search)
+        sampler = inner(search_algorithm(make_plan(spec), spec))._sampler
+        assert isinstance(sampler, optuna.samplers.NSGAIISampler)
+        assert sampler.population_size == expect
+
+
+def test_schedulers_receive_every_setting_the_spec_checks():
+    from ray.tune import schedulers
+
+    from dlopt.runtime.search import trial_scheduler
+
+    spec = make(epochs=9, search=Search(scheduler="hyperband", reduction_factor=3))
+    hb = trial_scheduler(make_plan(spec), spec)
+    assert isinstance(hb, schedulers.HyperBandScheduler)
+    assert hb._eta == 3 and hb._max_t_attr == 9 and hb._s_max_1 == 3
+    spec = make(epochs=6, search=Search(scheduler="median", grace_period=3))
+    median = trial_scheduler(make_plan(spec), spec)
+    assert median._grace_period == 3
+    # unset settings: the scheduler's default, which the plan shows
+    spec = make(epochs=6, search=Search(scheduler="asha"))
+    plan = make_plan(spec)
+    assert plan.search_settings == {"grace_period": 1, "reduction_factor": 2.0}
+    asha = trial_scheduler(plan, spec)
+    assert asha._reduction_factor == 2 and asha._brackets[0]._rungs[-1][0] == 1
+
+
+def test_plan_shows_the_warmup_and_warns_when_the_budget_cannot_leave_it():
+    spec = make(optimizer=LR, search=Search(algorithm="bayesian_gp", num_samples=10))
+    plan = make_plan(spec)
+    assert plan.search_settings == {"warmup_trials": 2}
+    assert ("sampler      GP (Optuna): the first 2 trial(s) random (warm-up), then 8 of 10 "
+            "modelled") in plan.describe()
+    assert not any("warning" in n for n in plan.notes)
+    plan = make_plan(make(optimizer=LR, search=Search(algorithm="hyperopt", num_samples=4,
+                                                      warmup_trials=4)))
+    assert any(n.startswith("warning: search.warmup_trials: the first 4 trials are random")
+               for n in plan.notes)
+    text = make_plan(make(optimizer=LR, search=Search(algorithm="bayesian", num_samples=12,
+                                                      objectives=TWO))).describe()
+    assert "NSGA-II (Optuna): population 4; the first generation is random (trials 1-4), " \
+           "then 2 bred generation(s) up to 12 trials" in text
+
+
+def test_cli_validate_warns_but_accepts_a_budget_inside_the_warmup(tmp_path):
+    from dlopt_testing import run_cli
+
+    f = tmp_path / "small.yaml"
+    f.write_text("name: s\noptimizer: {lr: {domain: loguniform, low: 0.001, high: 0.1}}\n"
+                 "search: {algorithm: bayesian, num_samples: 4, objectives: "
+                 "{val_accuracy: max, model_bytes: min}}\n")
+    out = run_cli("validate", str(f))
+    assert out.returncode == 0 and out.stdout.strip() == "ok"
+    assert out.stderr.startswith("warning: search.population_size: NSGA-II's first generation "
+                                 "(4 trials) is random"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    f.write_text("name: s\nsearch: {algorithm: bayesian, num_samples: 3, warmup_trials: 3}\n")
+    out = run_cli("validate", str(f))
+    assert out.returncode == 0 and "warning: search.warmup_trials" in out.stderr
+    f.write_text("name: s\nsearch: {algorithm: random, num_samples: 3, warmup_trials: 3}\n")
+    out = run_cli("validate", str(f))
+    assert out.returncode == 2 and out.stderr.startswith("search.warmup_trials: only used with")

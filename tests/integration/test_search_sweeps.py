@@ -3,8 +3,11 @@
 - a grid sweep runs exactly the grid (FIFO), and ASHA on the same spec runs fewer epochs;
 - PBT perturbs at least once, the clone trains on with the new lr, and every trial's
   MLflow history has exactly one value per epoch per metric;
+- PBT over 2-worker trials (TorchTrainer, checkpoint forwarder) clones and keeps the history;
 - a multi-objective sweep registers every Pareto-optimal model and the aliases point at
-  the right versions.
+  the right versions, and NSGA-II breeds generations past its random first one;
+- HyperBand and the median rule stop hopeless trials; hyperopt and bayesian_gp leave their
+  warm-up and model the rest.
 """
 import csv
 import io
@@ -36,8 +39,8 @@ def grid_spec(scheduler: str) -> Experiment:
         data=Data(dataset="digits", batch_size=64),
         model=Model(hidden=[32], init="kaiming_uniform"),
         optimizer=Optimizer(name="adam", lr=tune.grid(GRID_LRS)),
-        search=Search(algorithm="grid", scheduler=scheduler, grace_period=1, reduction_factor=2,
-                      max_concurrent_trials=2),
+        search=Search(algorithm="grid", scheduler=scheduler, max_concurrent_trials=2,
+                      **(dict(grace_period=1, reduction_factor=2) if scheduler == "asha" else {})),
         resources=Resources(num_workers=1),
         tracking=Tracking(experiment=f"it-{scheduler}"),
     )
@@ -106,7 +109,41 @@ def pbt(tmp_path_factory):
 
 
 def test_pbt_perturbs_and_mlflow_history_is_complete(pbt):
-    result, client = pbt
+    assert_pbt_history(*pbt, PBT_EPOCHS)
+
+
+@pytest.fixture(scope="module")
+def pbt_two_workers(tmp_path_factory):
+    """PBT over 2-worker trials: each trial is a TorchTrainer whose checkpoints reach Tune
+    through the checkpoint forwarder (dlopt.runtime.trial.CheckpointForwarder); a clone
+    restarts both workers from the other trial's checkpoint."""
+    spec = Experiment(
+        name="it-pbt2", seed=0, epochs=PBT2_EPOCHS,
+        data=Data(dataset="digits", batch_size=64),
+        model=Model(hidden=[16], init="kaiming_uniform"),
+        optimizer=Optimizer(name="sgd", lr=tune.loguniform(1e-3, 1e-1), momentum=0.5),
+        search=Search(algorithm="random", num_samples=2, seed=3, scheduler="pbt",
+                      perturbation_interval=2, max_concurrent_trials=2,
+                      pbt_mutations={"optimizer.lr": tune.loguniform(1e-3, 1e-1)}),
+        resources=Resources(num_workers=2, cpus_per_worker=1),
+        tracking=Tracking(experiment="it-pbt2"),
+    )
+    return sweep(tmp_path_factory, "pbt2", spec)
+
+
+PBT2_EPOCHS = 3
+
+
+def test_pbt_with_two_worker_trials_clones_checkpoints(pbt_two_workers):
+    result, client = pbt_two_workers
+    assert_pbt_history(result, client, PBT2_EPOCHS)
+    for t in result.trials:
+        assert client.get_run(t.run_id).data.params["resources.num_workers"] == "2"
+
+
+def assert_pbt_history(result, client, epochs: int) -> None:
+    """PBT perturbed at least once, each clone names the trial and run it cloned and trained
+    on with the new lr, and every MLflow history has exactly one value per epoch."""
     assert len(result.trials) == 2 and all(t.status == "ok" for t in result.trials)
     parent = client.get_run(result.parent_run_id)
     assert int(parent.data.tags["dlopt.pbt.perturbations"]) >= 1
@@ -116,7 +153,7 @@ def test_pbt_perturbs_and_mlflow_history_is_complete(pbt):
     for t in result.trials:
         for name in EPOCH_METRICS:  # exactly one value per epoch per metric, no gap, no repeat
             steps = [m.step for m in client.get_metric_history(t.run_id, name)]
-            assert sorted(steps) == list(range(1, PBT_EPOCHS + 1)), (t.trial_id, name, steps)
+            assert sorted(steps) == list(range(1, epochs + 1)), (t.trial_id, name, steps)
         run = client.get_run(t.run_id)
         if "dlopt.pbt.perturbations" in run.data.tags:
             perturbed.append((t, run))
@@ -156,9 +193,28 @@ def pareto_sweep(tmp_path_factory):
     root = Path(__file__).resolve().parents[2]
     base = load(str(root / "experiments" / "pareto_digits.py")).model_dump(mode="json")
     base.update(epochs=3, name="it-pareto")
-    base["search"].update(num_samples=5, objectives=OBJECTIVES)
+    # NSGA-II generations of 2: trials 3-5 are bred from finished ones, not random
+    base["search"].update(num_samples=5, objectives=OBJECTIVES, population_size=2)
     base["tracking"].update(experiment="it-pareto", register_as="it-pareto")
-    return sweep(tmp_path_factory, "pareto", Experiment.model_validate(base))
+    work = tmp_path_factory.mktemp("pareto")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    result = run(Experiment.model_validate(base), tracking_uri=uri,
+                 storage=str(work / "ray_results"), progress=False)
+    return result, MlflowClient(uri), work / "ray_results"
+
+
+def test_nsga2_breeds_past_its_first_generation(pareto_sweep):
+    import optuna
+
+    result, _, storage = pareto_sweep
+    state = searcher_state(result, storage)
+    assert isinstance(state["_sampler"], optuna.samplers.NSGAIISampler)
+    assert state["_sampler"].population_size == 2
+    done = state["_ot_study"].get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(done) == 5
+    # Optuna moves to generation g+1 only once `population_size` trials of g have finished
+    generations = sorted(t.system_attrs["NSGAIISampler:generation"] for t in done)
+    assert generations[:2] == [0, 0] and generations[-1] >= 1, generations
 
 
 def dominated(p, others):
@@ -168,7 +224,7 @@ def dominated(p, others):
 
 
 def test_multi_objective_registers_the_pareto_front_with_aliases(pareto_sweep):
-    result, client = pareto_sweep
+    result, client, _ = pareto_sweep
     assert len(result.trials) == 5 and all(t.status == "ok" for t in result.trials)
     # the front, recomputed here by brute force from what MLflow holds for each trial run
     points = {}
@@ -204,3 +260,102 @@ def test_multi_objective_registers_the_pareto_front_with_aliases(pareto_sweep):
     assert {r["run_id"] for r in rows if r["pareto_rank"] == "1"} == front
     assert all(r["pareto_rank"] for r in rows) and all(
         math.isfinite(float(r["model_bytes"])) for r in rows)
+
+
+# ------------------------------------------------------------------ HyperBand and the median rule
+# Good learning rates first, hopeless ones last: by the time a hopeless trial reports, the
+# good ones are on record for the scheduler to compare it with.
+STOP_LRS = [0.01, 0.003, 0.001, 1e-6, 3e-7, 1e-7]
+STOP_EPOCHS = 4
+
+
+def stopping_spec(scheduler: str, **settings) -> Experiment:
+    # HyperBand (max_t 4, eta 2) fills a bracket of 3 full-length trials, then one of 3 that
+    # is halved after 2 epochs. It halves only the trials it has been given by then, so all
+    # 6 start at once (a quarter CPU each); 2 at a time, it would halve a lone trial.
+    together = scheduler == "hyperband"
+    return Experiment(
+        name=f"it-{scheduler}", seed=0, epochs=STOP_EPOCHS,
+        data=Data(dataset="digits", batch_size=64),
+        model=Model(hidden=[16], init="kaiming_uniform"),
+        optimizer=Optimizer(name="adam", lr=tune.grid(STOP_LRS)),
+        search=Search(algorithm="grid", scheduler=scheduler,
+                      max_concurrent_trials=len(STOP_LRS) if together else 2, **settings),
+        resources=Resources(num_workers=1, cpus_per_worker=0.25 if together else 1.0),
+        # The median rule judges whatever result arrives: "auto" would batch these ~0.1 s
+        # epochs into one report at the end (dlopt.train.cadence), leaving nothing to stop.
+        tracking=Tracking(experiment=f"it-{scheduler}",
+                          report_every=1 if scheduler == "median" else "auto"),
+    )
+
+
+@pytest.mark.parametrize("scheduler, settings", [("hyperband", dict(reduction_factor=2)),
+                                                  ("median", dict(grace_period=1))])
+def test_early_stopping_schedulers_stop_hopeless_trials(tmp_path_factory, scheduler, settings):
+    result, client = sweep(tmp_path_factory, scheduler, stopping_spec(scheduler, **settings))
+    assert len(result.trials) == len(STOP_LRS)
+    epochs = epochs_logged(client, result)
+    # every history has one value per epoch from 1, no gap or repeat (HyperBand pauses and
+    # resumes trials from their checkpoints)
+    for tid, steps in epochs.items():
+        assert steps == list(range(1, len(steps) + 1)), (tid, steps)
+    lr_of = {t.trial_id: float(t.config["optimizer.lr"]) for t in result.trials}
+    stopped = {lr_of[tid] for tid, s in epochs.items() if len(s) < STOP_EPOCHS}
+    assert stopped, epochs
+    assert sum(len(s) for s in epochs.values()) < STOP_EPOCHS * len(STOP_LRS)
+    assert float(result.best.config["optimizer.lr"]) in STOP_LRS[:3]
+    assert stopped <= set(STOP_LRS[3:]), (stopped, epochs)  # only hopeless ones
+
+
+# ------------------------------------------------------------------ model-based samplers
+def searcher_state(result, storage: Path) -> dict:
+    """The base searcher Tune saved with the experiment (its __dict__, pickled)."""
+    import pickle
+
+    files = sorted((storage / result.plan.sweep_name).glob("searcher-state-*.pkl"))
+    assert files, list((storage / result.plan.sweep_name).iterdir())
+    with open(files[-1], "rb") as f:
+        return pickle.load(f)
+
+
+@pytest.mark.parametrize("algorithm", ["hyperopt", "bayesian_gp"])
+def test_model_based_samplers_leave_their_warmup(tmp_path_factory, algorithm):
+    """hyperopt and bayesian_gp run end to end: 5 trials, 2 of them warm-up, the rest
+    proposed by the model; every trial is in MLflow with its sampled values."""
+    spec = Experiment(
+        name=f"it-{algorithm}", seed=0, epochs=2,
+        data=Data(dataset="linear_1d", batch_size=32),
+        model=Model(arch="linear"),
+        optimizer=Optimizer(name="sgd", lr=tune.loguniform(1e-3, 0.3),
+                            momentum=tune.uniform(0.0, 0.9)),
+        search=Search(algorithm=algorithm, num_samples=5, seed=1, warmup_trials=2,
+                      metric="val_loss", mode="min", max_concurrent_trials=1),
+        resources=Resources(num_workers=1),
+        tracking=Tracking(experiment=f"it-{algorithm}"),
+    )
+    work = tmp_path_factory.mktemp(algorithm)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    result = run(spec, tracking_uri=uri, storage=str(work / "ray_results"), progress=False)
+    client = MlflowClient(uri)
+    assert len(result.trials) == 5 and all(t.status == "ok" for t in result.trials)
+    children = client.search_runs([result.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    lrs = sorted(float(c.data.params["optimizer.lr"]) for c in children)
+    assert len(set(lrs)) == 5 and all(1e-3 <= lr <= 0.3 for lr in lrs)
+    assert result.best.metrics["val_loss"] == min(t.metrics["val_loss"] for t in result.trials)
+    state = searcher_state(result, work / "ray_results")
+    if algorithm == "hyperopt":
+        assert state["algo"].keywords["n_startup_jobs"] == 2
+        trials = state["_hpopt_trials"]
+        assert len([t for t in trials.trials if t["result"].get("status") == "ok"]) == 5
+    else:
+        import optuna
+
+        assert isinstance(state["_sampler"], optuna.samplers.GPSampler)
+        assert state["_sampler"]._n_startup_trials == 2
+        study = state["_ot_study"]
+        done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+        assert len(done) == 5
+        # the study saw what MLflow holds: the same val_loss per trial
+        assert sorted(t.value for t in done) == pytest.approx(
+            sorted(t.metrics["val_loss"] for t in result.trials), rel=1e-6)

@@ -26,7 +26,11 @@ def dlopt_version() -> str:
 
 
 def cmd_validate(args) -> int:
-    load_spec(args)
+    from dlopt.spec.checks import search_warnings
+
+    spec = load_spec(args)
+    for line in search_warnings(spec.search):  # valid, but not what the user likely meant
+        print(f"warning: {line}", file=sys.stderr)
     print("ok")
     return 0
 

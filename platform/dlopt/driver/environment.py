@@ -30,7 +30,12 @@ QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_ENABLE_TELEMETRY": "false",
              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 # Tune saves its experiment state at most every 10 s by default; a driver killed in that
 # window would rerun trials that had finished. The state of a dlopt sweep is small.
-TUNE_STATE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}
+# TUNE_FUNCTION_THREAD_TIMEOUT_S: a reused trial actor (TuneConfig.reuse_actors) waits this
+# long for the paused trial's thread to end; a multi-worker trial's thread first aborts its
+# TorchTrainer (dlopt.runtime.trial.CheckpointForwarder.abort, which frees the workers'
+# placement group) and Tune's 2 s default cut that short: PBT's restart then failed with
+# "Trainable runner reuse requires reset_config()" (tests/integration/test_search_sweeps.py).
+TUNE_STATE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60"}
 # Quiet only. Tune's banner ("Configuration for experiment", "View detailed results here")
 # comes from its new output engine even at verbose=0; the old one is silent there, and dlopt
 # has its own table (dlopt.driver.progress). MLflow prints "View run ... at" for every run
@@ -74,7 +79,8 @@ def runtime_env_vars() -> dict[str, str]:
     """The env_vars of `ray.init`'s runtime_env: the sweep's settings as set now (inside
     `scoped`), and the fault-injection switches tests set. Workers get no MLflow settings
     (docs/architecture.md, "One MLflow writer: the driver")."""
-    env_vars = {k: os.environ[k] for k in (*FAST_POLL_ENV, *QUIET_ENV) if k in os.environ}
+    env_vars = {k: os.environ[k] for k in (*FAST_POLL_ENV, *QUIET_ENV,
+                                           "TUNE_FUNCTION_THREAD_TIMEOUT_S") if k in os.environ}
     env_vars.update({k: v for k, v in os.environ.items() if k.startswith("DLOPT_FAULT_")})
     return env_vars
 

@@ -74,20 +74,14 @@ def search_algorithm(plan: Plan, spec: Experiment):
     else:
         metric, mode = (plan.metric, plan.mode) if reported_at_end(plan) else (None, None)
     if plan.algorithm in ("bayesian", "bayesian_gp"):
-        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        if plan.algorithm == "bayesian_gp":
-            sampler = optuna.samplers.GPSampler(seed=seed)
-        elif plan.objectives:  # Optuna's multi-objective evolutionary sampler
-            sampler = optuna.samplers.NSGAIISampler(seed=seed)
-        else:
-            sampler = optuna.samplers.TPESampler(seed=seed)
-        searcher = OptunaSearch(metric=metric, mode=mode, sampler=sampler)
+        searcher = OptunaSearch(metric=metric, mode=mode, sampler=optuna_sampler(spec.search))
     elif plan.algorithm == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
 
-        searcher = HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed)
+        searcher = HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed,
+                                  n_initial_points=spec.search.setting("warmup_trials"))
     else:
         raise ValueError(plan.algorithm)
     if metric is None:
@@ -97,6 +91,21 @@ def search_algorithm(plan: Plan, spec: Experiment):
     if plan.max_concurrent_trials:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent_trials)
     return _EndOfTrialMetrics(searcher)
+
+
+def optuna_sampler(search):
+    """The Optuna sampler of a `bayesian`/`bayesian_gp` search, with its warm-up (random
+    trials before the first modelled one) or NSGA-II population from the spec."""
+    import optuna
+
+    if search.algorithm == "bayesian_gp":
+        return optuna.samplers.GPSampler(seed=search.seed,
+                                         n_startup_trials=search.setting("warmup_trials"))
+    if search.objectives:  # Optuna's multi-objective evolutionary sampler
+        return optuna.samplers.NSGAIISampler(seed=search.seed,
+                                             population_size=search.setting("population_size"))
+    return optuna.samplers.TPESampler(seed=search.seed,
+                                      n_startup_trials=search.setting("warmup_trials"))
 
 
 def _end_of_trial_metrics_cls():
@@ -128,18 +137,21 @@ def trial_scheduler(plan: Plan, spec: Experiment):
     if plan.scheduler == "fifo":
         return schedulers.FIFOScheduler()
     if plan.scheduler == "asha":
-        return schedulers.ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=s.grace_period,
-                                        reduction_factor=s.reduction_factor)
-    if plan.scheduler == "hyperband":
+        return schedulers.ASHAScheduler(time_attr="epoch", max_t=max_t,
+                                        grace_period=s.setting("grace_period"),
+                                        reduction_factor=s.setting("reduction_factor"))
+    if plan.scheduler == "hyperband":  # takes no grace period (spec.checks refuses one)
         return schedulers.HyperBandScheduler(time_attr="epoch", max_t=max_t,
-                                             reduction_factor=s.reduction_factor)
+                                             reduction_factor=s.setting("reduction_factor"))
     if plan.scheduler == "median":
-        return schedulers.MedianStoppingRule(time_attr="epoch", grace_period=s.grace_period)
+        return schedulers.MedianStoppingRule(time_attr="epoch",
+                                             grace_period=s.setting("grace_period"))
     if plan.scheduler == "pbt":
         mutations, bounds = pbt_mutations(plan.spec_json["search"].get("pbt_mutations") or {})
         # Synchronous PBT: every trial pauses at the same epoch, so the checkpoint a trial
         # clones ends at the epoch it left off and its per-epoch history has no gap or repeat.
-        return _make_pbt(max_t, time_attr="epoch", perturbation_interval=s.perturbation_interval,
+        return _make_pbt(max_t, time_attr="epoch",
+                         perturbation_interval=s.setting("perturbation_interval"),
                          hyperparam_mutations=mutations, custom_explore_fn=clip_to(bounds),
                          synch=True)
     raise ValueError(plan.scheduler)

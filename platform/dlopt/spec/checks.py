@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -10,7 +11,7 @@ from dlopt.spec import tune as _tune
 from dlopt.spec.fields import LOCAL_DATASETS, _points
 from dlopt.spec.metric_names import VAL_METRICS
 from dlopt.spec.paths import domains, set_path, shown
-from dlopt.spec.sections import Stage
+from dlopt.spec.sections import SCHEDULER_SETTINGS, Stage
 
 
 def _metric_task_problems(spec) -> list[str]:
@@ -47,13 +48,73 @@ def _search_problems(spec) -> list[str]:
         if dom["domain"] in ("choice", "grid") and domains({"v": dom["values"]}):
             problems.append(f"{shown(path)}: a search domain inside tune.{dom['domain']} values is not "
                             "sampled; list concrete values (e.g. one pipeline per sparsity)")
+    min_epochs = min(_points(spec.epochs))
     if search.scheduler == "pbt":
-        min_epochs = min(_points(spec.epochs))
-        if search.perturbation_interval >= min_epochs:
-            problems.append(f"search.perturbation_interval: {search.perturbation_interval} must be "
+        interval = search.setting("perturbation_interval")
+        if interval >= min_epochs:
+            problems.append(f"search.perturbation_interval: {interval} must be "
                             f"below epochs ({min_epochs}): PBT exploits checkpoints written before "
                             "the end of a trial")
         problems += _pbt_mutation_problems(spec, doms)
+    grace = search.setting("grace_period")
+    if grace is not None and search.scheduler == "asha" and grace >= min_epochs:
+        problems.append(f"search.grace_period: {grace} must be below epochs ({min_epochs}) or "
+                        "no trial can be stopped early")
+    if grace is not None and search.scheduler == "median" and grace >= min_epochs:
+        problems.append(f"search.grace_period: {grace} must be below epochs ({min_epochs}): the "
+                        "median rule stops no trial before its grace period")
+    eta = search.setting("reduction_factor")
+    max_epochs = max(_points(spec.epochs))  # HyperBand's max_t (dlopt.runtime.search)
+    if search.scheduler == "hyperband" and round(math.log(max_epochs) / math.log(eta)) < 1:
+        # Ray's HyperBand: round(log(max_t) / log(eta)) + 1 brackets; one bracket stops nothing.
+        problems.append(f"search.reduction_factor: {eta:g} leaves HyperBand a single bracket at "
+                        f"{max_epochs} epoch(s), so no trial is stopped early; use more epochs "
+                        "or a smaller reduction_factor")
+    return problems + _unused_setting_problems(search)
+
+
+SAMPLERS = {"bayesian": "Optuna TPE", "bayesian_gp": "Optuna GP", "hyperopt": "HyperOpt TPE"}
+
+
+def search_warnings(search) -> list[str]:
+    """Budgets that run a model-based search as random search: valid, but worth a warning
+    (`dlopt validate`, `dlopt plan`). One line per problem, naming the field."""
+    n = search.num_samples
+    population = search.setting("population_size")
+    if population is not None and population >= n:
+        return [f"search.population_size: NSGA-II's first generation ({population} trials) is "
+                f"random and num_samples={n} ends inside it: this multi-objective search is "
+                f"random search; use num_samples > {population} or a smaller population_size"]
+    warmup = search.setting("warmup_trials")
+    if warmup is not None and warmup >= n:
+        return [f"search.warmup_trials: the first {warmup} trials are random and num_samples={n} "
+                f"ends inside them: {SAMPLERS[search.algorithm]} never models here; use "
+                f"num_samples > {warmup} or fewer warmup_trials"]
+    return []
+
+
+def _users(name: str) -> str:
+    """Who uses an optional Search setting, for the refusal line."""
+    if name == "warmup_trials":
+        return ("algorithm 'bayesian_gp' / 'hyperopt', or 'bayesian' with a single metric "
+                "(a multi-objective 'bayesian' search sets population_size)")
+    if name == "population_size":
+        return "algorithm 'bayesian' with objectives (Optuna NSGA-II)"
+    users = [k for k, v in SCHEDULER_SETTINGS.items() if name in v]
+    return "scheduler " + " / ".join(repr(u) for u in users)
+
+
+def _unused_setting_problems(search) -> list[str]:
+    """A setting the chosen scheduler/algorithm would not receive is refused: it was never
+    going to act, and checking it then dropping it would mislead."""
+    used = search.used_settings()
+    problems = []
+    for name in ("grace_period", "reduction_factor", "perturbation_interval", "pbt_mutations",
+                 "warmup_trials", "population_size"):
+        if getattr(search, name) is not None and name not in used:
+            problems.append(f"search.{name}: only used with {_users(name)}; scheduler "
+                            f"{search.scheduler!r} with algorithm {search.algorithm!r} would "
+                            "not use it (remove it)")
     return problems
 
 
@@ -180,10 +241,6 @@ def cross_field_problems(spec) -> list[str]:
         problems.append("precision: '16-mixed' needs a GPU (GradScaler on CUDA); "
                         "use 'bf16-mixed' on CPU or set resources.use_gpu=True")
     max_epochs = max(_points(spec.epochs))
-    min_epochs = min(_points(spec.epochs))
-    if spec.search.scheduler in ("asha", "hyperband") and spec.search.grace_period >= min_epochs:
-        problems.append(f"search.grace_period: {spec.search.grace_period} must be below "
-                        f"epochs ({min_epochs}) or no trial can be stopped early")
     problems += _metric_task_problems(spec)
     local = [d for d in _points(spec.data.dataset) if d in LOCAL_DATASETS]
     if local and spec.data.root is None:

@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from dlopt.spec.checks import search_warnings
 from dlopt.spec.experiment import Experiment, resolve
+from dlopt.spec.fields import _points
 from dlopt.spec.paths import domains
 
 
@@ -39,6 +41,9 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     scheduler_detail: str = ""
     pbt_mutations: Optional[dict] = None
+    # Settings the scheduler/algorithm receive, defaults filled in (Search.setting).
+    search_settings: dict = field(default_factory=dict)
+    sampler_detail: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +61,7 @@ class Plan:
             + (f"objectives {self.objectives}" if self.objectives
                else f"metric {self.metric} ({self.mode})"),
             f"scheduler    {self.scheduler_detail}",
+            f"sampler      {self.sampler_detail}",
             f"trials       {self.trials}"
             + (f" = {self.grid_points} grid points x {self.num_samples} samples"
                if self.grid_points > 1 else f" ({self.num_samples} samples)"),
@@ -96,16 +102,38 @@ def scheduler_detail(spec: Experiment) -> str:
     """What the scheduler will do, in one line (`dlopt plan`)."""
     s = spec.search
     if s.scheduler == "asha":
-        return (f"asha: stops trials at epochs {s.grace_period} x {s.reduction_factor:g}^k "
-                f"unless in the top 1/{s.reduction_factor:g} on {s.metric}")
+        eta = s.setting("reduction_factor")
+        return (f"asha: stops trials at epochs {s.setting('grace_period')} x {eta:g}^k "
+                f"unless in the top 1/{eta:g} on {s.metric}")
     if s.scheduler == "hyperband":
-        return f"hyperband: brackets of epochs, reduction factor {s.reduction_factor:g}"
+        return (f"hyperband: brackets of epochs up to {max(_points(spec.epochs))}, reduction "
+                f"factor {s.setting('reduction_factor'):g}")
     if s.scheduler == "median":
-        return f"median: after {s.grace_period} epoch(s), stops trials below the median {s.metric}"
+        return (f"median: after {s.setting('grace_period')} epoch(s), stops trials below the "
+                f"median {s.metric} (once 3 other trials have reached that epoch)")
     if s.scheduler == "pbt":
-        return (f"pbt: every {s.perturbation_interval} epochs the bottom quarter clones a top "
-                f"trial's checkpoint and perturbs {', '.join(s.pbt_mutations or {})}")
+        return (f"pbt: every {s.setting('perturbation_interval')} epochs the bottom quarter "
+                f"clones a top trial's checkpoint and perturbs {', '.join(s.pbt_mutations or {})}")
     return "fifo: every trial runs all its epochs"
+
+
+def sampler_detail(spec: Experiment) -> str:
+    """How much of the budget the search algorithm models, in one line (`dlopt plan`)."""
+    s = spec.search
+    n = s.num_samples
+    if s.algorithm in ("grid", "random"):
+        return f"{s.algorithm}: every trial sampled independently"
+    population = s.setting("population_size")
+    if population is not None:
+        generations = math.ceil(n / population)
+        return (f"NSGA-II (Optuna): population {population}; the first generation is random "
+                f"(trials 1-{min(population, n)}), then {max(generations - 1, 0)} bred "
+                f"generation(s) up to {n} trials")
+    warmup = s.setting("warmup_trials")
+    name = {"bayesian": "TPE (Optuna)", "bayesian_gp": "GP (Optuna)",
+            "hyperopt": "TPE (HyperOpt)"}[s.algorithm]
+    return (f"{name}: the first {min(warmup, n)} trial(s) random (warm-up), then "
+            f"{max(n - warmup, 0)} of {n} modelled on the trials finished so far")
 
 
 def grid_size(doms: dict[str, dict], algorithm: str) -> int:
@@ -139,6 +167,7 @@ def make_plan(spec: Experiment, cluster_cpus: Optional[float] = None, now: Optio
         notes.append(f"{search.max_concurrent_trials} concurrent trials need "
                      f"{search.max_concurrent_trials * per_trial['CPU']:g} CPUs; a local cluster "
                      "is started with that many logical CPUs")
+    notes += [f"warning: {w}" for w in search_warnings(search)]
     if not doms and trials > 1:
         notes.append("no search domains: every trial runs the same configuration (seeded repeats)")
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
@@ -166,6 +195,9 @@ def make_plan(spec: Experiment, cluster_cpus: Optional[float] = None, now: Optio
         notes=notes,
         scheduler_detail=scheduler_detail(spec),
         pbt_mutations=spec.model_dump(mode="json")["search"]["pbt_mutations"],
+        search_settings={k: search.setting(k) for k in search.used_settings()
+                         if k != "pbt_mutations"},
+        sampler_detail=sampler_detail(spec),
     )
 
 

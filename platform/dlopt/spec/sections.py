@@ -150,6 +150,29 @@ class Distill(_Base):
 Stage = Annotated[Union[Prune, Quantize, Distill], Field(discriminator="stage")]
 
 
+# Which Search settings each scheduler and algorithm hands to Ray/Optuna/HyperOpt
+# (dlopt.runtime.search), and their defaults. A setting the chosen one does not use is
+# refused, so nothing is validated and then silently dropped.
+SCHEDULER_SETTINGS = {"fifo": (), "asha": ("grace_period", "reduction_factor"),
+                      "hyperband": ("reduction_factor",), "median": ("grace_period",),
+                      "pbt": ("perturbation_interval", "pbt_mutations")}
+MODEL_BASED = ("bayesian", "bayesian_gp", "hyperopt")
+SETTING_DEFAULTS = {"grace_period": 1, "reduction_factor": 2.0, "perturbation_interval": 2}
+
+
+def default_warmup(num_samples: int) -> int:
+    """Random trials before a model-based sampler models: a quarter of the budget, at least 2
+    (a model needs two points) and at most 10 (Optuna's own default). A 10-trial sweep models
+    from trial 3, a 30-trial one from trial 8 (benchmarks/search_quality.py measures it)."""
+    return max(2, min(10, num_samples // 4))
+
+
+def default_population(num_samples: int) -> int:
+    """NSGA-II's generation size: a quarter of the budget, at least 4, at most Optuna's 50,
+    so a 16-trial sweep breeds three generations past its random first one."""
+    return max(4, min(50, num_samples // 4))
+
+
 class Search(_Base):
     algorithm: Name(ALGORITHMS, "search algorithm", custom=False) = "random"
     num_samples: int = Field(1, ge=1)
@@ -159,11 +182,41 @@ class Search(_Base):
     objectives: Optional[dict[str, Literal["max", "min"]]] = None
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
     seed: Optional[int] = None
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2.0, gt=1)
-    perturbation_interval: int = Field(2, ge=1)
+    # Scheduler settings (None: the default in SETTING_DEFAULTS, for the schedulers that
+    # use them; see SCHEDULER_SETTINGS).
+    grace_period: Optional[int] = Field(None, ge=1)  # asha, median
+    reduction_factor: Optional[float] = Field(None, gt=1)  # asha, hyperband
+    perturbation_interval: Optional[int] = Field(None, ge=1)  # pbt
     # spec path -> tune.uniform/loguniform (resampled) or a list of values (PBT steps through it)
     pbt_mutations: Optional[dict[str, Union[_tune.Domain, list[float]]]] = None
+    # Model-based samplers (bayesian = Optuna TPE, bayesian_gp = Optuna GP, hyperopt): random
+    # trials before the first modelled one; None: default_warmup(num_samples).
+    warmup_trials: Optional[int] = Field(None, ge=1)
+    # Multi-objective bayesian (Optuna NSGA-II): trials per generation, the first one random;
+    # None: default_population(num_samples).
+    population_size: Optional[int] = Field(None, ge=2)
+
+    def used_settings(self) -> tuple[str, ...]:
+        """The optional settings the chosen scheduler and algorithm pass on."""
+        used = SCHEDULER_SETTINGS[self.scheduler]
+        if self.algorithm == "bayesian" and self.objectives:
+            used += ("population_size",)
+        elif self.algorithm in MODEL_BASED:
+            used += ("warmup_trials",)
+        return used
+
+    def setting(self, name: str):
+        """A used setting's value: the spec's, else its default (None when unused)."""
+        if name not in self.used_settings():
+            return None
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        if name == "warmup_trials":
+            return default_warmup(self.num_samples)
+        if name == "population_size":
+            return default_population(self.num_samples)
+        return SETTING_DEFAULTS.get(name)
 
     @field_validator("pbt_mutations", mode="before")
     @classmethod
@@ -197,14 +250,11 @@ class Search(_Base):
                                  "search runs with 'bayesian', 'bayesian_gp', 'random' or 'grid'")
         if self.scheduler == "pbt" and not self.pbt_mutations:
             raise ValueError("pbt_mutations: scheduler='pbt' needs pbt_mutations (fields PBT may perturb)")
-        if self.pbt_mutations and self.scheduler != "pbt":
-            raise ValueError("pbt_mutations: only used with scheduler='pbt'")
         if self.scheduler != "fifo" and self.objectives is None and self.metric in FINAL_METRICS:
             raise ValueError(f"metric: scheduler {self.scheduler!r} compares trials every epoch, but "
                              f"{self.metric!r} is only reported at the end; use a per-epoch "
                              "metric (val_accuracy, val_loss) or scheduler='fifo'")
         return self
-
 
 
 class Resources(_Base):

@@ -33,13 +33,13 @@ def scheduler_epochs(search, max_epochs: int) -> Optional[set[int]]:
     None means every epoch (HyperBand brackets start at many points; the median rule and
     FIFO need none: they judge whatever result arrives)."""
     if search.scheduler == "asha":  # Ray's ASHA rungs: grace * rf^k up to max_t
-        epochs, t = set(), float(search.grace_period)
+        epochs, t = set(), float(search.setting("grace_period"))
         while t <= max_epochs:
             epochs.add(int(math.ceil(t)))
-            t *= search.reduction_factor
+            t *= search.setting("reduction_factor")
         return epochs
     if search.scheduler == "pbt":  # synchronous PBT pauses every trial at these epochs
-        step = search.perturbation_interval
+        step = search.setting("perturbation_interval")
         return set(range(step, max_epochs + 1, step))
     if search.scheduler == "hyperband":
         return None
