@@ -39,7 +39,8 @@ def _leaves(module: nn.Module) -> list[tuple[str, nn.Module]]:
     for name, child in module.named_children():
         if isinstance(child, nn.Sequential):
             out += [(f"{name}.{n}", m) for n, m in _leaves(child)]
-        elif len(list(child.children())) == 0:
+        elif isinstance(child, LAYERS) or len(list(child.children())) == 0:
+            # a Linear may hold submodules (torchao's FakeQuantizedLinear under QAT)
             out.append((name, child))
         else:
             raise ValueError(f"{name}: {type(child).__name__} is not a chain of layers; "

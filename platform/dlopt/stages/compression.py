@@ -23,7 +23,7 @@ from torch import nn
 
 from dlopt.artifact import compact
 from dlopt.artifact import files as artifact_mod
-from dlopt.ml import onnx_int8, shrink
+from dlopt.ml import models, onnx_int8, shrink
 from dlopt.stages import Event, Stage, State
 from dlopt.stages.distill import Distill
 from dlopt.stages.prune import Prune
@@ -90,9 +90,6 @@ class Measured(Stage):
         if event == Event.SETUP and "dense_bytes" not in state.report:
             # the fp32 baseline, measured before any stage reparametrizes the model
             state.report["dense_bytes"] = artifact_mod.dense_bytes(state.model)
-            state.report["dense_param_count"] = param_counts(state.model)[0]
-            state.report["dense_flops"] = shrink.flops(state.model, _example(state))
-            state.dense["weights"] = layer_weights(state.model)
         self.inner.run(event, state)
         if event == Event.FIT_END:
             record(state, self.inner)
@@ -106,6 +103,18 @@ class Measured(Stage):
 
 def _example(state: State) -> torch.Tensor:
     return state.datasets.val.x[:1].to(next(state.model.parameters()).device)
+
+
+def dense_measures(state: State) -> None:
+    """Parameters, FLOPs and Linear/Conv weights of the dense model, from a fresh CPU build of
+    the spec's architecture: the trained model may be sharded at setup and shrunk by now."""
+    if "dense_flops" in state.report:
+        return
+    dense = models.build(state.spec.model, state.datasets.input_shape,
+                         state.datasets.out_features)
+    state.report["dense_param_count"] = param_counts(dense)[0]
+    state.report["dense_flops"] = shrink.flops(dense, state.datasets.val.x[:1].cpu())
+    state.dense["weights"] = layer_weights(dense)
 
 
 @torch.no_grad()
@@ -141,6 +150,7 @@ def record(state: State, stage: Stage) -> None:
     if onnx is not None:
         files[onnx_int8.FILE] = onnx
         extra_meta["onnx"] = {"file": onnx_int8.FILE, **stage.onnx_meta}
+    dense_measures(state)
     art = compact.CompactArtifact(model, quantization, extra_meta, files)
     state.artifact = art
     nbytes = art.nbytes()
