@@ -138,7 +138,6 @@ def time_variants(callables: dict, repeats: int) -> dict:
 
 def latency(epochs: int, repeats: int, work: Path) -> list[dict]:
     import torch
-
     from dlopt.artifact.files import build_from_dir
     from dlopt.ml import onnx_int8, shrink
 

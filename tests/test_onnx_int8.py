@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from pydantic import ValidationError
 from dlopt import Experiment, Model, Prune, Quantize
 from dlopt.artifact.compact import CompactArtifact
 from dlopt.artifact.files import build_from_dir
@@ -14,6 +13,7 @@ from dlopt.ml import models, onnx_int8, shrink
 from dlopt.spec.checks import cross_field_problems
 from dlopt.stages import State
 from dlopt.stages.prune import Prune as PruneStage
+from pydantic import ValidationError
 from torch import nn
 
 SHAPE = (64,)  # digits: 64 flat features, a 1x8x8 image for the conv nets

@@ -110,7 +110,8 @@ def export_problems(spec: Experiment) -> list[str]:
     archs = [a for a in _points(spec.model.arch) if ":" in a]
     if not stages or not archs:
         return []
-    from dlopt.ml import data as data_mod  # deferred on purpose: torch only when checked
+    # deferred on purpose: torch and ONNX only when a custom arch is quantized
+    from dlopt.ml import data as data_mod
     from dlopt.ml import models, onnx_int8
 
     datasets = data_mod.load(spec.data, spec.seed)

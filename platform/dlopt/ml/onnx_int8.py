@@ -60,7 +60,12 @@ def _reader(batches: list[np.ndarray]):
 
 def quantize(fp32: bytes, method: str, calibration: list[torch.Tensor] | None = None) -> bytes:
     """ONNX bytes -> int8 ONNX bytes (`method`: "dynamic" or "static")."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="dlopt-onnx-") as d:

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from dlopt.ml import onnx_int8
-
 from dlopt.ml.quantization import (
     apply,
     calibrate,
