@@ -127,8 +127,17 @@ def onnx_entries(state: State, onnx: bytes) -> dict:
     ours = torch.cat([model(val.x[i:i + 1024].to(device)).float().cpu()
                       for i in range(0, len(val.x), 1024)])
     model.train(was)
-    theirs = torch.from_numpy(onnx_int8.run(onnx_int8.session(onnx), val.x))
-    out = {"onnx_bytes": len(onnx),
+    sess = onnx_int8.session(onnx)
+    theirs = torch.from_numpy(onnx_int8.run(sess, val.x))
+    x1 = val.x[:1].float().cpu().numpy()
+    for _ in range(5):
+        onnx_int8.run(sess, x1)
+    times = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        onnx_int8.run(sess, x1)
+        times.append((time.perf_counter() - t0) * 1000)
+    out = {"onnx_bytes": len(onnx), "onnx_latency_ms": statistics.median(times),
            "onnx_max_abs_diff": (ours - theirs).abs().max().item() if len(ours) else 0.0}
     if state.datasets.task == "classification":
         out["onnx_agreement"] = (ours.argmax(1) == theirs.argmax(1)).float().mean().item()
