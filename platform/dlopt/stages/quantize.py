@@ -97,6 +97,12 @@ class Quantize(Stage):
             self._onnx(state, model, batches)
             quantization = {"method": "dynamic", "act_mapping": "symmetric"}
             apply(model, quantization)
+        # torchao quantizes the PyTorch weights' Linear layers only; say which stay float there
+        # (model.onnx, the model served, has them int8 too: checked in _onnx).
+        float_layers = sorted({type(m).__name__ for m in model.modules()
+                               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))})
+        if float_layers:
+            quantization["pytorch_float_layers"] = float_layers
         self.quantization = quantization
 
     def state_dict(self) -> dict:
