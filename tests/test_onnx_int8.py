@@ -154,3 +154,26 @@ def test_what_cannot_be_removed_or_quantized_is_refused(model, stage, field):
 def test_what_can_be_is_accepted(model, stage):
     assert cross_field_problems(Experiment(name="t", epochs=4, model=model,
                                            compression=[stage])) == []
+
+
+def test_pyfunc_wrapper_predicts_with_onnxruntime_when_the_artifact_has_it(tmp_path):
+    from types import SimpleNamespace
+
+    from dlopt.registry.serving import DloptModel
+
+    model, x = trained("mlp", steps=5)
+    int8 = onnx_int8.quantize(onnx_int8.export(model, x[:1]), "dynamic")
+    spec = Experiment(name="t", model=Model(hidden=[48, 32]))
+    meta = {"input_shape": list(SHAPE), "out_features": 10, "task": "classification"}
+    for d, files in ((tmp_path / "onnx", {onnx_int8.FILE: int8}), (tmp_path / "torch", {})):
+        CompactArtifact(model, None, None, files).save(d, spec.model_dump(mode="json"), meta)
+    served = DloptModel()
+    served.load_context(SimpleNamespace(artifacts={"model_dir": str(tmp_path / "onnx")}))
+    assert served.session is not None and served.model is None
+    out = served.predict(None, x[:7].numpy())
+    assert (out == onnx_int8.run(onnx_int8.session(int8), x[:7])).all()
+    plain = DloptModel()
+    plain.load_context(SimpleNamespace(artifacts={"model_dir": str(tmp_path / "torch")}))
+    assert plain.session is None
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(plain.predict(None, x[:7].numpy())), model(x[:7]))
