@@ -1,16 +1,26 @@
-"""Compression: the LeNet-300-100-shaped MLP on digits, dense vs pruned vs pruned+int8.
+"""Compression that pays at inference: bytes, accuracy over seeds, and CPU latency.
 
-Written against the spec API only (Prune / Quantize stages): each variant is one spec
-trained by `dlopt.train.loop.fit` in this process (no Ray needed: the loop and its stages
-are the same code a trial runs). The saved artifact is the one a trial would register;
-it is rebuilt with `dlopt.artifact.build_from_dir` and timed at batch 1 and 256 on CPU.
+Two parts, each written against the spec API and trained by `dlopt.train.loop.fit` in this
+process (the code a trial runs, without Ray); every model timed is the saved artifact rebuilt
+the way serving rebuilds it.
 
-Anchor (Han et al., Deep Compression, ICLR 2016, LeNet-300-100 on MNIST): 1070 KB -> 27 KB
-(40x) with pruning + quantization + Huffman coding; pruning alone 12x (8% weights kept),
-accuracy unchanged (1.64% -> 1.58% error). Digits has 64 inputs, not 784: the same
-hidden shape [300, 100] is a 64-300-100-10 network (50,610 parameters, ~198 KiB fp32).
+1. Size and accuracy, the shipped recipe `experiments/compress_lenet300.py` (gradual global
+   magnitude pruning to 90% + int8) against the same spec trained dense, over `--seeds`
+   seeds: mean and spread (sample standard deviation) of validation accuracy, bytes of the
+   saved PyTorch weights (`model_bytes`, compact sparse int8) and of the int8 ONNX model
+   served (`onnx_bytes`), and the ONNX model's agreement with PyTorch (`onnx_agreement`).
+   Anchor (Han et al., Deep Compression, ICLR 2016, LeNet-300-100 on MNIST): 1070 KB ->
+   27 KB (40x) with pruning + quantization + Huffman coding at no accuracy loss; digits has
+   64 inputs, so [300, 100] is a 64-300-100-10 network (50,610 parameters).
+2. Latency at batch 1 and 256, one thread for everyone (`torch.set_num_threads(1)`, ONNX
+   Runtime intra/inter-op threads 1), median of `--repeats` calls, the variants interleaved
+   round by round so that load from other processes hits them alike:
+   dense fp32 (PyTorch), dense fp32 (ONNX Runtime, for reference), int8 (ONNX Runtime),
+   pruned = structured 75% with the units removed (PyTorch), pruned + int8 (ONNX Runtime);
+   for the LeNet-300-100-shaped MLP, a wider 64-1024-1024-10 MLP (dynamic int8) and the
+   `cnn` (static QDQ int8; ONNX Runtime's dynamic ConvInteger is timed beside it).
 
-    python benchmarks/compression.py [--epochs 30] [--sparsity 0.92]
+    python benchmarks/compression.py [--seeds 5] [--repeats 200] [--latency-only]
 """
 from __future__ import annotations
 
@@ -24,63 +34,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-TARGET_RATIO, TARGET_DROP_POINTS = 10.0, 0.5
-ANCHOR = [
-    {"variant": "Deep Compression: dense (MNIST, 784-300-100-10)", "bytes": 1070 * 1024, "ratio": 1.0},
-    {"variant": "Deep Compression: pruned", "bytes": None, "ratio": 12.0},
-    {"variant": "Deep Compression: pruned + quantized + Huffman", "bytes": 27 * 1024, "ratio": 40.0},
-]
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "experiments" / "compress_lenet300.py"
+TARGET_SIZE, TARGET_DROP_POINTS, TARGET_SPEEDUP = 40.0, 0.5, 2.0
 
 
-def make_spec(epochs: int, compression: list, name: str):
-    from dlopt import Data, Experiment, Model, Optimizer
-
-    return Experiment(
-        name=name, seed=0, epochs=epochs,
-        data=Data(dataset="digits", batch_size=64),
-        model=Model(arch="mlp", hidden=[300, 100], activation="relu"),
-        optimizer=Optimizer(name="adam", lr=1e-3),
-        compression=compression,
-    )
-
-
-def variants(epochs: int, sparsity: float) -> dict:
-    from dlopt import Prune, Quantize
-
-    prune = Prune(method="magnitude", scope="global", sparsity=sparsity, schedule="gradual",
-                  start_epoch=2, end_epoch=max(3, epochs * 2 // 3))
-    return {
-        "dense": [],
-        "pruned": [prune],
-        "pruned+int8": [prune, Quantize(method="dynamic", dtype="int8")],
-    }
-
-
-def latency_ms(model, batch: int, inputs: int, repeats: int = 50) -> float:
-    import torch
-
-    x = torch.randn(batch, inputs)
-    with torch.no_grad():
-        for _ in range(5):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
-
-
-def run_variant(spec, work: Path) -> dict:
-    import torch
-
-    from dlopt.artifact import files as artifact
-
-    from dlopt.ml import data as data_mod
+def train(spec, work: Path) -> tuple[dict, Path]:
     from dlopt.train.loop import fit
 
     final: dict = {}
-    saved = work / spec.name
+    saved = work / f"{spec.name}-{spec.seed}"
 
     def report(metrics, write=None):
         if metrics.get("final"):
@@ -88,62 +51,191 @@ def run_variant(spec, work: Path) -> dict:
             if write is not None:
                 write(saved)
 
-    t0 = time.perf_counter()
-    state = fit(spec, report)
-    train_s = time.perf_counter() - t0
-    model = artifact.build_from_dir(saved)
-    val = data_mod.load(spec.data, spec.seed).val
-    with torch.no_grad():
-        loaded_acc = (model(val.x).argmax(1) == val.y).float().mean().item()
-    inputs = val.x.shape[1]
-    return {"bytes": final.get("model_bytes"), "dense_bytes": final.get("dense_bytes"),
-            "ratio": final.get("compression_ratio"), "sparsity": final.get("sparsity", 0.0),
-            "val_accuracy_before": state.metrics.get("val_accuracy"),
-            "accuracy": final.get("compressed_val_accuracy"), "loaded_accuracy": loaded_acc,
-            "lat_b1_ms": latency_ms(model, 1, inputs), "lat_b256_ms": latency_ms(model, 256, inputs),
-            "train_s": train_s}
+    fit(spec, report)
+    return final, saved
+
+
+# ------------------------------------------------------------------ part 1: size and accuracy
+def recipe_seeds(seeds: int, work: Path) -> tuple[list[dict], dict]:
+    from dlopt import Experiment
+    from dlopt.spec.load import load as load_spec
+
+    base = load_spec(str(RECIPE)).model_dump(mode="json")
+    rows = []
+    for seed in range(seeds):
+        row = {"seed": seed}
+        for kind in ("dense", "compressed"):
+            data = {**base, "seed": seed, "name": f"bench-{kind}"}
+            if kind == "dense":
+                data["compression"] = []
+            t0 = time.perf_counter()
+            m, _ = train(Experiment.model_validate(data), work)
+            row[f"{kind}_s"] = time.perf_counter() - t0
+            if kind == "dense":
+                row.update(dense_acc=m["val_accuracy"], dense_bytes=m["dense_bytes"])
+            else:
+                row.update(acc=m["compressed_val_accuracy"], model_bytes=m["model_bytes"],
+                           onnx_bytes=m["onnx_bytes"], onnx_acc=m["onnx_val_accuracy"],
+                           onnx_agreement=m["onnx_agreement"], sparsity=m["sparsity"])
+        row["ratio"] = row["dense_bytes"] / row["model_bytes"]
+        row["onnx_ratio"] = row["dense_bytes"] / row["onnx_bytes"]
+        row["drop_points"] = (row["dense_acc"] - row["acc"]) * 100
+        rows.append(row)
+        print(common.table([row], list(row)), flush=True)
+
+    def spread(key):
+        vals = [r[key] for r in rows]
+        return {"mean": statistics.mean(vals),
+                "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+
+    summary = {k: spread(k) for k in ("dense_acc", "acc", "onnx_acc", "drop_points", "ratio",
+                                      "onnx_ratio", "onnx_agreement", "model_bytes", "onnx_bytes")}
+    return rows, summary
+
+
+# ------------------------------------------------------------------ part 2: latency
+def latency_specs(epochs: int) -> dict:
+    from dlopt import Data, Experiment, Model, Optimizer, Prune, Quantize
+
+    def spec(name, model, compression):
+        return Experiment(name=name, seed=0, epochs=epochs,
+                          data=Data(dataset="digits", batch_size=64), model=model,
+                          optimizer=Optimizer(name="adam", lr=1e-3), compression=compression)
+
+    prune = Prune(scope="layer", structured=True, sparsity=0.75, schedule="one_shot",
+                  start_epoch=max(epochs - 1, 0))
+    nets = {"lenet300 MLP 64-300-100-10": (Model(hidden=[300, 100]), "dynamic"),
+            "wide MLP 64-1024-1024-10": (Model(hidden=[1024, 1024]), "dynamic"),
+            "cnn 32-64-128 conv + 128": (Model(arch="cnn"), "static")}
+    out = {}
+    for net, (model, method) in nets.items():
+        q = Quantize(method=method, calibration_batches=4)
+        out[net] = {"dense": spec("dense", model, []), "int8": spec("int8", model, [q]),
+                    "pruned": spec("pruned", model, [prune]),
+                    "pruned+int8": spec("pruned-int8", model, [prune, q])}
+        if method == "static":  # ONNX Runtime's dynamic ConvInteger, for comparison
+            out[net]["int8 (dynamic)"] = spec("int8-dynamic", model, [Quantize(method="dynamic")])
+    return out
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def time_variants(callables: dict, repeats: int) -> dict:
+    """Interleaved: each round calls every variant once, so load drifts hit all alike."""
+    for f in callables.values():
+        for _ in range(5):
+            f()
+    samples = {k: [] for k in callables}
+    for _ in range(repeats):
+        for k, f in callables.items():
+            t0 = time.perf_counter()
+            f()
+            samples[k].append(time.perf_counter() - t0)
+    return {k: median_ms(v) for k, v in samples.items()}
+
+
+def latency(epochs: int, repeats: int, work: Path) -> list[dict]:
+    import torch
+    from dlopt.artifact.files import build_from_dir
+    from dlopt.ml import onnx_int8, shrink
+
+    torch.set_num_threads(1)
+    rows = []
+    for net, specs in latency_specs(epochs).items():
+        runs = {}
+        for variant, spec in specs.items():
+            metrics, saved = train(spec, work)
+            runs[variant] = (metrics, saved)
+        x = {b: torch.randn(b, 64) for b in (1, 256)}
+        fns, info = {}, {}
+        for variant, (metrics, saved) in runs.items():
+            model = build_from_dir(saved)
+            info[variant] = {"param_count": sum(p.numel() for p in model.parameters()),
+                             "flops": shrink.flops(model, x[1]),
+                "accuracy": metrics.get("onnx_val_accuracy", metrics["compressed_val_accuracy"]),
+                "bytes": metrics.get("onnx_bytes", metrics["model_bytes"])}
+            onnx = saved / onnx_int8.FILE
+            for b, xb in x.items():
+                if onnx.exists():
+                    sess, xn = onnx_int8.session(onnx, threads=1), xb.numpy()
+                    fns[(variant, b)] = lambda s=sess, v=xn: s.run(None, {onnx_int8.INPUT: v})
+                else:
+                    def run(m=model, v=xb):
+                        with torch.no_grad():
+                            m(v)
+                    fns[(variant, b)] = run
+            if variant == "dense":  # ONNX Runtime fp32 of the same dense model, for reference
+                fp32 = onnx_int8.export(model, x[1])
+                sess = onnx_int8.session(fp32, threads=1)
+                for b, xb in x.items():
+                    fns[("dense fp32 (onnxruntime)", b)] = \
+                        lambda s=sess, v=xb.numpy(): s.run(None, {onnx_int8.INPUT: v})
+                info["dense fp32 (onnxruntime)"] = {**info["dense"], "bytes": len(fp32)}
+        ms = time_variants(fns, repeats)
+        base = {b: ms.get(("dense", b)) for b in (1, 256)}
+        for variant in info:
+            row = {"net": net, "variant": variant, **info[variant]}
+            for b in (1, 256):
+                row[f"b{b}_ms"] = ms[(variant, b)]
+                if base[b]:
+                    row[f"speedup_b{b}"] = base[b] / ms[(variant, b)]
+            rows.append(row)
+        print(common.table([r for r in rows if r["net"] == net], list(rows[-1])), flush=True)
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--sparsity", type=float, default=0.92)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--latency-epochs", type=int, default=3)
+    ap.add_argument("--latency-only", action="store_true")
     args = ap.parse_args()
-    try:
-        from dlopt.stages import compression  # noqa: F401  (built by another issue)
-    except ImportError as err:
-        print(f"blocked: dlopt.stages.compression is not importable ({err})")
-        sys.exit(1)
+    import os
 
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="dlopt-bench-") as work:
-        for name, stages in variants(args.epochs, args.sparsity).items():
-            spec = make_spec(args.epochs, stages, f"bench-compress-{name.replace('+', '-')}")
-            row = {"variant": name, **run_variant(spec, Path(work))}
-            rows.append(row)
-            print(common.table([row], list(row)))
-    dense = rows[0]
-    for r in rows:
-        r["ratio_vs_dense_file"] = dense["bytes"] / r["bytes"] if r["bytes"] else None
-        r["drop_points"] = (dense["accuracy"] - r["accuracy"]) * 100
-    cols = ["variant", "bytes", "ratio", "ratio_vs_dense_file", "sparsity", "accuracy",
-            "loaded_accuracy", "drop_points", "lat_b1_ms", "lat_b256_ms", "train_s"]
-    text = common.table(rows, cols)
-    anchor = common.table(ANCHOR, ["variant", "bytes", "ratio"])
-    print(text)
-    best = rows[-1]
-    verdict = (f"- pruned+int8: {best['ratio']:.1f}x bytes (target >= {TARGET_RATIO}x) at "
-               f"{best['drop_points']:.2f} points accuracy drop (target <= {TARGET_DROP_POINTS}); "
-               f"pruned alone {rows[1]['ratio']:.1f}x (Deep Compression: 12x)\n")
-    md = (f"digits, MLP 64-300-100-10 (LeNet-300-100 hidden shape), Adam 1e-3, {args.epochs} "
-          f"epochs, seed 0; Prune(global magnitude, sparsity {args.sparsity}, gradual), "
-          "Quantize(dynamic int8). ratio: dense fp32 bytes / saved artifact bytes (the "
-          "trial's `compression_ratio`); accuracy: validation accuracy of the compressed "
-          "model (`compressed_val_accuracy`); loaded_accuracy: the saved artifact rebuilt "
-          "by `artifact.build_from_dir`; latency: median CPU forward of the loaded model.\n\n"
-          + text + "\n\nAnchor (Han et al. 2016, LeNet-300-100 on MNIST):\n\n" + anchor +
-          "\n\n" + verdict)
-    common.write("compression", "Compression", {"rows": rows, "args": vars(args)}, md)
+    load_start = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="dlopt-bench-") as d:
+        work = Path(d)
+        lat = latency(args.latency_epochs, args.repeats, work)
+        seeds, summary = ([], {}) if args.latency_only else recipe_seeds(args.seeds, work)
+    load_end = os.getloadavg()
+    lat_cols = ["net", "variant", "param_count", "flops", "bytes", "accuracy", "b1_ms", "b256_ms",
+                "speedup_b1", "speedup_b256"]
+    md = ("Latency: one thread for PyTorch and ONNX Runtime, median of "
+          f"{args.repeats} interleaved calls, random inputs; models trained "
+          f"{args.latency_epochs} epochs on digits by `fit` and rebuilt from their saved "
+          "artifact (int8 rows: the artifact's `model.onnx`, run by ONNX Runtime). pruned: "
+          "structured 75% (layer scope, L1 rows), units removed. speedup: dense fp32 PyTorch "
+          "time / this row's, same batch. Load average at start "
+          f"{load_start[0]:.1f}, at end {load_end[0]:.1f} (a shared 2-core machine).\n\n"
+          + common.table(lat, lat_cols) + "\n")
+    verdicts = []
+    for r in lat:
+        if r["variant"] in ("int8", "pruned", "pruned+int8"):
+            verdicts.append(f"- {r['net']}, {r['variant']}: {r['speedup_b256']:.2f}x at batch 256 "
+                            f"(target >= {TARGET_SPEEDUP}x): "
+                            f"{'met' if r['speedup_b256'] >= TARGET_SPEEDUP else 'not met'}")
+    md += "\n" + "\n".join(verdicts) + "\n"
+    if seeds:
+        cols = ["seed", "dense_acc", "acc", "onnx_acc", "drop_points", "dense_bytes",
+                "model_bytes", "ratio", "onnx_bytes", "onnx_ratio", "onnx_agreement", "sparsity"]
+        s = summary
+        md += (f"\nSize and accuracy: the shipped recipe `{RECIPE.relative_to(ROOT)}` vs the same "
+               f"spec dense, {args.seeds} seeds (mean +- sample std):\n\n"
+               + common.table(seeds, cols) + "\n\n"
+               f"- size: {s['ratio']['mean']:.1f}x (PyTorch compact weights), "
+               f"{s['onnx_ratio']['mean']:.1f}x (int8 ONNX served); target {TARGET_SIZE}x\n"
+               f"- accuracy drop: {s['drop_points']['mean']:.2f} +- {s['drop_points']['std']:.2f} "
+               f"points (target <= {TARGET_DROP_POINTS}); dense {s['dense_acc']['mean']:.4f} +- "
+               f"{s['dense_acc']['std']:.4f}, compressed {s['acc']['mean']:.4f} +- "
+               f"{s['acc']['std']:.4f}, ONNX int8 {s['onnx_acc']['mean']:.4f}\n"
+               f"- ONNX agreement with PyTorch: {s['onnx_agreement']['mean']:.4f}\n")
+    common.write("compression", "Compression", {"latency": lat, "seeds": seeds,
+                                                 "summary": summary, "args": vars(args),
+                                                 "load_start": load_start, "load_end": load_end},
+                 md)
 
 
 if __name__ == "__main__":

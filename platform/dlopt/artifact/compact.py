@@ -159,10 +159,11 @@ class CompactArtifact:
     """What a compression stage hands the loop at fit_end: `.save()` writes the artifact."""
 
     def __init__(self, model: torch.nn.Module, quantization: dict | None = None,
-                 extra_meta: dict | None = None):
+                 extra_meta: dict | None = None, files: dict[str, bytes] | None = None):
         self.tensors, self.entries = pack(model)
         self.quantization = quantization
-        self.extra_meta = extra_meta or {}
+        self.extra_meta = extra_meta or {}  # e.g. "widths" (structured removal), "onnx"
+        self.files = files or {}  # other files saved beside the weights (the int8 ONNX model)
 
     def nbytes(self) -> int:
         """Exactly the size of the weights file `.save()` writes."""
@@ -172,6 +173,8 @@ class CompactArtifact:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / WEIGHTS).write_bytes(to_bytes(self.tensors, self.entries))
+        for name, data in self.files.items():
+            (directory / name).write_bytes(data)
         (directory / "spec.json").write_text(json.dumps(spec_json, indent=1))
         full = {**meta, **self.extra_meta, "format": FORMAT, "quantization": self.quantization}
         (directory / "meta.json").write_text(json.dumps(full, indent=1))

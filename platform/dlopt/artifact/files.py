@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dlopt.artifact import compact
-from dlopt.ml import models
+from dlopt.ml import models, shrink
 from dlopt.ml.quantization import apply as apply_quantization
 from dlopt.spec import Experiment
 
@@ -32,9 +32,10 @@ def save_dense(model: torch.nn.Module, spec_json: dict, meta: dict, directory: P
 
 
 def model_bytes(directory: Path) -> int:
-    """Bytes of the saved weights on disk (spec and metadata JSON not counted)."""
+    """Bytes of the saved PyTorch weights on disk (spec and metadata JSON not counted, nor the
+    int8 ONNX model served beside them: the report has that as `onnx_bytes`)."""
     return sum(p.stat().st_size for p in Path(directory).iterdir()
-               if p.is_file() and p.name not in (SPEC, META))
+               if p.is_file() and p.name not in (SPEC, META) and p.suffix != ".onnx")
 
 
 def dense_bytes(model: torch.nn.Module) -> int:
@@ -53,9 +54,15 @@ def build_from_dir(directory: Path) -> torch.nn.Module:
     meta = json.loads((directory / META).read_text())
     if meta.get("format", "dense") != "dense":
         return load_compressed(directory, spec, meta)
-    model = models.build(spec.model, tuple(meta["input_shape"]), meta["out_features"])
+    model = build_shaped(spec, meta)
     model.load_state_dict(load_file(str(directory / WEIGHTS)))
     return model.eval()
+
+
+def build_shaped(spec, meta: dict) -> torch.nn.Module:
+    """The spec's architecture with the layer widths structured pruning left (meta `widths`)."""
+    model = models.build(spec.model, tuple(meta["input_shape"]), meta["out_features"])
+    return shrink.resize(model, meta["widths"]) if meta.get("widths") else model
 
 
 def load_compressed(directory: Path, spec, meta: dict) -> torch.nn.Module:
@@ -63,7 +70,7 @@ def load_compressed(directory: Path, spec, meta: dict) -> torch.nn.Module:
     directory = Path(directory)
     if meta.get("format") != compact.FORMAT:
         raise ValueError(f"{directory}: unknown model format {meta.get('format')!r}")
-    model = models.build(spec.model, tuple(meta["input_shape"]), meta["out_features"])
+    model = build_shaped(spec, meta)
     state, int8, _ = compact.read(directory / compact.WEIGHTS)
     model.load_state_dict(state)
     quantization = meta.get("quantization")

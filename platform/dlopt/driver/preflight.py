@@ -19,7 +19,7 @@ from typing import Optional
 
 from dlopt.spec import Experiment
 from dlopt.spec.checks import _compression_options
-from dlopt.spec.fields import TEACHER_URI
+from dlopt.spec.fields import TEACHER_URI, _points
 from dlopt.spec.load import SpecError
 from dlopt.tracking.uris import redact_uri
 
@@ -98,12 +98,54 @@ def teacher_problems(spec: Experiment, tracking_uri: str) -> list[str]:
     return problems
 
 
+def export_problems(spec: Experiment) -> list[str]:
+    """A custom arch that is quantized must export to ONNX and leave no float Linear/Conv.
+
+    The catalog's archs are known to (tests/test_onnx_int8.py); a custom one is built here with
+    the dataset's shapes and run through the same export and ONNX Runtime quantization a trial
+    does at fit_end (dlopt.ml.onnx_int8), so a model that cannot be exported is refused before
+    Ray starts instead of failing after training."""
+    stages = [(i, s) for options in _compression_options(spec.compression)
+              for i, s in enumerate(options) if s.stage == "quantize"]
+    archs = [a for a in _points(spec.model.arch) if ":" in a]
+    if not stages or not archs:
+        return []
+    # deferred on purpose: torch and ONNX only when a custom arch is quantized
+    from dlopt.ml import data as data_mod
+    from dlopt.ml import models, onnx_int8
+
+    datasets = data_mod.load(spec.data, spec.seed)
+    problems = []
+    for arch in archs:
+        try:
+            model = models.build(spec.model.model_copy(update={"arch": arch}),
+                                 datasets.input_shape, datasets.out_features)
+        except Exception:  # noqa: BLE001 - building is the trial's to report, not export's
+            continue
+        try:
+            int8 = onnx_int8.quantize(onnx_int8.export(model, datasets.val.x[:1]), "dynamic")
+        except Exception as err:  # noqa: BLE001 - any exporter error means: cannot export
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            problems.append(f"model.arch: {arch!r} cannot be exported to ONNX for int8 "
+                            f"(compression.{stages[0][0]}): {first}")
+            continue
+        left = onnx_int8.unquantized_layers(int8)
+        if left:
+            problems.append(f"compression.{stages[0][0]}: ONNX Runtime cannot quantize "
+                            f"{left[0]} of arch {arch!r}; int8 would leave it in float")
+        elif not any(op in onnx_int8.op_counts(int8) for op in ("MatMulInteger", "ConvInteger")):
+            problems.append(f"model.arch: {arch!r} has no Linear or Conv layer ONNX Runtime "
+                            f"can quantize (compression.{stages[0][0]})")
+    return problems
+
+
 def check(spec: Experiment, tracking_uri: str, address: Optional[str]) -> None:
     """Raise SpecError before Ray starts when the run can never succeed."""
     problems = []
     if not address:
         problems += placement_problems(spec, local_capacity(spec.resources.use_gpu), "this machine")
     problems += teacher_problems(spec, tracking_uri)
+    problems += export_problems(spec)
     if problems:
         raise SpecError(problems)
 

@@ -19,7 +19,9 @@ KEY_METRICS = ("val_accuracy", "val_loss", "train_loss", "test_accuracy",
                "compressed_val_accuracy", "model_bytes", "dense_bytes", "compression_ratio",
                "sparsity", "latency_ms", "val_mse", "val_r2")
 COMPRESSION_METRICS = ("compressed_val_accuracy", "val_accuracy", "model_bytes", "dense_bytes",
-                       "compression_ratio", "sparsity", "latency_ms", "params")
+                       "compression_ratio", "sparsity", "latency_ms", "param_count",
+                       "dense_param_count", "flops", "dense_flops", "onnx_bytes",
+                       "onnx_val_accuracy", "onnx_agreement", "onnx_latency_ms")
 
 
 def fmt(value: Any) -> str:

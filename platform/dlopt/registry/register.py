@@ -13,6 +13,7 @@ from typing import Optional
 from dlopt.artifact.files import build_from_dir
 
 PIP_REQUIREMENTS = ["torch", "torchao", "safetensors", "pydantic", "dlopt"]
+ONNX_REQUIREMENTS = ["onnx==1.23.2", "onnxruntime==1.31.1"]  # a quantized model serves with ORT
 
 
 def local_copy(checkpoint_path: str) -> Path:
@@ -62,7 +63,8 @@ def register(tracker, trial_run_id: str, checkpoint_path: str, name: str, alias:
                 name="model",
                 python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
                 artifacts={"model_dir": str(model_dir)},
-                pip_requirements=PIP_REQUIREMENTS,
+                pip_requirements=PIP_REQUIREMENTS + (
+                    ONNX_REQUIREMENTS if any(model_dir.glob("*.onnx")) else []),
             )
     version = mlflow.register_model(info.model_uri, name, tags={**tags, SOURCE_TAG: trial_run_id},
                                     await_registration_for=60)

@@ -234,6 +234,48 @@ def _check_stage_order(stages: list, epochs: int) -> list[str]:
     return problems
 
 
+# Catalog archs by what compression can do with them (dlopt.ml.shrink, dlopt.ml.onnx_int8).
+CHAIN_ARCHS = ("mlp", "linear", "lenet5", "cnn")  # nested nn.Sequential: rows can be removed
+CONV_ARCHS = {"lenet5": "Conv2d", "cnn": "Conv2d", "resnet": "Conv2d"}
+ZERO_AT_ZERO = ("relu", "tanh", "gelu", "leaky_relu", "elu", "silu")  # act(0) == 0
+
+
+def _export_problems(spec) -> list[str]:
+    """Compression the saved model cannot carry: structured removal outside a chain of
+    layers, a removed conv channel whose act(0) != 0 (its constant output would vary with
+    the next conv's zero padding), and QAT, which fake-quantizes Linear layers only."""
+    problems = []
+    archs = _points(spec.model.arch)
+    for options in _compression_options(spec.compression):
+        for i, s in enumerate(options):
+            if s.stage == "prune" and s.structured:
+                for arch in archs:
+                    if arch not in CHAIN_ARCHS:
+                        kind = "its residual connections" if arch == "resnet" else \
+                            "a custom arch's layer graph"
+                        problems.append(
+                            f"compression.{i}.structured: structured pruning cuts pruned units out "
+                            f"of the saved model along a chain of layers (arch {', '.join(CHAIN_ARCHS)}"
+                            f"); arch {arch!r} is not one ({kind}); use structured=False")
+                    elif arch in CONV_ARCHS:
+                        bad = [a for a in _points(spec.model.activation) if a not in ZERO_AT_ZERO]
+                        if bad:
+                            problems.append(
+                                f"model.activation: {bad[0]!r} is non-zero at 0, so a removed "
+                                f"channel of arch {arch!r} would leave a padding-dependent "
+                                f"constant; structured pruning of conv nets needs one of "
+                                f"{', '.join(ZERO_AT_ZERO)}")
+            if s.stage == "quantize" and "qat" in _points(s.method):
+                for arch in archs:
+                    if arch in CONV_ARCHS:
+                        problems.append(
+                            f"compression.{i}.method: 'qat' fake-quantizes nn.Linear only "
+                            f"(torchao); the {CONV_ARCHS[arch]} layers of arch {arch!r} cannot be "
+                            "quantization-aware trained; use 'static' or 'dynamic' (ONNX Runtime "
+                            "quantizes Conv2d too)")
+    return list(dict.fromkeys(problems))
+
+
 def cross_field_problems(spec) -> list[str]:
     """Every problem that needs more than one field; an empty list when the spec is coherent."""
     problems = []
@@ -258,4 +300,5 @@ def cross_field_problems(spec) -> list[str]:
                         "tune.grid domains; use tune.choice or algorithm='grid'/'random'")
     problems += _search_problems(spec)
     problems += _strategy_problems(spec)
+    problems += _export_problems(spec)
     return problems

@@ -68,6 +68,7 @@ class State:
     metrics: dict = field(default_factory=dict)  # last epoch's metrics
     stop: bool = False
     report: dict = field(default_factory=dict)  # final compression report entries
+    dense: dict = field(default_factory=dict)  # the dense model's measures taken at setup
     artifact: Any = None  # what fit_end stages produce for saving (see dlopt.artifact)
     evaluate: Optional[Callable] = None  # evaluate(model) -> metrics on validation
 

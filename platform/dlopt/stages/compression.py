@@ -23,6 +23,7 @@ from torch import nn
 
 from dlopt.artifact import compact
 from dlopt.artifact import files as artifact_mod
+from dlopt.ml import models, onnx_int8, shrink
 from dlopt.stages import Event, Stage, State
 from dlopt.stages.distill import Distill
 from dlopt.stages.prune import Prune
@@ -31,8 +32,9 @@ from dlopt.stages.quantize import Quantize
 
 
 # ------------------------------------------------------------------ measurements (pure)
-def weight_sparsity(model: nn.Module) -> float:
-    """Fraction of exact zeros in Linear/Conv weights (int8 data when quantized)."""
+def weight_sparsity(model: nn.Module, dense_weights: int | None = None) -> float:
+    """Fraction of Linear/Conv weights that are exact zeros (int8 data when quantized) or were
+    removed, counted against the dense model's `dense_weights` when given."""
     zeros = total = 0
     for m in model.modules():
         if isinstance(m, PRUNABLE):
@@ -40,7 +42,12 @@ def weight_sparsity(model: nn.Module) -> float:
             w = w.qdata if hasattr(w, "qdata") else w
             zeros += (w == 0).sum().item()
             total += w.numel()
-    return zeros / max(total, 1)
+    dense = max(dense_weights or total, total)
+    return (zeros + dense - total) / max(dense, 1)
+
+
+def layer_weights(model: nn.Module) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, PRUNABLE))
 
 
 def param_counts(model: nn.Module) -> tuple[int, int]:
@@ -94,18 +101,75 @@ class Measured(Stage):
         self.inner.load_state_dict(data)
 
 
+def _example(state: State) -> torch.Tensor:
+    return state.datasets.val.x[:1].to(next(state.model.parameters()).device)
+
+
+def dense_measures(state: State) -> None:
+    """Parameters, FLOPs and Linear/Conv weights of the dense model, from a fresh CPU build of
+    the spec's architecture: the trained model may be sharded at setup and shrunk by now."""
+    if "dense_flops" in state.report:
+        return
+    dense = models.build(state.spec.model, state.datasets.input_shape,
+                         state.datasets.out_features)
+    state.report["dense_param_count"] = param_counts(dense)[0]
+    state.report["dense_flops"] = shrink.flops(dense, state.datasets.val.x[:1].cpu())
+    state.dense["weights"] = layer_weights(dense)
+
+
+@torch.no_grad()
+def onnx_entries(state: State, onnx: bytes) -> dict:
+    """How the ONNX Runtime int8 model's validation predictions agree with the PyTorch model's."""
+    val, model = state.datasets.val, state.model
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ours = torch.cat([model(val.x[i:i + 1024].to(device)).float().cpu()
+                      for i in range(0, len(val.x), 1024)])
+    model.train(was)
+    sess = onnx_int8.session(onnx)
+    theirs = torch.from_numpy(onnx_int8.run(sess, val.x))
+    x1 = val.x[:1].float().cpu().numpy()
+    for _ in range(5):
+        onnx_int8.run(sess, x1)
+    times = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        onnx_int8.run(sess, x1)
+        times.append((time.perf_counter() - t0) * 1000)
+    out = {"onnx_bytes": len(onnx), "onnx_latency_ms": statistics.median(times),
+           "onnx_max_abs_diff": (ours - theirs).abs().max().item() if len(ours) else 0.0}
+    if state.datasets.task == "classification":
+        out["onnx_agreement"] = (ours.argmax(1) == theirs.argmax(1)).float().mean().item()
+        out["onnx_val_accuracy"] = (theirs.argmax(1) == val.y.cpu()).float().mean().item()
+    return out
+
+
 def record(state: State, stage: Stage) -> None:
     model = state.model
     on_cpu = next(model.parameters()).device.type == "cpu"
+    previous = state.artifact
     quantization = getattr(stage, "quantization", None) or \
-        getattr(state.artifact, "quantization", None)
-    art = compact.CompactArtifact(model, quantization)
+        getattr(previous, "quantization", None)
+    extra_meta = dict(getattr(previous, "extra_meta", {}) or {})
+    files = dict(getattr(previous, "files", {}) or {})
+    if getattr(stage, "widths", None):
+        extra_meta["widths"] = stage.widths
+    onnx = getattr(stage, "onnx", None)
+    if onnx is not None:
+        files[onnx_int8.FILE] = onnx
+        extra_meta["onnx"] = {"file": onnx_int8.FILE, **stage.onnx_meta}
+    dense_measures(state)
+    art = compact.CompactArtifact(model, quantization, extra_meta, files)
     state.artifact = art
     nbytes = art.nbytes()
     total, nonzero = param_counts(model)
     entries = {f"compressed_{k}": v for k, v in state.evaluate(model).items()}
-    entries.update({"sparsity": weight_sparsity(model), "param_count": total,
-                    "nonzero_params": nonzero})
+    entries.update({"sparsity": weight_sparsity(model, state.dense.get("weights")),
+                    "param_count": total, "nonzero_params": nonzero,
+                    "flops": shrink.flops(model, _example(state))})
+    if onnx is not None:
+        entries.update(onnx_entries(state, onnx))
     if on_cpu:
         entries["latency_ms"] = latency_ms(model, state.datasets.val.x)
     state.report.update(entries)  # the loop adds model_bytes/compression_ratio from disk

@@ -19,6 +19,11 @@ How it stays correct under training, DDP and restarts:
   computed by the same `masks_from` on the gathered weights.
 
 Schedules: "one_shot" prunes to the target at `start_epoch` (then training fine-tunes);
+Structured pruning removes: the bias of a pruned row is held at zero with its weights, and
+at fit_end the pruned rows, their biases and the next layer's input columns are cut out
+(dlopt.ml.shrink), so the saved model is a smaller dense network; meta.json records the
+widths left (`widths`) and loading rebuilds those shapes.
+
 "gradual" follows Zhu & Gupta (2017), s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3,
 updating masks every `frequency` steps between `start_epoch` and `end_epoch`.
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from dlopt.ml import shrink
 from dlopt.stages import Stage, State, prune_sharded
 from dlopt.stages.pruning import (
     apply_masks,
@@ -36,6 +42,7 @@ from dlopt.stages.pruning import (
     masks_agree,
     targets,
     update_due,
+    zero_dead_biases,
     zero_pruned,
 )
 
@@ -51,6 +58,7 @@ class Prune(Stage):
         self.updates = 0
         self.forced_at_end = 0
         self.sharded = None  # ShardedMasks when the model is FSDP-sharded (see prune_sharded)
+        self.widths: dict[str, int] = {}  # structured: output widths left after removal
 
     def _window(self, steps_per_epoch: int) -> tuple[int, int]:
         s = self.spec
@@ -84,6 +92,8 @@ class Prune(Stage):
         else:
             apply_masks(mods, compute_masks(mods, sparsity, self.spec.scope,
                                             self.spec.structured, self.spec.norm))
+            if self.spec.structured:
+                zero_dead_biases(mods)
             agree = masks_agree(mods, world)
         self.sparsity = sparsity
         self.updates += 1
@@ -113,6 +123,8 @@ class Prune(Stage):
             self.sharded.zero_pruned(mods)
         else:
             zero_pruned(mods)
+            if self.spec.structured:
+                zero_dead_biases(mods)
         target = self.target(state.step, state.steps_per_epoch)
         if target is not None:
             self._update(state, target)
@@ -129,6 +141,11 @@ class Prune(Stage):
             self._update(state, self.spec.sparsity, world)
             self.forced_at_end = 1
         make_permanent(state.model)
+        if self.spec.structured:
+            # Remove what the masks pruned: rows, their biases and the next layer's columns.
+            names = [name for name, _ in targets(state.model, True)]
+            zero_dead_biases([m for _, m in targets(state.model, True)])
+            self.widths = shrink.remove(state.model, names)
         state.report.update({"prune_rank_mask_mismatches": self.rank_mismatches,
                              "prune_mask_updates": self.updates,
                              "prune_forced_at_end": self.forced_at_end})

@@ -91,6 +91,17 @@ def zero_pruned(mods: list[nn.Module]) -> None:
         m.weight_orig.mul_(m.weight_mask)
 
 
+@torch.no_grad()
+def zero_dead_biases(mods: list[nn.Module]) -> None:
+    """Structured pruning: the bias of a pruned row is kept at zero too, so the unit outputs
+    act(0) whatever the input and can be cut out of the saved model (dlopt.ml.shrink)."""
+    for m in mods:
+        if m.bias is None:
+            continue
+        w = m.weight_mask if hasattr(m, "weight_mask") else m.weight
+        m.bias.mul_((w.reshape(w.shape[0], -1) != 0).any(dim=1).to(m.bias.dtype))
+
+
 def make_permanent(model: nn.Module) -> None:
     """Fold masks into the weights (prune.remove): plain Parameters with exact zeros."""
     for m in model.modules():

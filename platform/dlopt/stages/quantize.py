@@ -1,9 +1,20 @@
-"""The Quantize stage: applies dlopt.ml.quantization at its place in training (see there)."""
+"""The Quantize stage: applies dlopt.ml.quantization at its place in training (see there).
+
+At fit_end the fp32 model (pruned, shrunk, QAT-converted) is also exported to ONNX and
+quantized by ONNX Runtime (dlopt.ml.onnx_int8): "static" calibrates QDQ ranges on the same
+training batches as torchao's static scales, "dynamic" and "qat" quantize dynamically. That
+ONNX model is what serving runs (dlopt.registry.serving); the torchao int8 weights stay the
+PyTorch model `dlopt.load_model` returns. A weighted layer ONNX Runtime left in float is an
+error, never a silently fp32 layer in a model called int8.
+"""
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
 
+from dlopt.ml import onnx_int8
 from dlopt.ml.quantization import (
     apply,
     calibrate,
@@ -25,6 +36,8 @@ class Quantize(Stage):
         self.fake_quant = False
         self.quantization: dict | None = None
         self._model: nn.Module | None = None
+        self.onnx: bytes | None = None  # the ONNX Runtime int8 model (see fit_end)
+        self.onnx_meta: dict = {}
 
     def _qat_on_at(self) -> int:
         """0-based epoch from which fake quantization is on."""
@@ -45,26 +58,51 @@ class Quantize(Stage):
         if self.spec.method == "qat" and not self.fake_quant and state.epoch + 1 >= self._qat_on_at():
             self._set(state, True)
 
+    def _calibration(self, state: State) -> list[torch.Tensor]:
+        x = state.datasets.train.x
+        bs = state.spec.data.batch_size
+        g = torch.Generator().manual_seed(state.spec.seed)
+        order = torch.randperm(len(x), generator=g)
+        return [x[order[i * bs:(i + 1) * bs]].to(state.device)
+                for i in range(min(self.spec.calibration_batches, -(-len(x) // bs)))]
+
+    def _onnx(self, state: State, model: nn.Module, batches: list[torch.Tensor]) -> None:
+        """Export the fp32 model and quantize it with ONNX Runtime (see the module doc)."""
+        fp32 = copy.deepcopy(model).float().cpu().eval()
+        method = "static" if self.spec.method == "static" else "dynamic"
+        int8 = onnx_int8.quantize(onnx_int8.export(fp32, state.datasets.val.x[:1]), method,
+                                  [b.cpu() for b in batches])
+        left = onnx_int8.unquantized_layers(int8)
+        if left:
+            raise ValueError(f"ONNX Runtime left {', '.join(left)} in float; int8 refused")
+        self.onnx = int8
+        self.onnx_meta = {"method": method, "ops": onnx_int8.op_counts(int8),
+                          "runtime": "onnxruntime"}
+
     def fit_end(self, state: State) -> None:
         model = state.model
         make_permanent(model)
         method = self.spec.method
+        batches = self._calibration(state) if method == "static" else []
         if method == "qat":
             qat_convert(model)
+            self._onnx(state, model, batches)
             quantization = {"method": "dynamic", "act_mapping": "asymmetric", "trained": "qat"}
             apply(model, quantization)
         elif method == "static":
-            x = state.datasets.train.x
-            bs = state.spec.data.batch_size
-            g = torch.Generator().manual_seed(state.spec.seed)
-            order = torch.randperm(len(x), generator=g)
-            batches = [x[order[i * bs:(i + 1) * bs]].to(state.device)
-                       for i in range(min(self.spec.calibration_batches, -(-len(x) // bs)))]
+            self._onnx(state, model, batches)
             quantization = {"method": "static", "calibration_batches": len(batches)}
             apply(model, quantization, calibrate(model, batches))
         else:
+            self._onnx(state, model, batches)
             quantization = {"method": "dynamic", "act_mapping": "symmetric"}
             apply(model, quantization)
+        # torchao quantizes the PyTorch weights' Linear layers only; say which stay float there
+        # (model.onnx, the model served, has them int8 too: checked in _onnx).
+        float_layers = sorted({type(m).__name__ for m in model.modules()
+                               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))})
+        if float_layers:
+            quantization["pytorch_float_layers"] = float_layers
         self.quantization = quantization
 
     def state_dict(self) -> dict:
