@@ -79,6 +79,21 @@ def runtime_env_vars() -> dict[str, str]:
     return env_vars
 
 
+def runtime_env() -> dict:
+    """`ray.init`'s runtime_env: the sweep's env_vars, less those a Ray job's own runtime_env
+    already sets. Inside a job Ray merges this into the job's runtime_env (its working_dir
+    stays) and refuses a variable both set; the job's value is already in this process's
+    environment, so the job's choice wins."""
+    env_vars = runtime_env_vars()
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        import json
+
+        taken = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        env_vars = {k: v for k, v in env_vars.items() if k not in taken}
+    return {"env_vars": env_vars}
+
+
 def drop_ray_noise(data: dict) -> dict | None:
     """A Ray driver message (`{"lines": [...], ...}`) without the noisy lines; None if empty."""
     lines = [line for line in data.get("lines", []) if not any(n in line for n in RAY_NOISE)]

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from collections import deque
@@ -41,6 +42,12 @@ from dlopt.tracking.uris import redact_uri
 
 log = logging.getLogger(__name__)
 
+# MLflow 3's UI opens an experiment by this tag's kind; without it, an experiment with no
+# traces may open in the GenAI view. "custom_model_development" is its model-training kind
+# (the value MLflow's UI names ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
+
 
 class SweepFinished(RuntimeError):
     """--resume of a sweep whose MLflow parent run already FINISHED: nothing to resume
@@ -67,7 +74,8 @@ class Tracker:
     server delays metrics but never drops or reorders them, and training never waits on it.
     """
 
-    def __init__(self, tracking_uri: str, experiment_name: str):
+    def __init__(self, tracking_uri: str, experiment_name: str,
+                 artifact_root: Optional[Path] = None):
         if tracking_uri.startswith(("http://", "https://")):
             # MLflow's own retry loop would block the Tune event loop for minutes (7 retries,
             # exponential backoff); fail fast and let the queue retry instead.
@@ -77,7 +85,18 @@ class Tracker:
         self.uri = tracking_uri
         self.client = ScrubbingClient(MlflowClient(tracking_uri))
         exp = self.client.get_experiment_by_name(experiment_name)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment_name)
+        if exp is None:
+            # a local store's artifacts live beside it (dlopt.tracking.uris.artifact_root),
+            # not under whatever the working directory is
+            location = (str(artifact_root / re.sub(r"[^\w.-]", "_", experiment_name))
+                        if artifact_root is not None else None)
+            self.experiment_id = self.client.create_experiment(
+                experiment_name, artifact_location=location, tags=EXPERIMENT_TAGS)
+        else:
+            self.experiment_id = exp.experiment_id
+            if exp.tags.get(EXPERIMENT_KIND) is None:
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND,
+                                               EXPERIMENT_TAGS[EXPERIMENT_KIND])
         self.parent_id: Optional[str] = None
         self.children: dict[str, str] = {}
         self.known: set[str] = set()  # trials whose child run is created or queued
