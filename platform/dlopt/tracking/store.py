@@ -9,6 +9,7 @@ is logged exactly once per trial, even when a restarted worker reports it again.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import logging
 import math
@@ -225,7 +226,28 @@ class Tracker:
         self._log_params(trial_id, params)
         if spec_json is not None:
             self.log_json(trial_id, spec_json, "spec.json")
+            self._log_dataset(trial_id, spec_json)
         return self.children.get(trial_id)
+
+    def _log_dataset(self, trial_id: str, spec_json: dict) -> None:
+        """The trial's training data as an MLflow dataset input (the runs table's Dataset
+        column): named by the data spec, its digest the split-defining settings. Built from
+        the spec on the driver; the data itself is only loaded on the workers."""
+        data = spec_json.get("data") or {}
+        if not data.get("dataset"):
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        key = json.dumps([data, spec_json.get("seed")], sort_keys=True, default=str)
+        dataset = Dataset(
+            name=str(data["dataset"]), digest=hashlib.sha256(key.encode()).hexdigest()[:8],
+            source_type="code", source=json.dumps({"tags": {"dlopt.data": key}}),
+            profile=json.dumps({k: data.get(k) for k in ("val_fraction", "test_fraction")}
+                               | {"seed": spec_json.get("seed")}))
+        inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
+        self._write(f"log_inputs {trial_id}", lambda: self.client.log_inputs(
+            self._run_id(trial_id), datasets=inputs))
 
     def _run_id(self, ref: str) -> str:
         """A trial id (resolved when the queued write runs) or a run id."""
