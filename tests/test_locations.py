@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from dlopt.driver import environment
 from dlopt.tracking import uris
 from dlopt_testing import run_cli

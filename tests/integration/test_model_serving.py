@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
-
 from dlopt import Data, Experiment, Model, Optimizer, Resources, Search, Tracking
 from dlopt.driver.sweep import run
 from dlopt_testing import free_port
+from mlflow.tracking import MlflowClient
 
 NAME = "it-serve-digits"
 MODEL = f"models:/{NAME}@champion"
@@ -50,9 +49,8 @@ def champion(tmp_path_factory):
 
 def raw_test_split():
     """The test rows as sklearn returns them (float64, 0..16), picked by dlopt's own seeded split."""
-    from sklearn.datasets import load_digits
-
     from dlopt.ml.splits import split_indices
+    from sklearn.datasets import load_digits
 
     bunch = load_digits()
     _, _, test = split_indices(bunch.target, 0.2, 0.2, 0, True)

@@ -17,7 +17,6 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dlopt.tracking.scrub import scrub
 
-
 # Set by Ray's job supervisor for a job's entrypoint (`ray job submit`, `dlopt submit`): the
 # job's runtime_env, whose working_dir is a temporary copy Ray deletes after the job.
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
