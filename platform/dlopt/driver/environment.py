@@ -94,6 +94,38 @@ def runtime_env() -> dict:
     return {"env_vars": env_vars}
 
 
+@contextlib.contextmanager
+def out_of_job_dir() -> Iterator[None]:
+    """Inside a Ray job, the block may `leave_job_dir`; the working directory is restored
+    after (when it still exists)."""
+    try:
+        old: Optional[str] = os.getcwd()
+    except OSError:  # already gone
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.chdir(old)
+
+
+def leave_job_dir() -> None:
+    """Inside a Ray job, work from a directory Ray does not own (every relative location
+    was resolved before). Nodes sharing Ray's temp dir re-unpack the job's working_dir in
+    place whenever one of them first installs the job's runtime_env (when the driver joins,
+    when a trial first lands on a node): the driver's working directory is then gone, and
+    MLflow, Tune and os.path.abspath read it (os.getcwd) at many points."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    from pathlib import Path
+
+    for place in (Path.home() / "dlopt", Path.home(), Path("/")):
+        if place.is_dir():
+            os.chdir(place)
+            return
+
+
 def drop_ray_noise(data: dict) -> dict | None:
     """A Ray driver message (`{"lines": [...], ...}`) without the noisy lines; None if empty."""
     lines = [line for line in data.get("lines", []) if not any(n in line for n in RAY_NOISE)]

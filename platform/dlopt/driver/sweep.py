@@ -110,7 +110,7 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     """
     t0 = time.perf_counter()
     address = address or os.environ.get("RAY_ADDRESS")
-    with environment.scoped(quiet):
+    with environment.scoped(quiet), environment.out_of_job_dir():
         if quiet:
             environment.silence_process()
         # Every relative location is resolved here, once, before any thread or Ray starts
@@ -122,10 +122,12 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         teacher_files = check_before_ray(spec, tracking_uri, address)
         plan = make_plan(spec)
         restore_dir = sweep_to_resume(plan, storage_path, tracking_uri) if resume else None
+        # user, source (the experiment file), git commit, and the command that reproduces it
+        source = source_tags(sys.argv, spec_file=source_file)
+        environment.leave_job_dir()  # from here nothing reads the job's working directory
         tracker = start_ray_and_open_store(spec, plan, storage_path, tracking_uri, address, verbose)
         space, tables = to_ray_space(plan)
-        # user, source (the experiment file), git commit, and the command that reproduces it
-        tags = {"dlopt.sweep": plan.sweep_name, **source_tags(sys.argv, spec_file=source_file)}
+        tags = {"dlopt.sweep": plan.sweep_name, **source}
         tracker.start_parent(plan.sweep_name, plan.to_dict(), tags)
         callbacks = [MlflowCallback(tracker, plan.spec_json, tables, tags)]
         if progress:
