@@ -170,10 +170,10 @@ def test_pyfunc_wrapper_predicts_with_onnxruntime_when_the_artifact_has_it(tmp_p
     served = DloptModel()
     served.load_context(SimpleNamespace(artifacts={"model_dir": str(tmp_path / "onnx")}))
     assert served.session is not None and served.model is None
-    out = served.predict(None, x[:7].numpy())
+    out = served.predict(None, x[:7].numpy(), params={"output": "logits"})
     assert (out == onnx_int8.run(onnx_int8.session(int8), x[:7])).all()
     plain = DloptModel()
     plain.load_context(SimpleNamespace(artifacts={"model_dir": str(tmp_path / "torch")}))
     assert plain.session is None
     with torch.no_grad():
-        assert torch.allclose(torch.from_numpy(plain.predict(None, x[:7].numpy())), model(x[:7]))
+        assert torch.allclose(torch.from_numpy(plain.predict(None, x[:7].numpy(), params={"output": "logits"})), model(x[:7]))

@@ -110,14 +110,17 @@ def pid_alive(pid: int) -> bool:
 
 
 def up(state_dir: Path, workers: int, head_cpus: int, worker_cpus: int, mlflow: bool,
-       timeout_s: float = 90.0) -> dict:
+       timeout_s: float = 90.0, shared_temp_dir: bool = False) -> dict:
     state_dir.mkdir(parents=True, exist_ok=True)
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
     # One temp dir per node: on one host, nodes sharing a session dir would share the
     # runtime_env working_dir copies, and a worker node's agent would delete the package
     # the head's job driver still runs in. Ray's unix sockets live under it: keep it short.
+    # `shared_temp_dir` (tests only) starts them as plain `ray start` on one host does.
     temp_dirs = [tempfile.mkdtemp(prefix="dlray-", dir="/tmp") for _ in range(1 + workers)]
+    if shared_temp_dir:
+        temp_dirs = [temp_dirs[0]] * (1 + workers)
     token_path = state_dir / "auth_token"
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
@@ -188,7 +191,7 @@ def down(state_dir: Path, grace_s: float = 10.0) -> None:
         return
     state = json.loads(path.read_text())
     stop_sessions(list(state["pids"].values()), grace_s)
-    for temp_dir in state.get("temp_dirs", []):
+    for temp_dir in set(state.get("temp_dirs", [])):
         shutil.rmtree(temp_dir, ignore_errors=True)
     state["pids"] = {}
     write_state(state_dir, state)
@@ -237,12 +240,14 @@ def main(argv=None) -> int:
     u.add_argument("--head-cpus", type=int, default=2)
     u.add_argument("--worker-cpus", type=int, default=2)
     u.add_argument("--no-mlflow", action="store_true")
+    u.add_argument("--shared-temp-dir", action="store_true",
+                   help="one Ray temp dir for all nodes, as plain `ray start` on one host (tests)")
     d = sub.add_parser("down", help="stop what `up` started in STATE_DIR")
     d.add_argument("state_dir", type=Path)
     args = p.parse_args(argv)
     if args.cmd == "up":
         state = up(args.state_dir.resolve(), args.workers, args.head_cpus, args.worker_cpus,
-                   not args.no_mlflow)
+                   not args.no_mlflow, shared_temp_dir=args.shared_temp_dir)
         print(f"ray dashboard / job API  {state['dashboard']}")
         if "mlflow" in state:
             print(f"mlflow server            {state['mlflow']}")

@@ -109,16 +109,18 @@ def test_champion_loads_in_a_fresh_process_and_reproduces_accuracy(compressed, w
     code = (
         "import mlflow, numpy as np, torch, dlopt\n"
         f"mlflow.set_tracking_uri({compressed.tracking_uri!r})\n"
-        "from dlopt.ml.data import load\nfrom dlopt.spec import Data\n"
+        # raw validation rows as sklearn returns them (0-16): the registered model's input
+        "from sklearn.datasets import load_digits\nfrom dlopt.ml.splits import split_indices\n"
+        "b = load_digits()\n_, val, _ = split_indices(b.target, 0.2, 0.2, 0, True)\n"
+        "x, y = torch.from_numpy(b.data[val]), torch.from_numpy(b.target[val])\n"
         "m = dlopt.load_model('models:/digits-lenet300@champion')\n"
-        "d = load(Data(dataset='digits'), 0)\n"
         "with torch.no_grad():\n"
-        "    pred = m(d.val.x).argmax(1)\n"
+        "    pred = m(x).argmax(1)\n"
         "py = mlflow.pyfunc.load_model('models:/digits-lenet300@champion')\n"
         "assert py.unwrap_python_model().session is not None  # the ONNX Runtime path\n"
-        "pyf = np.asarray(py.predict(d.val.x.numpy())).argmax(1)\n"
+        "pyf = np.asarray(py.predict(x.numpy()))\n"  # class labels, from the raw rows
         "int8 = [type(l.weight).__name__ for l in m.modules() if isinstance(l, torch.nn.Linear)]\n"
-        "print((pred == d.val.y).sum().item() / len(d.val.y), (pyf == pred.numpy()).mean(),"
+        "print((pred == y).sum().item() / len(y), (pyf == pred.numpy()).mean(),"
         " ','.join(int8))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=work,
@@ -183,10 +185,16 @@ def test_distilled_student_agrees_with_teacher_more_than_alone(dense, work):
     )
     result = sweep(spec, work)
     mlflow.set_tracking_uri(result.tracking_uri)
-    teacher = dlopt.load_model(teacher_uri)
+    teacher = dlopt.load_model(teacher_uri)  # takes raw rows (its input transform inside)
     d = load_data(Data(dataset="digits"), 0)
+    from sklearn.datasets import load_digits
+    from dlopt.ml.splits import split_indices
+
+    raw = load_digits()
+    _, val, _ = split_indices(raw.target, 0.2, 0.2, 0, True)
     with torch.no_grad():
-        teacher_pred = teacher(d.val.x).argmax(1)
+        teacher_pred = teacher(torch.from_numpy(raw.data[val])).argmax(1)
+        assert torch.equal(teacher_pred, teacher.network(d.val.x).argmax(1))
     agreement = {}
     for t in result.trials:
         assert t.status == "ok"

@@ -20,17 +20,22 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "clusters" / "local" / "cluster.py"
 SPEC = "tests/integration/specs/submit_spread.py"
+VENV_BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     state_dir = tmp_path_factory.mktemp("cluster")
+    # the nodes' (and so the jobs') home: where a job without tracking settings keeps its sweep
+    home = tmp_path_factory.mktemp("home")
     up = subprocess.run([sys.executable, str(SCRIPT), "up", str(state_dir), "--workers", "1",
                          "--head-cpus", "2", "--worker-cpus", "2"],
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "HOME": str(home)})
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         state = json.loads((state_dir / "cluster.json").read_text())
+        state["home"] = str(home)
         env = dict(line.removeprefix("export ").split("=", 1)
                    for line in (state_dir / "env.sh").read_text().splitlines())
         yield state, env
@@ -122,3 +127,58 @@ def test_submit_runs_ddp_across_two_nodes_and_tracks_to_the_server(cluster):
     assert child.data.metrics["val_accuracy"] > 0.5
     version = client.get_model_version_by_alias("it-submit-model", "champion")
     assert version.tags["dlopt.source_run"] == child.info.run_id
+
+
+def ray_job_submit(env: dict, *args: str, timeout: float = 500):
+    """The real `ray` CLI as a Ray user types it, from the project root: no tracking URI."""
+    client = {**os.environ, **env, "PATH": str(VENV_BIN) + os.pathsep + os.environ.get("PATH", "")}
+    client.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([str(VENV_BIN / "ray"), "job", "submit", *args], cwd=ROOT, env=client,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_plain_ray_job_submit_keeps_the_sweep_after_the_job(cluster):
+    """`ray job submit --working-dir . -- dlopt run SPEC` with no MLflow settings: the job's
+    working directory is Ray's temporary copy, so the store and Ray storage go to the job
+    user's home (~/dlopt/mlflow.db, ~/ray_results); the summary names the store, which holds
+    the whole sweep after the job has ended."""
+    state, env = cluster
+    out = ray_job_submit(env, "--working-dir", ".", "--", "dlopt", "run", "tests/integration/specs/submit_plain.py")
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    assert "succeeded" in text.lower()
+    home = Path(state["home"])
+    line = next(line for line in text.splitlines() if line.startswith("MLflow parent run "))
+    uri = line.rsplit(" at ", 1)[1].strip()
+    assert uri == f"sqlite:///{home / 'dlopt' / 'mlflow.db'}", line
+    assert f"dlopt ui --backend-store-uri {uri}" in text  # read from outside the job
+    client = MlflowClient(uri)
+    (exp,) = [e for e in client.search_experiments() if e.name == "it-plain"]
+    assert exp.artifact_location.startswith(str(home / "dlopt" / "mlruns"))
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("dlopt.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("dlopt.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 1
+    assert parents[0].info.status == "FINISHED" and children[0].info.status == "FINISHED"
+    assert len(set(children[0].data.tags["dlopt.worker_nodes"].split(","))) == 2
+    version = client.get_model_version_by_alias("it-plain-model", "champion")
+    assert float(version.tags["metric.test_accuracy"]) > 0.5
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)  # the model's files outlive the job
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/it-plain-model@champion"))
+    assert (local / "artifacts" / "model_dir" / "meta.json").exists()
+    assert any((home / "ray_results").glob("it-plain-*"))
+
+
+def test_plain_job_with_an_unwritable_home_says_which_flags_to_pass(cluster):
+    _, env = cluster
+    out = ray_job_submit(env, "--working-dir", ".", "--runtime-env-json",
+                         json.dumps({"env_vars": {"HOME": "/proc/dlopt-no-home"}}),
+                         "--", "dlopt", "run", "tests/integration/specs/submit_plain.py", timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text[-3000:]
+    # one line from dlopt (`ray job submit` shows the job's log, and again its tail on failure)
+    (line,) = {line for line in text.splitlines() if line.startswith("error: cannot write")}
+    assert "--tracking-uri" in line and "--storage" in line
+    assert "Traceback" not in text

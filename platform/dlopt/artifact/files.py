@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from dlopt.artifact import compact
 from dlopt.ml import models, shrink
 from dlopt.ml.quantization import apply as apply_quantization
+from dlopt.ml.transform import InputTransform, WithInputTransform
 from dlopt.spec import Experiment
 
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
 META = "meta.json"
+EXAMPLE = "input_example.npy"  # a few raw training rows: the registered model's input example
 
 
 def save_dense(model: torch.nn.Module, spec_json: dict, meta: dict, directory: Path) -> Path:
@@ -35,7 +39,16 @@ def model_bytes(directory: Path) -> int:
     """Bytes of the saved PyTorch weights on disk (spec and metadata JSON not counted, nor the
     int8 ONNX model served beside them: the report has that as `onnx_bytes`)."""
     return sum(p.stat().st_size for p in Path(directory).iterdir()
-               if p.is_file() and p.name not in (SPEC, META) and p.suffix != ".onnx")
+               if p.is_file() and p.name not in (SPEC, META, EXAMPLE) and p.suffix != ".onnx")
+
+
+def save_example(rows: np.ndarray, directory: Path) -> None:
+    np.save(Path(directory) / EXAMPLE, np.ascontiguousarray(rows), allow_pickle=False)
+
+
+def load_example(directory: Path) -> Optional[np.ndarray]:
+    path = Path(directory) / EXAMPLE
+    return np.load(path, allow_pickle=False) if path.exists() else None
 
 
 def dense_bytes(model: torch.nn.Module) -> int:
@@ -63,6 +76,17 @@ def build_shaped(spec, meta: dict) -> torch.nn.Module:
     """The spec's architecture with the layer widths structured pruning left (meta `widths`)."""
     model = models.build(spec.model, tuple(meta["input_shape"]), meta["out_features"])
     return shrink.resize(model, meta["widths"]) if meta.get("widths") else model
+
+
+def build_inference_model(directory: Path) -> torch.nn.Module:
+    """The saved model behind its saved input transform: takes the raw arrays the data source
+    gives (what `dlopt.load_model`, the pyfunc and the test report use). Models saved before
+    the transform was recorded come back as `build_from_dir` returns them."""
+    model = build_from_dir(directory)
+    meta = json.loads((Path(directory) / META).read_text())
+    if not meta.get("input_transform"):
+        return model
+    return WithInputTransform(InputTransform.from_json(meta["input_transform"]), model).eval()
 
 
 def load_compressed(directory: Path, spec, meta: dict) -> torch.nn.Module:

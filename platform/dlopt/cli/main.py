@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from dlopt.cli.common import EXIT_INVALID, configure_logging, load_spec
 from dlopt.cli.submit import add_parser as add_submit_parser
@@ -56,7 +57,7 @@ def cmd_run(args) -> int:
     from dlopt.driver.sweep import ResumeError, run
     from dlopt.spec.load import SpecError
     from dlopt.tracking.store import SweepFinished
-    from dlopt.tracking.uris import TrackingUnreachable
+    from dlopt.tracking.uris import LocationError, TrackingUnreachable
 
     quiet = not args.verbose
     # Ray's and MLflow's settings stay for the whole command (the summary reads MLflow too);
@@ -69,6 +70,9 @@ def cmd_run(args) -> int:
     except (ResumeError, TrackingUnreachable) as err:  # before Ray starts; one line
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except LocationError as err:  # a default location cannot be written (before Ray starts)
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
     except SpecError as err:  # preflight: the run could never succeed (before Ray starts)
         for line in err.lines:
             print(line, file=sys.stderr)
@@ -118,13 +122,14 @@ def print_summary(result) -> None:
     uri = redact_uri(result.tracking_uri)
     print(f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}) at {uri}")
     from dlopt.driver.description import UI_QUERY
-    from dlopt.tracking.uris import default_tracking_uri
+    from dlopt.tracking.uris import default_tracking_uri, in_ray_job
 
     route = f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}{UI_QUERY}"
     if uri.startswith(("http://", "https://")):
         print(f"open the UI: {uri.rstrip('/')}/{route}")
-    else:  # a local store: `dlopt ui` serves it
-        store = "" if uri == default_tracking_uri() else f" --backend-store-uri {uri}"
+    else:  # a local store: `dlopt ui` serves it (a job's store: named, read from elsewhere)
+        store = ("" if uri == default_tracking_uri() and not in_ray_job()
+                 else f" --backend-store-uri {uri}")
         print(f"open the UI: dlopt ui{store}   then http://127.0.0.1:5000/{route}")
 
 
@@ -161,9 +166,13 @@ def cmd_evaluate(args) -> int:
 
 def cmd_ui(args) -> int:
     from dlopt.driver.description import UI_QUERY
-    from dlopt.tracking.uris import default_tracking_uri
+    from dlopt.tracking.uris import default_tracking_uri, durable_home
 
     uri = args.backend_store_uri or default_tracking_uri()
+    job_store = durable_home() / "mlflow.db"
+    if (not args.backend_store_uri and uri.startswith("sqlite:///")
+            and not Path(uri.removeprefix("sqlite:///")).exists() and job_store.exists()):
+        uri = f"sqlite:///{job_store}"  # no store here: the one `ray job submit` runs wrote
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port}/#/experiments{UI_QUERY}",
           flush=True)
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
@@ -193,8 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = spec_cmd("run", "run the sweep")
     s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     s.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    s.add_argument("--storage", default=None, help="Ray storage path or URI (default ./ray_results)")
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db; "
+                        "inside a Ray job ~/dlopt/mlflow.db)")
+    s.add_argument("--storage", default=None, help="Ray storage path or URI (default "
+                   "./ray_results; inside a Ray job ~/ray_results)")
     s.add_argument("--resume", action="store_true", help="continue the latest sweep of this experiment")
     s.add_argument("--verbose", action="store_true",
                    help="show Ray's and MLflow's own logs and warnings, and dlopt's debug lines")
@@ -213,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ui", help="MLflow UI on the local store")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=5000)
-    s.add_argument("--backend-store-uri", default=None)
+    s.add_argument("--backend-store-uri", default=None,
+                   help="default: ./mlflow.db, else ~/dlopt/mlflow.db (the store of `ray job submit` runs)")
     s.add_argument("--workers", type=int, default=1,
                    help="server processes (MLflow's default of 4 is for shared servers)")
     s.set_defaults(fn=cmd_ui)

@@ -85,6 +85,53 @@ def runtime_env_vars() -> dict[str, str]:
     return env_vars
 
 
+def runtime_env() -> dict:
+    """`ray.init`'s runtime_env: the sweep's env_vars, less those a Ray job's own runtime_env
+    already sets. Inside a job Ray merges this into the job's runtime_env (its working_dir
+    stays) and refuses a variable both set; the job's value is already in this process's
+    environment, so the job's choice wins."""
+    env_vars = runtime_env_vars()
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        import json
+
+        taken = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        env_vars = {k: v for k, v in env_vars.items() if k not in taken}
+    return {"env_vars": env_vars}
+
+
+@contextlib.contextmanager
+def out_of_job_dir() -> Iterator[None]:
+    """Inside a Ray job, the block may `leave_job_dir`; the working directory is restored
+    after (when it still exists)."""
+    try:
+        old: Optional[str] = os.getcwd()
+    except OSError:  # already gone
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.chdir(old)
+
+
+def leave_job_dir() -> None:
+    """Inside a Ray job, work from a directory Ray does not own (every relative location
+    was resolved before). Nodes sharing Ray's temp dir re-unpack the job's working_dir in
+    place whenever one of them first installs the job's runtime_env (when the driver joins,
+    when a trial first lands on a node): the driver's working directory is then gone, and
+    MLflow, Tune and os.path.abspath read it (os.getcwd) at many points."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    from pathlib import Path
+
+    for place in (Path.home() / "dlopt", Path.home(), Path("/")):
+        if place.is_dir():
+            os.chdir(place)
+            return
+
+
 def drop_ray_noise(data: dict) -> dict | None:
     """A Ray driver message (`{"lines": [...], ...}`) without the noisy lines; None if empty."""
     lines = [line for line in data.get("lines", []) if not any(n in line for n in RAY_NOISE)]

@@ -46,7 +46,15 @@ from dlopt.spec.plan import Plan, make_plan, trial_spec
 from dlopt.tracking.callback import MlflowCallback
 from dlopt.tracking.retry import DRAIN_TIMEOUT_S, RetryingClient
 from dlopt.tracking.store import SweepFinished, Tracker, finished_sweep
-from dlopt.tracking.uris import check_reachable, default_tracking_uri
+from dlopt.tracking.uris import (
+    absolute_tracking_uri,
+    artifact_root,
+    check_reachable,
+    check_writable,
+    default_storage,
+    default_tracking_uri,
+    in_ray_job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +93,9 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     """Run the sweep `spec` describes and return its `SweepResult` (with Ray's ResultGrid).
 
     address: a Ray cluster (default: RAY_ADDRESS; else a local Ray, started and stopped here).
-    tracking_uri: MLflow (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).
-    storage: Ray's storage path or URI (default ./ray_results).
+    tracking_uri: MLflow (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here; inside
+        a Ray job ~/dlopt/mlflow.db, since Ray deletes the job's working directory).
+    storage: Ray's storage path or URI (default ./ray_results; inside a Ray job ~/ray_results).
     resume: continue the latest sweep of this experiment under a local `storage`.
     verbose: Ray's own logs on this driver and Tune's progress output.
     quiet: hide every warning and Ray's and MLflow's chatter in this whole process; the CLI's
@@ -101,18 +110,24 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     """
     t0 = time.perf_counter()
     address = address or os.environ.get("RAY_ADDRESS")
-    with environment.scoped(quiet):
+    with environment.scoped(quiet), environment.out_of_job_dir():
         if quiet:
             environment.silence_process()
-        tracking_uri = tracking_uri or default_tracking_uri()
-        teacher_files = check_before_ray(spec, tracking_uri, address)
+        # Every relative location is resolved here, once, before any thread or Ray starts
+        # (a Ray job's working directory can be re-unpacked under the driver while it runs).
+        tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())
         storage_path = storage_location(storage)
+        if in_ray_job():
+            check_writable(tracking_uri, storage_path)
+        teacher_files = check_before_ray(spec, tracking_uri, address)
         plan = make_plan(spec)
         restore_dir = sweep_to_resume(plan, storage_path, tracking_uri) if resume else None
+        # user, source (the experiment file), git commit, and the command that reproduces it
+        source = source_tags(sys.argv, spec_file=source_file)
+        environment.leave_job_dir()  # from here nothing reads the job's working directory
         tracker = start_ray_and_open_store(spec, plan, storage_path, tracking_uri, address, verbose)
         space, tables = to_ray_space(plan)
-        # user, source (the experiment file), git commit, and the command that reproduces it
-        tags = {"dlopt.sweep": plan.sweep_name, **source_tags(sys.argv, spec_file=source_file)}
+        tags = {"dlopt.sweep": plan.sweep_name, **source}
         if "://" not in str(storage_path):
             # every queued MLflow write is journaled beside Tune's experiment state, so a
             # killed driver loses none: --resume replays them (dlopt.tracking.journal)
@@ -139,10 +154,11 @@ def check_before_ray(spec: Experiment, tracking_uri: str, address: Optional[str]
 
 
 def storage_location(storage: Optional[str]) -> Union[Path, str]:
-    """Ray's storage: a URI as given, else an absolute local path (default ./ray_results)."""
+    """Ray's storage: a URI as given, else an absolute local path (default ./ray_results, or
+    ~/ray_results inside a Ray job: dlopt.tracking.uris.default_storage)."""
     if storage and "://" in storage:
         return storage
-    return Path(storage or "ray_results").resolve()
+    return Path(storage).expanduser().resolve() if storage else default_storage()
 
 
 def latest_sweep_dir(storage: Path, name: str) -> Optional[Path]:
@@ -182,7 +198,7 @@ def local_cpus_needed(plan: Plan) -> int:
 
 
 def init_ray(plan: Plan, address: Optional[str], verbose: bool) -> None:
-    kwargs = dict(runtime_env={"env_vars": environment.runtime_env_vars()}, log_to_driver=verbose,
+    kwargs = dict(runtime_env=environment.runtime_env(), log_to_driver=verbose,
                   logging_level=logging.INFO if verbose else logging.ERROR,
                   ignore_reinit_error=True)
     if address:
@@ -195,17 +211,27 @@ def start_ray_and_open_store(spec: Experiment, plan: Plan, storage_path, trackin
                              address: Optional[str], verbose: bool) -> Tracker:
     """Start (or join) Ray while the MLflow store opens: opening it (a new SQLite file runs
     its schema migrations, ~2-3 s of CPU) overlaps Ray's start-up, which mostly waits on
-    its own processes."""
+    its own processes.
+
+    Inside a Ray job the store opens first: MLflow reads the working directory while opening
+    a store, and joining the cluster makes every node install the job's runtime_env, which
+    re-unpacks the job's working directory in place wherever nodes share Ray's temp dir
+    (several `ray start` on one host): the driver's working directory is then gone."""
     if not str(storage_path).startswith("s3://"):
         # AWS credentials travel in trial runtime_envs (logged in plain text by Ray) only
         # where storage needs them; otherwise trials inherit the environment like any process.
         ray_compat.drop_propagated_env_vars("AWS_")
-    with ThreadPoolExecutor(1, thread_name_prefix="dlopt-mlflow-open") as pool:
-        opening = pool.submit(Tracker, tracking_uri, plan.tracking_experiment)
-        try:
-            init_ray(plan, address, verbose)
-        finally:
-            tracker = opening.result()
+    root = artifact_root(tracking_uri)
+    if in_ray_job():
+        tracker = Tracker(tracking_uri, plan.tracking_experiment, root)
+        init_ray(plan, address, verbose)
+    else:
+        with ThreadPoolExecutor(1, thread_name_prefix="dlopt-mlflow-open") as pool:
+            opening = pool.submit(Tracker, tracking_uri, plan.tracking_experiment, root)
+            try:
+                init_ray(plan, address, verbose)
+            finally:
+                tracker = opening.result()
     if address:
         for line in preflight.cluster_warnings(spec):
             log.warning(line)

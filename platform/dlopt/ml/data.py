@@ -22,15 +22,15 @@ import torch
 from dlopt.ml import vision_data
 from dlopt.ml.components import import_path
 from dlopt.ml.splits import WITHHELD, Datasets, Split, split_indices
+from dlopt.ml.transform import InputTransform, standardizer
 from dlopt.spec import Data
 
 
 def _digits(spec: Data, seed: int):
     from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    x = (bunch.data / 16.0).astype(np.float32)  # pixel values 0..16 -> 0..1
-    return x, bunch.target.astype(np.int64), "classification"
+    bunch = load_digits()  # raw, as sklearn returns it: float64 pixel values 0..16
+    return bunch.data, bunch.target.astype(np.int64), "classification"
 
 
 def _synthetic(spec: Data, seed: int):
@@ -64,6 +64,11 @@ DATASETS = {
     "synthetic": _synthetic,
     "linear_1d": _linear_1d,
 }
+# A built-in dataset's fixed scaling before standardization (part of the saved input
+# transform): digits' pixel values 0..16 -> 0..1.
+DIVISORS = {"digits": 16.0}
+# Raw training rows saved with the model as its MLflow input example.
+EXAMPLE_ROWS = 2
 
 
 def cache_dir() -> Path:
@@ -80,7 +85,7 @@ def _built_in(spec: Data, seed: int, builder):
     """
     from importlib.metadata import version
 
-    key = json.dumps([spec.model_dump(mode="json"), seed, version("scikit-learn"), 1],
+    key = json.dumps([spec.model_dump(mode="json"), seed, version("scikit-learn"), 2],
                      sort_keys=True)
     path = cache_dir() / f"{spec.dataset}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     try:
@@ -110,7 +115,7 @@ def load(spec: Data, seed: int, with_test: bool = False) -> Datasets:
     if builder is None:
         datasets = vision_data.load(spec, seed)  # its test split is the official one
         if not with_test:
-            datasets.test = WITHHELD
+            datasets.test = datasets.raw_test = WITHHELD
         return datasets
     if spec.dataset in DATASETS:
         x, y, task, train, val, test = _built_in(spec, seed, builder)
@@ -119,25 +124,29 @@ def load(spec: Data, seed: int, with_test: bool = False) -> Datasets:
         train, val, test = split_indices(y, spec.val_fraction, spec.test_fraction, seed,
                                          task == "classification")
     classification = task == "classification"
-    if classification:
-        # Standardize with training statistics only (no peeking at val/test).
-        # A feature constant on the training split (a digits border pixel) keeps scale 1: dividing
-        # by its ~0 std would turn a rare nonzero validation/test pixel into a 1e5 outlier.
-        mean, std = x[train].mean(0), x[train].std(0)
-        x = (x - mean) / np.where(std > 1e-6, std, 1.0).astype(x.dtype)
+    raw = x
+    divisor = DIVISORS.get(spec.dataset, 1.0)
+    # Standardize classification inputs with training statistics only (no peeking at
+    # val/test); the fitted transform is saved with the model (dlopt.ml.transform).
+    transform = (standardizer(raw[train], divisor) if classification
+                 else InputTransform(divisor))
+    x = transform.apply(raw)
 
     def part(i):
         return Split(torch.from_numpy(x[i]), torch.from_numpy(y[i]))
 
     if not with_test:
-        test_split = WITHHELD
+        test_split = raw_test = WITHHELD
+    elif len(test):
+        test_split, raw_test = part(test), Split(torch.from_numpy(raw[test]), torch.from_numpy(y[test]))
     else:
-        test_split = part(test) if len(test) else None
+        test_split = raw_test = None
     return Datasets(
         train=part(train), val=part(val), test=test_split, task=task,
         num_classes=int(y.max()) + 1 if classification else 0,
         input_shape=tuple(x.shape[1:]),
         out_features=int(y.max()) + 1 if classification else y.shape[1],
+        transform=transform, raw_test=raw_test, raw_example=raw[train[:EXAMPLE_ROWS]],
     )
 
 

@@ -11,6 +11,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from dlopt.ml.transform import InputTransform
+
 
 @dataclass
 class Split:
@@ -61,6 +63,11 @@ class Datasets:
     num_classes: int  # 0 for regression
     input_shape: tuple[int, ...]
     out_features: int
+    # the transform fitted on the training split (raw -> what the model trains on), the test
+    # split as the data source gives it (WITHHELD like `test`), and a few raw training rows
+    transform: Optional["InputTransform"] = None
+    raw_test: Optional[Split] = None
+    raw_example: Optional[np.ndarray] = None
 
 
 def split_indices(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from dlopt.ml.splits import Datasets, Split, split_indices
+from dlopt.ml.transform import standardizer
 from dlopt.spec import Data
 
 MNIST_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
@@ -128,16 +129,16 @@ def load(spec: Data, seed: int) -> Datasets:
     root = Path(spec.root).expanduser().resolve()
     train_x, train_y, test_x, test_y = READERS[spec.dataset](root)
     train, val, _ = split_indices(train_y, spec.val_fraction, 0.0, seed, stratify=True)
-    # [0, 1] pixels, then per-channel standardization with training statistics only
-    scale = lambda a: a.astype(np.float32) / 255.0  # noqa: E731
-    fit_x = scale(train_x[train])
-    mean = fit_x.mean(axis=(0, 2, 3), keepdims=True)
-    std = fit_x.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+    # [0, 1] pixels, then per-channel standardization with training statistics only; the
+    # fitted transform is saved with the model (dlopt.ml.transform)
+    transform = standardizer(train_x[train], 255.0, axis=(0, 2, 3), add_std=1e-6)
 
     def part(x: np.ndarray, y: np.ndarray) -> Split:
-        return Split(torch.from_numpy((scale(x) - mean) / std), torch.from_numpy(y))
+        return Split(torch.from_numpy(transform.apply(x)), torch.from_numpy(y))
 
     num_classes = int(train_y.max()) + 1
     return Datasets(train=part(train_x[train], train_y[train]), val=part(train_x[val], train_y[val]),
                     test=part(test_x, test_y), task="classification", num_classes=num_classes,
-                    input_shape=tuple(train_x.shape[1:]), out_features=num_classes)
+                    input_shape=tuple(train_x.shape[1:]), out_features=num_classes,
+                    transform=transform, raw_test=Split(torch.from_numpy(np.array(test_x)), torch.from_numpy(test_y)),
+                    raw_example=train_x[train[:2]])

@@ -4,8 +4,10 @@ Selection uses validation metrics only, so the best validation score is biased u
 the test split (withheld from training and selection, see dlopt.ml.data) gives an unbiased
 number. It runs once per sweep on the driver, after selection and registration
 (dlopt.driver.finalize), and again on demand with `dlopt evaluate models:/NAME@ALIAS`. Both
-load the model the same way (dlopt.artifact.files.build_from_dir, which handles compressed
-formats), evaluate it on the CPU in fp32 and so print the same numbers.
+load the model the same way (dlopt.artifact.files.build_inference_model: the saved input
+transform in front of the network, compressed formats included), feed it the test split as
+the data source gives it (raw, as a user of the registered model would), evaluate it on the
+CPU in fp32 and so print the same numbers.
 
 This is the only module that calls `data.load(..., with_test=True)`
 (tests/test_splits.py checks that statically).
@@ -23,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from dlopt.artifact.files import META, SPEC, build_from_dir
+from dlopt.artifact.files import META, SPEC, build_inference_model
 from dlopt.ml import data as data_mod
 from dlopt.ml import metrics as metrics_mod
 from dlopt.registry.register import local_copy
@@ -73,11 +75,12 @@ def model_dir_from_uri(uri: str) -> Path:
 
 
 def load_saved(model_dir: Path) -> tuple[torch.nn.Module, Experiment, dict]:
-    """The saved model (dense or compressed), its resolved spec and its metadata."""
+    """The saved model (dense or compressed, behind its input transform), its resolved spec
+    and its metadata."""
     model_dir = Path(model_dir)
     spec = Experiment.model_validate(json.loads((model_dir / SPEC).read_text()))
     meta = json.loads((model_dir / META).read_text())
-    return build_from_dir(model_dir), spec, meta
+    return build_inference_model(model_dir), spec, meta
 
 
 def data_override(spec: Experiment, data: Optional[str]) -> tuple[Data, int]:
@@ -115,8 +118,10 @@ def evaluate_model(model: torch.nn.Module, data: Data, seed: int, meta: Optional
             f"({meta.get('task')}) but {data.dataset!r} is {datasets.input_shape} -> "
             f"{datasets.out_features} ({datasets.task})")
     # fp32 on the CPU: what a deployed (possibly int8) model runs as, and the same numbers
-    # on the driver and in `dlopt evaluate`.
-    out = predict(model, test.x, precision="32", device="cpu", batch_size=batch_size)
+    # on the driver and in `dlopt evaluate`. A model saved with its input transform takes
+    # the raw test inputs (what its users hold); an older one the standardized ones.
+    x = datasets.raw_test.x if meta and meta.get("input_transform") else test.x
+    out = predict(model, x, precision="32", device="cpu", batch_size=batch_size)
     values = metrics_mod.compute(out, test.y, datasets.task, datasets.num_classes, prefix=PREFIX)
     confusion = None
     if datasets.task == "classification":

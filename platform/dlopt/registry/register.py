@@ -10,10 +10,50 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from dlopt.artifact.files import build_from_dir
+from dlopt.artifact.files import build_inference_model, load_example
 
-PIP_REQUIREMENTS = ["torch", "torchao", "safetensors", "pydantic", "dlopt"]
-ONNX_REQUIREMENTS = ["onnx==1.23.2", "onnxruntime==1.31.1"]  # a quantized model serves with ORT
+# What the logged model imports, pinned to this environment's versions (local labels such
+# as +cpu dropped: `torch==2.13.0` accepts the CPU build). dlopt itself is not on an index:
+# its code travels with the model (`code_paths`, see `staged_code`).
+REQUIRED = ("torch", "torchao", "safetensors", "pydantic", "numpy")
+ONNX_REQUIRED = ("onnx", "onnxruntime")  # a quantized model serves with ONNX Runtime
+
+
+def pip_requirements(onnx: bool = False) -> list[str]:
+    from importlib.metadata import version
+
+    names = REQUIRED + (ONNX_REQUIRED if onnx else ())
+    return [f"{name}=={version(name).split('+')[0]}" for name in names]
+
+
+def staged_code(into: Path) -> Path:
+    """A copy of the dlopt package to log as the model's `code_paths`: what loads the model
+    where dlopt is not installed. Without `__main__.py` files and caches: MLflow drops every
+    module named like a file of the code path from sys.modules when it loads the model, and
+    `__main__` must stay."""
+    target = into / "dlopt"
+    shutil.copytree(Path(__file__).resolve().parents[1], target,
+                    ignore=shutil.ignore_patterns("__pycache__", "__main__.py", "*.pyc"))
+    return target
+
+
+def signature_and_example(model_dir: Path):
+    """The model's MLflow signature (raw input rows -> labels or values, `params.output`)
+    and its input example (raw training rows saved with it), or (None, None) for a model
+    saved without an example."""
+    from types import SimpleNamespace
+
+    from mlflow.models import infer_signature
+
+    from dlopt.registry.serving import DEFAULT_PARAMS, DloptModel
+
+    example = load_example(model_dir)
+    if example is None:
+        return None, None
+    wrapper = DloptModel()
+    wrapper.load_context(SimpleNamespace(artifacts={"model_dir": str(model_dir)}))
+    params = DEFAULT_PARAMS if wrapper.task == "classification" else None
+    return infer_signature(example, wrapper.predict(None, example), params=params), example
 
 
 def local_copy(checkpoint_path: str) -> Path:
@@ -58,13 +98,16 @@ def register(tracker, trial_run_id: str, checkpoint_path: str, name: str, alias:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model_dir"
         shutil.copytree(source, model_dir, ignore=shutil.ignore_patterns("checkpoint.pt", ".*"))
+        signature, example = signature_and_example(model_dir)
         with mlflow.start_run(run_id=trial_run_id, nested=True):
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
                 artifacts={"model_dir": str(model_dir)},
-                pip_requirements=PIP_REQUIREMENTS + (
-                    ONNX_REQUIREMENTS if any(model_dir.glob("*.onnx")) else []),
+                code_paths=[str(staged_code(Path(tmp) / "code"))],
+                pip_requirements=pip_requirements(onnx=any(model_dir.glob("*.onnx"))),
+                signature=signature,
+                input_example=example,
             )
     version = mlflow.register_model(info.model_uri, name, tags={**tags, SOURCE_TAG: trial_run_id},
                                     await_registration_for=60)
@@ -74,9 +117,10 @@ def register(tracker, trial_run_id: str, checkpoint_path: str, name: str, alias:
 
 
 def load_model(uri: str):
-    """`models:/NAME@ALIAS` (or any MLflow model URI) -> a ready torch.nn.Module, nothing unpickled."""
+    """`models:/NAME@ALIAS` (or any MLflow model URI) -> a ready torch.nn.Module, nothing
+    unpickled, that takes the raw arrays the data source gives (its input transform inside)."""
     import mlflow  # deferred on purpose, as in `register`
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    return build_from_dir(local / "artifacts" / "model_dir")
+    return build_inference_model(local / "artifacts" / "model_dir")
 

@@ -9,10 +9,12 @@ is logged exactly once per trial, even when a restarted worker reports it again.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from collections import deque
@@ -46,6 +48,12 @@ log = logging.getLogger(__name__)
 # (what is left stays queued and journaled, ahead of new writes).
 REPLAY_WAIT_S = 30.0
 
+# MLflow 3's UI opens an experiment by this tag's kind; without it, an experiment with no
+# traces may open in the GenAI view. "custom_model_development" is its model-training kind
+# (the value MLflow's UI names ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
+
 
 class SweepFinished(RuntimeError):
     """--resume of a sweep whose MLflow parent run already FINISHED: nothing to resume
@@ -78,7 +86,8 @@ class Tracker:
     before the kill writes nothing twice.
     """
 
-    def __init__(self, tracking_uri: str, experiment_name: str):
+    def __init__(self, tracking_uri: str, experiment_name: str,
+                 artifact_root: Optional[Path] = None):
         if tracking_uri.startswith(("http://", "https://")):
             # MLflow's own retry loop would block the Tune event loop for minutes (7 retries,
             # exponential backoff); fail fast and let the queue retry instead.
@@ -88,7 +97,18 @@ class Tracker:
         self.uri = tracking_uri
         self.client = ScrubbingClient(MlflowClient(tracking_uri))
         exp = self.client.get_experiment_by_name(experiment_name)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment_name)
+        if exp is None:
+            # a local store's artifacts live beside it (dlopt.tracking.uris.artifact_root),
+            # not under whatever the working directory is
+            location = (str(artifact_root / re.sub(r"[^\w.-]", "_", experiment_name))
+                        if artifact_root is not None else None)
+            self.experiment_id = self.client.create_experiment(
+                experiment_name, artifact_location=location, tags=EXPERIMENT_TAGS)
+        else:
+            self.experiment_id = exp.experiment_id
+            if exp.tags.get(EXPERIMENT_KIND) is None:
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND,
+                                               EXPERIMENT_TAGS[EXPERIMENT_KIND])
         self.parent_id: Optional[str] = None
         self.children: dict[str, str] = {}
         self.known: set[str] = set()  # trials whose child run is created or queued
@@ -214,6 +234,12 @@ class Tracker:
             c.set_tag(run_id, rec["key"], rec["value"])
         elif op == "set_terminated":
             c.set_terminated(run_id, status=rec["status"])
+        elif op == "log_inputs":  # MLflow keeps one input per (run, dataset digest)
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+            from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+            c.log_inputs(run_id, datasets=[DatasetInput(
+                Dataset(**rec["dataset"]), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
         elif op == "log_artifact":
             with tempfile.TemporaryDirectory() as d:
                 path = Path(d) / rec["name"]
@@ -296,7 +322,22 @@ class Tracker:
         self._log_params(trial_id, params)
         if spec_json is not None:
             self.log_json(trial_id, spec_json, "spec.json")
+            self._log_dataset(trial_id, spec_json)
         return self.children.get(trial_id)
+
+    def _log_dataset(self, trial_id: str, spec_json: dict) -> None:
+        """The trial's training data as an MLflow dataset input (the runs table's Dataset
+        column): named by the data spec, its digest the split-defining settings. Built from
+        the spec on the driver; the data itself is only loaded on the workers."""
+        data = spec_json.get("data") or {}
+        if not data.get("dataset"):
+            return
+        key = json.dumps([data, spec_json.get("seed")], sort_keys=True, default=str)
+        self._write({"op": "log_inputs", "ref": trial_id, "dataset": {
+            "name": str(data["dataset"]), "digest": hashlib.sha256(key.encode()).hexdigest()[:8],
+            "source_type": "code", "source": json.dumps({"tags": {"dlopt.data": key}}),
+            "profile": json.dumps({k: data.get(k) for k in ("val_fraction", "test_fraction")}
+                                  | {"seed": spec_json.get("seed")})}})
 
     def log_result(self, trial_id: str, result: dict) -> None:
         """Per-epoch metrics once per epoch; the final (compression) report once."""

@@ -17,10 +17,83 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dlopt.tracking.scrub import scrub
 
+# Set by Ray's job supervisor for a job's entrypoint (`ray job submit`, `dlopt submit`): the
+# job's runtime_env, whose working_dir is a temporary copy Ray deletes after the job.
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+class LocationError(ValueError):
+    """A default location dlopt would write to cannot be written (raised before Ray starts)."""
+
+
+def in_ray_job() -> bool:
+    """This process is a Ray job's entrypoint (its working directory is Ray's temporary copy)."""
+    return RAY_JOB_ENV in os.environ
+
+
+def durable_home() -> Path:
+    """Where a Ray job keeps the default MLflow store: ~/dlopt (mlflow.db, mlruns/)."""
+    return Path.home() / "dlopt"
+
 
 def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else a SQLite store in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """$MLFLOW_TRACKING_URI, else a SQLite store: in the working directory, or in
+    `durable_home()` inside a Ray job (whose working directory Ray deletes). Absolute."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return absolute_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    base = durable_home() if in_ray_job() else Path.cwd()
+    return f"sqlite:///{base / 'mlflow.db'}"
+
+
+def default_storage() -> Path:
+    """Ray's storage: ./ray_results, or inside a Ray job ~/ray_results (Tune's own default)."""
+    return Path.home() / "ray_results" if in_ray_job() else Path.cwd() / "ray_results"
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a `sqlite:///` URI (relative to the working directory unless
+    it starts with a fourth slash), else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """A SQLite URI with its path made absolute (resolved once, against today's working
+    directory); any other URI as given."""
+    db = sqlite_path(uri)
+    return f"sqlite:///{db.expanduser().resolve()}" if db is not None else uri
+
+
+def artifact_root(tracking_uri: str) -> Optional[Path]:
+    """Where MLflow puts the artifacts of a local SQLite store: `mlruns/` beside the database.
+
+    MLflow's own default for a client-side store is `./mlruns` under whatever the working
+    directory is when the store is opened; dlopt fixes it beside the database instead, so
+    models live with their runs wherever the sweep was started (and never in a Ray job's
+    temporary directory)."""
+    db = sqlite_path(absolute_tracking_uri(tracking_uri))
+    return db.parent / "mlruns" if db is not None else None
+
+
+def check_writable(tracking_uri: str, storage) -> None:
+    """Inside a Ray job, the default locations must be writable (the job's own directory is
+    temporary, so there is no fallback); one line naming the flags that choose others."""
+    dirs = []
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        dirs.append(db.parent)
+    if "://" not in str(storage):
+        dirs.append(Path(storage))
+    for d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / f".dlopt-write-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise LocationError(
+                f"cannot write {d} ({err.strerror or err}); inside a Ray job dlopt keeps the "
+                "MLflow store and Ray storage outside the job's temporary directory: pass "
+                "--tracking-uri URI and --storage PATH_OR_URI") from None
 
 
 def git_commit(cwd: Optional[Path] = None) -> Optional[str]:

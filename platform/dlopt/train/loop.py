@@ -183,10 +183,14 @@ def save_final_model(final: dict, state: State, model: torch.nn.Module) -> Calla
     saved_dir = Path(tempfile.mkdtemp(prefix="dlopt-model-"))
     meta = {"input_shape": list(datasets.input_shape), "out_features": datasets.out_features,
             "task": datasets.task}
+    if datasets.transform is not None:  # raw inputs -> what it trained on (dlopt.ml.transform)
+        meta["input_transform"] = datasets.transform.to_json()
     if state.artifact is not None:
         state.artifact.save(saved_dir, spec.model_dump(mode="json"), meta)
     else:
         artifact.save_dense(model, spec.model_dump(mode="json"), meta, saved_dir)
+    if datasets.raw_example is not None:
+        artifact.save_example(datasets.raw_example, saved_dir)
     final["model_bytes"] = artifact.model_bytes(saved_dir)
     final["compression_ratio"] = final["dense_bytes"] / max(final["model_bytes"], 1)
     return lambda d: shutil.copytree(saved_dir, d, dirs_exist_ok=True)
