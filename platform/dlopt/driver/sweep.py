@@ -108,13 +108,15 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         teacher_files = check_before_ray(spec, tracking_uri, address)
         storage_path = storage_location(storage)
         plan = make_plan(spec)
+        environment.set_state_period(os.environ, plan.trials)
         restore_dir = sweep_to_resume(plan, storage_path, tracking_uri) if resume else None
         tracker = start_ray_and_open_store(spec, plan, storage_path, tracking_uri, address, verbose)
         space, tables = to_ray_space(plan)
         # user, source (the experiment file), git commit, and the command that reproduces it
         tags = {"dlopt.sweep": plan.sweep_name, **source_tags(sys.argv, spec_file=source_file)}
         tracker.start_parent(plan.sweep_name, plan.to_dict(), tags)
-        callbacks = [MlflowCallback(tracker, plan.spec_json, tables, tags)]
+        tracking = MlflowCallback(tracker, plan.spec_json, tables, tags)
+        callbacks = [tracking]
         if progress:
             callbacks.append(ProgressCallback(plan, tables,
                                               stream=sys.stdout if progress is True else progress))
@@ -122,7 +124,7 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         tuner = make_tuner(plan, spec, trainable, space,
                            run_config(plan, spec, storage_path, callbacks, verbose), restore_dir)
         return fit_and_finalize(tuner, plan, spec, tracker, tables, space, storage_path,
-                                stop_ray=not address, t0=t0)
+                                stop_ray=not address, t0=t0, tracking=tracking)
 
 
 # ------------------------------------------------------------------ before Ray starts
@@ -260,12 +262,16 @@ def make_tuner(plan: Plan, spec: Experiment, trainable, space: dict, config: tun
 # ------------------------------------------------------------------ fit, then finalize
 def fit_and_finalize(tuner: tune.Tuner, plan: Plan, spec: Experiment, tracker: Tracker,
                      tables: dict, space: dict, storage_path, stop_ray: bool,
-                     t0: float) -> SweepResult:
+                     t0: float, tracking: Optional[MlflowCallback] = None) -> SweepResult:
     """Fit, then select, register and review; the parent run ends FINISHED or FAILED and a
     local Ray stops whatever happens."""
     status = "FAILED"
     try:
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        finally:
+            if tracking is not None:  # its writer thread done: the Tracker is ours alone
+                tracking.close()
         tracker.drain()  # writes buffered during an MLflow outage: written, or a clear error
         # From here the driver writes directly (registry, test report, review): each call
         # retries through an outage, bounded like the drain, instead of failing the sweep.
