@@ -1,0 +1,105 @@
+"""A PostgreSQL server for MLflow's tracking store, on loopback, in a directory of its own.
+
+    python clusters/local/postgres.py up   DATA_PARENT   # prints the SQLAlchemy URI
+    python clusters/local/postgres.py down DATA_PARENT
+
+Debian's `postgresql` package (binaries under /usr/lib/postgresql/N/bin): `initdb` a fresh
+cluster with one trusted local user `dlopt` and a database `mlflow`, listening on 127.0.0.1
+only, on a free port; `pg_ctl` starts and stops exactly that cluster. PostgreSQL refuses to
+run as root: as root the cluster belongs to the `postgres` system user (runuser). MLflow
+reaches it through psycopg 3: `postgresql+psycopg://dlopt@127.0.0.1:PORT/mlflow`.
+Used by clusters/local/cluster.py (`up --mlflow-db postgres`) and by
+tests/integration/test_postgres_store.py.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+HOST = "127.0.0.1"
+USER, DB = "dlopt", "mlflow"
+STATE = "postgres.json"
+
+
+def bindir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if found:
+        return Path(found[-1]).parent
+    pg_ctl = shutil.which("pg_ctl")
+    if pg_ctl:
+        return Path(pg_ctl).parent
+    raise FileNotFoundError("PostgreSQL server binaries not found: apt-get install postgresql")
+
+
+def _as_owner(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def up(parent: Path, port: int | None = None, durable: bool = True) -> dict:
+    """initdb + start a cluster under `parent/pgdata`; returns its state (uri, port, paths).
+    durable=False: fsync off (tests: a crash may lose the store, never the case for users)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    data, sockets, log = parent / "pgdata", parent / "pgsock", parent / "postgres.log"
+    port = port or free_port()
+    if os.geteuid() == 0:  # the server's files belong to the postgres user
+        parent.chmod(0o755)
+        sockets.mkdir(exist_ok=True)
+        log.touch()
+        shutil.chown(sockets, "postgres")
+        shutil.chown(log, "postgres")
+        if not data.exists():
+            data.mkdir(mode=0o700)
+            shutil.chown(data, "postgres")
+    sockets.mkdir(exist_ok=True)
+    b = bindir()
+    if not (data / "PG_VERSION").exists():
+        subprocess.run(_as_owner([str(b / "initdb"), "-D", str(data), "-U", USER, "--auth=trust",
+                                  "-E", "UTF8", "--no-sync"]),
+                       check=True, capture_output=True, text=True)
+    options = f"-c listen_addresses={HOST} -p {port} -k {sockets}" + ("" if durable else " -c fsync=off")
+    subprocess.run(_as_owner([str(b / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
+                              "-w", "-t", "60", "start"]), check=True, capture_output=True, text=True)
+    state = {"port": port, "data": str(data), "uri": f"postgresql+psycopg://{USER}@{HOST}:{port}/{DB}"}
+    created = subprocess.run([str(b / "createdb"), "-h", HOST, "-p", str(port), "-U", USER, DB],
+                             capture_output=True, text=True)
+    if created.returncode and "already exists" not in created.stderr:
+        down(parent)
+        raise RuntimeError(f"createdb failed: {created.stderr.strip()}")
+    (parent / STATE).write_text(json.dumps(state))
+    return state
+
+
+def down(parent: Path) -> None:
+    """Stop the cluster under `parent` (fast shutdown); its files stay."""
+    data = parent / "pgdata"
+    if (data / "postmaster.pid").exists():
+        subprocess.run(_as_owner([str(bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
+                                  "stop"]), capture_output=True, text=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=["up", "down"])
+    ap.add_argument("parent", type=Path)
+    args = ap.parse_args()
+    if args.action == "up":
+        print(up(args.parent.resolve())["uri"])
+    else:
+        down(args.parent.resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
