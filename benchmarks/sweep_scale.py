@@ -134,6 +134,8 @@ def main() -> None:
             dlopt_s, out, _ = timed([sys.executable, "-m", "dlopt", "run", str(spec),
                                      "--tracking-uri", uri, "--storage", f"{work}/ray"], env)
             check = check_mlflow(uri, n, args.epochs)
+            check["tune_state_bytes"] = sum(p.stat().st_size for p in
+                                            Path(work, "ray").glob("*/experiment_state-*.json"))
         rows.append({"trials": n, "bare_s": bare_s, "dlopt_s": dlopt_s, "ratio": dlopt_s / bare_s,
                      "stdout_lines": len(out.splitlines()), **check})
         print(common.table(rows[-1:], list(rows[-1])), flush=True)
@@ -142,7 +144,7 @@ def main() -> None:
         row["bare_marginal_s"] = (row["bare_s"] - prev["bare_s"]) / dn
         row["dlopt_marginal_s"] = (row["dlopt_s"] - prev["dlopt_s"]) / dn
     cols = ["trials", "bare_s", "dlopt_s", "ratio", "bare_marginal_s", "dlopt_marginal_s",
-            "stdout_lines", "child_runs", "every_epoch_once"]
+            "stdout_lines", "child_runs", "every_epoch_once", "tune_state_bytes"]
     text = common.table(rows, cols)
     print(text)
     last = rows[-1]
@@ -151,7 +153,7 @@ def main() -> None:
           "dlopt run` (SQLite MLflow, stdout a pipe). Each side a fresh process, wall seconds "
           "from start to exit. marginal_s: seconds per extra trial since the previous size. "
           "every_epoch_once: each trial's child run has train_loss at steps 1..epochs exactly "
-          "once.\n\n" + text +
+          "once. tune_state_bytes: Tune's experiment-state file of the dlopt sweep.\n\n" + text +
           f"\n\n- at {last['trials']} trials dlopt/bare = {last['ratio']:.2f} (target <= "
           f"{TARGET_RATIO}); {last['stdout_lines']} lines printed\n")
     common.write("sweep_scale", "Sweep scale", {"rows": rows, "args": vars(args)}, md)

@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -49,45 +50,48 @@ def free_port() -> int:
 
 
 def up(parent: Path, port: int | None = None, durable: bool = True) -> dict:
-    """initdb + start a cluster under `parent/pgdata`; returns its state (uri, port, paths).
+    """initdb + start a cluster for `parent`; returns its state (uri, port, dir), also written
+    to parent/postgres.json. As root the server's files live in a /tmp directory owned by the
+    postgres user (it may not reach `parent`), removed by `down`.
     durable=False: fsync off (tests: a crash may lose the store, never the case for users)."""
     parent.mkdir(parents=True, exist_ok=True)
-    data, sockets, log = parent / "pgdata", parent / "pgsock", parent / "postgres.log"
+    root = os.geteuid() == 0
+    home = Path(tempfile.mkdtemp(prefix="dlpg-", dir="/tmp")) if root else parent
+    if root:
+        home.chmod(0o700)
+        shutil.chown(home, "postgres")
+    data, sockets, log = home / "pgdata", home / "pgsock", home / "postgres.log"
     port = port or free_port()
-    if os.geteuid() == 0:  # the server's files belong to the postgres user
-        parent.chmod(0o755)
-        sockets.mkdir(exist_ok=True)
-        log.touch()
-        shutil.chown(sockets, "postgres")
-        shutil.chown(log, "postgres")
-        if not data.exists():
-            data.mkdir(mode=0o700)
-            shutil.chown(data, "postgres")
-    sockets.mkdir(exist_ok=True)
+    state = {"port": port, "dir": str(home), "temp": root,
+             "uri": f"postgresql+psycopg://{USER}@{HOST}:{port}/{DB}"}
+    (parent / STATE).write_text(json.dumps(state))
     b = bindir()
-    if not (data / "PG_VERSION").exists():
-        subprocess.run(_as_owner([str(b / "initdb"), "-D", str(data), "-U", USER, "--auth=trust",
-                                  "-E", "UTF8", "--no-sync"]),
-                       check=True, capture_output=True, text=True)
+    run = lambda cmd: subprocess.run(_as_owner(cmd), check=True, capture_output=True, text=True)  # noqa: E731
+    run(["mkdir", "-p", str(sockets)])
+    run([str(b / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync"])
     options = f"-c listen_addresses={HOST} -p {port} -k {sockets}" + ("" if durable else " -c fsync=off")
-    subprocess.run(_as_owner([str(b / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
-                              "-w", "-t", "60", "start"]), check=True, capture_output=True, text=True)
-    state = {"port": port, "data": str(data), "uri": f"postgresql+psycopg://{USER}@{HOST}:{port}/{DB}"}
+    run([str(b / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"])
     created = subprocess.run([str(b / "createdb"), "-h", HOST, "-p", str(port), "-U", USER, DB],
                              capture_output=True, text=True)
-    if created.returncode and "already exists" not in created.stderr:
+    if created.returncode:
         down(parent)
         raise RuntimeError(f"createdb failed: {created.stderr.strip()}")
-    (parent / STATE).write_text(json.dumps(state))
     return state
 
 
 def down(parent: Path) -> None:
-    """Stop the cluster under `parent` (fast shutdown); its files stay."""
-    data = parent / "pgdata"
+    """Stop the cluster `up` started for `parent` (fast shutdown); a /tmp home is removed."""
+    path = parent / STATE
+    if not path.exists():
+        return
+    state = json.loads(path.read_text())
+    data = Path(state["dir"]) / "pgdata"
     if (data / "postmaster.pid").exists():
         subprocess.run(_as_owner([str(bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
                                   "stop"]), capture_output=True, text=True)
+    if state.get("temp"):
+        shutil.rmtree(state["dir"], ignore_errors=True)
+    path.unlink()
 
 
 def main() -> None:
