@@ -86,3 +86,21 @@ def test_a_writer_failure_is_raised_on_the_driver_thread(store):
     # pickled into tuner.pkl: no tracker, queue or thread
     state = pickle.loads(pickle.dumps(cb)).__dict__
     assert state["tracker"] is None and state.get("_thread") is None
+
+
+def test_the_sweeps_sqlite_store_uses_wal_and_others_are_left_alone(tmp_path):
+    import sqlite3
+
+    import sqlalchemy
+
+    from dlopt.tracking.sqlite import sqlite_path, use_wal
+
+    ours, other = tmp_path / "mlflow.db", tmp_path / "other.db"
+    assert sqlite_path(f"sqlite:///{ours}") == str(ours.resolve())
+    assert not use_wal("http://127.0.0.1:5000") and sqlite_path("sqlite:///:memory:") is None
+    assert use_wal(f"sqlite:///{ours}")
+    for path, mode in ((ours, "wal"), (other, "delete")):
+        with sqlalchemy.create_engine(f"sqlite:///{path}").connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == mode
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == (1 if mode == "wal" else 2)
+    assert sqlite3.connect(ours).execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent

@@ -45,6 +45,7 @@ from dlopt.spec import Experiment
 from dlopt.spec.plan import Plan, make_plan, trial_spec
 from dlopt.tracking.callback import MlflowCallback
 from dlopt.tracking.retry import DRAIN_TIMEOUT_S, RetryingClient
+from dlopt.tracking.sqlite import use_wal
 from dlopt.tracking.store import SweepFinished, Tracker, finished_sweep
 from dlopt.tracking.uris import check_reachable, default_tracking_uri
 
@@ -105,6 +106,7 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         if quiet:
             environment.silence_process()
         tracking_uri = tracking_uri or default_tracking_uri()
+        use_wal(tracking_uri)  # before any connection: WAL, no fsync per write (tracking.sqlite)
         teacher_files = check_before_ray(spec, tracking_uri, address)
         storage_path = storage_location(storage)
         plan = make_plan(spec)
