@@ -110,6 +110,31 @@ def check_mlflow(uri: str, trials: int, epochs: int) -> dict:
             "every_epoch_once": len(runs) == trials and bad == 0}
 
 
+def fixed_costs(env: dict, epochs: int) -> dict:
+    """A 1-trial, 1-worker `dlopt run`: process start -> first epoch's start, and last epoch's
+    end -> process exit (epoch end times from MLflow: each epoch's metrics are stamped with it)."""
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="dlopt-fixed-") as work:
+        spec = Path(work) / "one.py"
+        spec.write_text(SPEC.format(epochs=epochs, trials=1))
+        uri = f"sqlite:///{work}/mlflow.db"
+        t0 = time.time()
+        timed([sys.executable, "-m", "dlopt", "run", str(spec), "--tracking-uri", uri,
+               "--storage", f"{work}/ray"], env)
+        t_exit = time.time()
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("bench-scale")
+        run = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'trial'")[0]
+        ends = sorted((m.step, m.timestamp / 1000) for m in
+                      client.get_metric_history(run.info.run_id, "train_loss"))
+        first = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_seconds")
+                 if m.step == 1]
+    first_start = ends[0][1] - (first[0] if first else 0.0)
+    return {"to_first_epoch_s": first_start - t0, "last_epoch_to_exit_s": t_exit - ends[-1][1],
+            "total_s": t_exit - t0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
@@ -123,6 +148,8 @@ def main() -> None:
 
     env = {**os.environ, "PYTHONPATH": str(common.ROOT / "platform") + os.pathsep
            + os.environ.get("PYTHONPATH", ""), "RAY_AIR_NEW_OUTPUT": "0"}
+    fixed = fixed_costs(env, args.epochs)
+    print(common.table([fixed], list(fixed)), flush=True)
     rows = []
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="dlopt-scale-") as work:
@@ -156,7 +183,11 @@ def main() -> None:
           "once. tune_state_bytes: Tune's experiment-state file of the dlopt sweep.\n\n" + text +
           f"\n\n- at {last['trials']} trials dlopt/bare = {last['ratio']:.2f} (target <= "
           f"{TARGET_RATIO}); {last['stdout_lines']} lines printed\n")
-    common.write("sweep_scale", "Sweep scale", {"rows": rows, "args": vars(args)}, md)
+    md += (f"- 1-trial, 1-worker `dlopt run` ({args.epochs} epochs): start -> first epoch "
+           f"{fixed['to_first_epoch_s']:.1f} s (target 6), last epoch -> exit "
+           f"{fixed['last_epoch_to_exit_s']:.1f} s (target 2), total {fixed['total_s']:.1f} s\n")
+    common.write("sweep_scale", "Sweep scale", {"rows": rows, "fixed_costs": fixed,
+                                                "args": vars(args)}, md)
 
 
 if __name__ == "__main__":
