@@ -48,12 +48,11 @@ experiment = Experiment(
 def bare_side(trials: int, epochs: int, storage: str) -> None:
     """The same trials as a plain Ray Tune sweep (run in its own process)."""
     import ray
-    from ray import tune
-
     from dlopt.runtime.search import to_ray_space
     from dlopt.runtime.worker import fit_in_trial
     from dlopt.spec.load import load_file
     from dlopt.spec.plan import make_plan, trial_spec
+    from ray import tune
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "spec.py"

@@ -7,10 +7,9 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from dlopt.tracking.callback import MlflowCallback
 from dlopt.tracking.store import Tracker
+from mlflow.tracking import MlflowClient
 
 BASE = {"name": "cb", "epochs": 2, "data": {"dataset": "linear_1d"}, "model": {"arch": "linear"},
         "search": {"metric": "val_loss", "mode": "min"}, "resources": {"num_workers": 1},
@@ -92,7 +91,6 @@ def test_the_sweeps_sqlite_store_uses_wal_and_others_are_left_alone(tmp_path):
     import sqlite3
 
     import sqlalchemy
-
     from dlopt.tracking.sqlite import sqlite_path, use_wal
 
     ours, other = tmp_path / "mlflow.db", tmp_path / "other.db"

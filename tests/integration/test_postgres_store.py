@@ -10,9 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from dlopt_testing import free_port
+from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIALS, EPOCHS = 200, 2
@@ -62,7 +61,16 @@ def server(tmp_path_factory):
 
 
 def test_a_200_trial_sweep_on_postgres_logs_every_epoch_once(server, tmp_path):
-    from dlopt import Data, Experiment, Model, Optimizer, Resources, Search, Tracking, tune
+    from dlopt import (
+        Data,
+        Experiment,
+        Model,
+        Optimizer,
+        Resources,
+        Search,
+        Tracking,
+        tune,
+    )
     from dlopt.driver.sweep import run
 
     url, state = server
