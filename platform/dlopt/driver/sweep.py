@@ -24,7 +24,7 @@ import ray
 from ray import tune
 
 from dlopt.driver import environment, preflight
-from dlopt.driver.finalize import TrialSummary, finalize
+from dlopt.driver.finalize import TrialSummary, finalize, preload
 from dlopt.driver.progress import ProgressCallback
 from dlopt.driver.provenance import source_tags
 from dlopt.registry import teachers
@@ -269,6 +269,7 @@ def fit_and_finalize(tuner: tune.Tuner, plan: Plan, spec: Experiment, tracker: T
     local Ray stops whatever happens."""
     status = "FAILED"
     try:
+        preload()  # torch for registration, on another thread while the trials run
         try:
             grid = tuner.fit()
         finally:
