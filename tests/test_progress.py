@@ -126,3 +126,14 @@ def test_quiet_environment_forces_tunes_old_output():
     loud = {}
     environment.apply(loud, quiet=False)
     assert loud["RAY_AIR_NEW_OUTPUT"] == "1" and "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT" not in loud
+
+
+def test_the_driver_starts_without_torch():
+    """Fixed costs: torch (~40% of the driver's imports) loads in the trials, and on the driver
+    only for registration after the sweep (preloaded on a thread while trials run)."""
+    import subprocess
+    import sys
+
+    code = "import sys, dlopt.cli.main, dlopt.driver.sweep; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
