@@ -7,7 +7,7 @@ driver"). It writes:
   experiment, the search, the best trial and its metrics, the registered model versions
   with links, and the command that reproduces the sweep;
 - artifacts on the parent under `review/`: `results.csv` / `results.html` (every trial),
-  `learning_curves.png` (every trial, one figure), and for sweeps with compression stages
+  `learning_curves.png` (the best 20 trials, one figure), and for sweeps with compression stages
   `compression.csv` / `compression.png` (accuracy against model bytes);
 - on each child: `compression_report.json` and the checkpoint reference tag (the resolved
   `spec.json` is already logged by the tracking callback).
