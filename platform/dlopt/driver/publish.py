@@ -9,7 +9,8 @@ driver"). It writes:
 - artifacts on the parent under `review/`: `results.csv` / `results.html` (every trial),
   `learning_curves.png` (the best 20 trials, one figure), and for sweeps with compression stages
   `compression.csv` / `compression.png` (accuracy against model bytes);
-- on each child: `compression_report.json` and the checkpoint reference tag (the resolved
+- on each child: `compression_report.json` (with compression stages) and the checkpoint
+  reference tag where the trial did not set it (the resolved
   `spec.json` is already logged by the tracking callback).
 
 Tables, text and plots are pure builders (dlopt.driver.tables, description, plots); this
