@@ -1,6 +1,7 @@
 """A real multi-node Ray cluster and an MLflow server on one machine, loopback only.
 
     python clusters/local/cluster.py up   STATE_DIR [--workers 1] [--head-cpus 2] [--worker-cpus 2]
+                                          [--mlflow-db sqlite|postgres]
     python clusters/local/cluster.py down STATE_DIR
 
 Why a script rather than `ray start` by hand: several Ray nodes on one host must not share
@@ -30,6 +31,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # postgres.py beside it
 
 HOST = "127.0.0.1"
 STATE_FILE = "cluster.json"
@@ -110,7 +113,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def up(state_dir: Path, workers: int, head_cpus: int, worker_cpus: int, mlflow: bool,
-       timeout_s: float = 90.0, shared_temp_dir: bool = False) -> dict:
+       timeout_s: float = 90.0, shared_temp_dir: bool = False, mlflow_db: str = "sqlite") -> dict:
     state_dir.mkdir(parents=True, exist_ok=True)
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -154,9 +157,16 @@ def up(state_dir: Path, workers: int, head_cpus: int, worker_cpus: int, mlflow: 
             port = free_port()
             artifacts = state_dir / "mlartifacts"
             state["mlflow"] = f"http://{HOST}:{port}"
+            backend = f"sqlite:///{state_dir / 'mlflow.db'}"
+            if mlflow_db == "postgres":  # clusters/local/postgres.py: its own dir, loopback
+                import postgres  # beside this script
+
+                state["postgres"] = str(state_dir / "postgres")
+                write_state(state_dir, state)
+                backend = postgres.up(Path(state["postgres"]))["uri"]
             state["pids"]["mlflow"] = spawn(
                 [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port),
-                 "--workers", "1", "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow.db'}",
+                 "--workers", "1", "--backend-store-uri", backend,
                  "--artifacts-destination", str(artifacts)],
                 logs / "mlflow.log", {**env, "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1"})
             write_state(state_dir, state)
@@ -191,6 +201,11 @@ def down(state_dir: Path, grace_s: float = 10.0) -> None:
         return
     state = json.loads(path.read_text())
     stop_sessions(list(state["pids"].values()), grace_s)
+    if state.get("postgres"):  # after the MLflow server that used it
+        import postgres
+
+        postgres.down(Path(state["postgres"]))
+        state.pop("postgres")
     for temp_dir in set(state.get("temp_dirs", [])):
         shutil.rmtree(temp_dir, ignore_errors=True)
     state["pids"] = {}
@@ -242,12 +257,15 @@ def main(argv=None) -> int:
     u.add_argument("--no-mlflow", action="store_true")
     u.add_argument("--shared-temp-dir", action="store_true",
                    help="one Ray temp dir for all nodes, as plain `ray start` on one host (tests)")
+    u.add_argument("--mlflow-db", choices=["sqlite", "postgres"], default="sqlite",
+                   help="the MLflow server's store: SQLite file, or a PostgreSQL server "
+                        "started here (clusters/local/postgres.py; many concurrent writers)")
     d = sub.add_parser("down", help="stop what `up` started in STATE_DIR")
     d.add_argument("state_dir", type=Path)
     args = p.parse_args(argv)
     if args.cmd == "up":
         state = up(args.state_dir.resolve(), args.workers, args.head_cpus, args.worker_cpus,
-                   not args.no_mlflow, shared_temp_dir=args.shared_temp_dir)
+                   not args.no_mlflow, shared_temp_dir=args.shared_temp_dir, mlflow_db=args.mlflow_db)
         print(f"ray dashboard / job API  {state['dashboard']}")
         if "mlflow" in state:
             print(f"mlflow server            {state['mlflow']}")

@@ -162,7 +162,7 @@ def test_train_worker_killed_mid_trial_resumes_and_registers(tmp_path, monkeypat
                          cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.split()[-1]) == pytest.approx(
-        child.data.metrics["compressed_val_accuracy"], abs=1e-6)
+        child.data.metrics["val_accuracy"], abs=1e-6)
 
 
 # ------------------------------------------------------------------ (3) + (5) + trial process killed

@@ -71,4 +71,4 @@ def test_best_accuracy_and_registered_champion(sweep):
     assert out.returncode == 0, out.stderr
     # the same predictions: the number of correct answers matches the logged accuracy
     correct, n_val = map(int, out.stdout.split())
-    assert correct == round(result.best.metrics["compressed_val_accuracy"] * n_val)
+    assert correct == round(result.best.metrics["val_accuracy"] * n_val)

@@ -192,9 +192,8 @@ def test_rest_parent_child_names_tags_and_artifacts(sweep, server):
     for child in children:
         cid = child["info"]["run_id"]
         files = {f["path"] for f in api(server, f"artifacts/list?run_id={cid}")["files"]}
-        assert {"spec.json", "compression_report.json"} <= files, files
-        report = json.loads(artifact_text(server, cid, "compression_report.json"))
-        assert report["model_bytes"] > 0 and report["stages"] == []
+        # no compression stages: no compression report (nothing to report)
+        assert "spec.json" in files and "compression_report.json" not in files, files
         assert tags_of(child)["dlopt.model_checkpoint"]
 
 

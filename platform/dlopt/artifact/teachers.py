@@ -10,7 +10,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from dlopt.artifact.files import build_from_dir
 from dlopt.spec.fields import TEACHER_URI
 
 _installed: dict[str, dict] = {}  # uri -> {"name", "version", "files": {name: bytes}}
@@ -38,6 +37,9 @@ def version_of(uri: str):
 
 def load(uri: str, device: str = "cpu"):
     """-> (teacher module in eval mode without gradients, {"name", "version"})."""
+    # torch loads here, not when the driver imports this module to pin teacher versions
+    from dlopt.artifact.files import build_from_dir
+
     if uri in _installed:
         info = _installed[uri]
         with tempfile.TemporaryDirectory(prefix="dlopt-teacher-") as d:

@@ -29,13 +29,17 @@ QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_ENABLE_TELEMETRY": "false",
              "RAY_AIR_NEW_OUTPUT": "1", "PYTHONWARNINGS": "ignore",
              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 # Tune saves its experiment state at most every 10 s by default; a driver killed in that
-# window would rerun trials that had finished. The state of a dlopt sweep is small.
+# window would rerun trials that had finished. A save pickles every trial (O(trials)), so
+# the period grows with the sweep: 1 s up to 100 trials, +1 s per 100 more (10 s at 1,000).
+# Tune's cost of saving stays ~constant per second instead of growing with the sweep
+# (benchmarks/sweep_scale.py); set by `state_period` once the plan is known.
+TUNE_STATE_KEY = "TUNE_GLOBAL_CHECKPOINT_S"
 # TUNE_FUNCTION_THREAD_TIMEOUT_S: a reused trial actor (TuneConfig.reuse_actors) waits this
 # long for the paused trial's thread to end; a multi-worker trial's thread first aborts its
 # TorchTrainer (dlopt.runtime.trial.CheckpointForwarder.abort, which frees the workers'
 # placement group) and Tune's 2 s default cut that short: PBT's restart then failed with
 # "Trainable runner reuse requires reset_config()" (tests/integration/test_search_sweeps.py).
-TUNE_STATE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60"}
+TUNE_STATE_ENV = {TUNE_STATE_KEY: "1", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60"}
 # Quiet only. Tune's banner ("Configuration for experiment", "View detailed results here")
 # comes from its new output engine even at verbose=0; the old one is silent there, and dlopt
 # has its own table (dlopt.driver.progress). MLflow prints "View run ... at" for every run
@@ -48,6 +52,18 @@ _KEYS = tuple(dict.fromkeys([*FAST_POLL_ENV, *QUIET_ENV, *TUNE_STATE_ENV, *SILEN
 # Ray messages that tell a dlopt user nothing they can act on. The raylet pushes them to every
 # driver through its error channel, which Ray prints whatever `log_to_driver` says.
 RAY_NOISE = ("PYTHON worker processes have been started on node",)
+
+
+def state_period(trials: int) -> str:
+    """Seconds between Tune's experiment-state saves for a sweep of `trials` trials."""
+    return str(max(1, -(-trials // 100)))
+
+
+def set_state_period(environ: MutableMapping[str, str], trials: int) -> None:
+    """Tune's state-save period for this sweep in place of dlopt's default of 1 s (called
+    inside `scoped`, which restores the variable); any other value the caller set is kept."""
+    if environ.get(TUNE_STATE_KEY) in (None, TUNE_STATE_ENV[TUNE_STATE_KEY]):
+        environ[TUNE_STATE_KEY] = state_period(trials)
 
 
 def apply(environ: MutableMapping[str, str], quiet: bool) -> None:

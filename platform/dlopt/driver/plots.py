@@ -26,7 +26,8 @@ def _pyplot():
 
 def learning_curves_png(rows: list[dict], histories: dict[str, dict[str, list]], path: Path,
                         metric: str, mode: str, best_id: Optional[str] = None) -> Optional[Path]:
-    """Every trial's curves in one figure: a panel per metric, a line per trial, best in bold.
+    """The curves of the trials in `histories` (publish passes the best 20) in one figure: a
+    panel per metric, a line per trial, best in bold.
 
     `histories[trial_id][metric]` is a list of (epoch, value).
     """

@@ -7,9 +7,10 @@ driver"). It writes:
   experiment, the search, the best trial and its metrics, the registered model versions
   with links, and the command that reproduces the sweep;
 - artifacts on the parent under `review/`: `results.csv` / `results.html` (every trial),
-  `learning_curves.png` (every trial, one figure), and for sweeps with compression stages
+  `learning_curves.png` (the best 20 trials, one figure), and for sweeps with compression stages
   `compression.csv` / `compression.png` (accuracy against model bytes);
-- on each child: `compression_report.json` and the checkpoint reference tag (the resolved
+- on each child: `compression_report.json` (with compression stages) and the checkpoint
+  reference tag where the trial did not set it (the resolved
   `spec.json` is already logged by the tracking callback).
 
 Tables, text and plots are pure builders (dlopt.driver.tables, description, plots); this
@@ -30,6 +31,7 @@ from dlopt.driver.tables import (
     compression_rows,
     results_csv,
     results_html,
+    sort_rows,
     trial_rows,
 )
 from dlopt.spec.plan import assignment, trial_spec
@@ -38,8 +40,29 @@ from dlopt.tracking.scrub import scrub
 log = logging.getLogger(__name__)
 
 
+# The learning-curve figure draws the best trials only: a line (and legend entry) per trial
+# is unreadable past a few dozen, and each costs a metric-history read per curve metric.
+CURVE_TRIALS = 20
+
+
+def child_runs(client, experiment_id: str, parent_id: str) -> dict[str, object]:
+    """trial id -> its child run (info, tags), in pages of 1,000: one query per 1,000 trials
+    instead of a `get_run` per trial."""
+    out, token = {}, None
+    while True:
+        page = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                  max_results=1000, page_token=token)
+        for run in page:
+            trial_id = run.data.tags.get("dlopt.trial_id")
+            if trial_id:
+                out[trial_id] = run
+        token = getattr(page, "token", None)
+        if not token:
+            return out
+
+
 def histories_from_mlflow(client, rows: list[dict], metrics: Sequence[str]) -> dict[str, dict[str, list]]:
-    """Per-epoch metric histories of every child run (logged once per epoch by the tracker)."""
+    """Per-epoch metric histories of the given child runs (logged once per epoch by the tracker)."""
     out: dict[str, dict[str, list]] = {}
     for r in rows:
         if not r["run_id"]:
@@ -56,7 +79,8 @@ def publish(tracker, plan, spec, trials, best, registered: list[dict], tables: d
     parent_id = tracker.parent_id
     plan_dict = plan.to_dict()
     metric, mode = plan.headline
-    names = {t.trial_id: client.get_run(t.run_id).info.run_name for t in trials if t.run_id}
+    children = child_runs(client, tracker.experiment_id, parent_id)
+    names = {t: run.info.run_name for t, run in children.items()}
     configs = {t.trial_id: {k: v for k, v in (t.config or {}).items() if k in space} for t in trials}
     assignments = {trial_id: assignment(config, tables) for trial_id, config in configs.items()}
     rows = trial_rows(trials, names, assignments)
@@ -76,7 +100,8 @@ def publish(tracker, plan, spec, trials, best, registered: list[dict], tables: d
             (d / "compression.csv").write_text(
                 ",".join(header) + "\n" + "\n".join(",".join("" if v is None else str(v) for v in c)
                                                     for c in cells) + "\n")
-        histories = histories_from_mlflow(client, rows, tuple(dict.fromkeys((*CURVE_METRICS, metric))))
+        histories = histories_from_mlflow(client, sort_rows(rows, metric, mode)[:CURVE_TRIALS],
+                                          tuple(dict.fromkeys((*CURVE_METRICS, metric))))
         for name, build in PLOTS.items():
             if name == "compression.png" and not compression:
                 continue
@@ -87,10 +112,13 @@ def publish(tracker, plan, spec, trials, best, registered: list[dict], tables: d
     for r in rows:  # each child: its compression report and checkpoint reference
         if not r["run_id"]:
             continue
-        stages = trial_spec(plan.spec_json, tables, configs.get(r["trial_id"], {})).model_dump(
-            mode="json")["compression"]  # as the trial ran them (its spec.json)
-        tracker.log_json(r["run_id"], compression_report(r, stages), "compression_report.json")
-        if r["checkpoint"]:
+        if compression:  # without compression stages there is nothing to report
+            stages = trial_spec(plan.spec_json, tables, configs.get(r["trial_id"], {})).model_dump(
+                mode="json")["compression"]  # as the trial ran them (its spec.json)
+            tracker.log_json(r["run_id"], compression_report(r, stages), "compression_report.json")
+        run = children.get(r["trial_id"])
+        tagged = run.data.tags.get("dlopt.model_checkpoint") if run is not None else None
+        if r["checkpoint"] and tagged != r["checkpoint"]:  # a TorchTrainer trial's is set already
             client.set_tag(r["run_id"], "dlopt.model_checkpoint", r["checkpoint"])
 
     text = description(plan=plan_dict, rows=rows, best_id=best_id, registered=registered,

@@ -24,7 +24,7 @@ import ray
 from ray import tune
 
 from dlopt.driver import environment, preflight
-from dlopt.driver.finalize import TrialSummary, finalize
+from dlopt.driver.finalize import TrialSummary, finalize, preload
 from dlopt.driver.progress import ProgressCallback
 from dlopt.driver.provenance import source_tags
 from dlopt.registry import teachers
@@ -45,6 +45,7 @@ from dlopt.spec import Experiment
 from dlopt.spec.plan import Plan, make_plan, trial_spec
 from dlopt.tracking.callback import MlflowCallback
 from dlopt.tracking.retry import DRAIN_TIMEOUT_S, RetryingClient
+from dlopt.tracking.sqlite import use_wal
 from dlopt.tracking.store import SweepFinished, Tracker, finished_sweep
 from dlopt.tracking.uris import (
     absolute_tracking_uri,
@@ -116,11 +117,13 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         # Every relative location is resolved here, once, before any thread or Ray starts
         # (a Ray job's working directory can be re-unpacked under the driver while it runs).
         tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())
+        use_wal(tracking_uri)  # before any connection: WAL, no fsync per write (tracking.sqlite)
         storage_path = storage_location(storage)
         if in_ray_job():
             check_writable(tracking_uri, storage_path)
         teacher_files = check_before_ray(spec, tracking_uri, address)
         plan = make_plan(spec)
+        environment.set_state_period(os.environ, plan.trials)
         restore_dir = sweep_to_resume(plan, storage_path, tracking_uri) if resume else None
         # user, source (the experiment file), git commit, and the command that reproduces it
         source = source_tags(sys.argv, spec_file=source_file)
@@ -133,7 +136,8 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
             # killed driver loses none: --resume replays them (dlopt.tracking.journal)
             tracker.open_journal(Path(storage_path) / plan.sweep_name)
         tracker.start_parent(plan.sweep_name, plan.to_dict(), tags)
-        callbacks = [MlflowCallback(tracker, plan.spec_json, tables, tags)]
+        tracking = MlflowCallback(tracker, plan.spec_json, tables, tags)
+        callbacks = [tracking]
         if progress:
             callbacks.append(ProgressCallback(plan, tables,
                                               stream=sys.stdout if progress is True else progress))
@@ -141,7 +145,7 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         tuner = make_tuner(plan, spec, trainable, space,
                            run_config(plan, spec, storage_path, callbacks, verbose), restore_dir)
         return fit_and_finalize(tuner, plan, spec, tracker, tables, space, storage_path,
-                                stop_ray=not address, t0=t0)
+                                stop_ray=not address, t0=t0, tracking=tracking)
 
 
 # ------------------------------------------------------------------ before Ray starts
@@ -290,12 +294,17 @@ def make_tuner(plan: Plan, spec: Experiment, trainable, space: dict, config: tun
 # ------------------------------------------------------------------ fit, then finalize
 def fit_and_finalize(tuner: tune.Tuner, plan: Plan, spec: Experiment, tracker: Tracker,
                      tables: dict, space: dict, storage_path, stop_ray: bool,
-                     t0: float) -> SweepResult:
+                     t0: float, tracking: Optional[MlflowCallback] = None) -> SweepResult:
     """Fit, then select, register and review; the parent run ends FINISHED or FAILED and a
     local Ray stops whatever happens."""
     status = "FAILED"
     try:
-        grid = tuner.fit()
+        preload()  # torch for registration, on another thread while the trials run
+        try:
+            grid = tuner.fit()
+        finally:
+            if tracking is not None:  # its writer thread done: the Tracker is ours alone
+                tracking.close()
         tracker.drain()  # writes buffered during an MLflow outage: written, or a clear error
         # From here the driver writes directly (registry, test report, review): each call
         # retries through an outage, bounded like the drain, instead of failing the sweep.

@@ -14,7 +14,6 @@ from typing import Optional
 
 from dlopt.artifact import teachers as teachers_mod
 from dlopt.runtime import ray_compat
-from dlopt.runtime.worker import fit_in_trial, train_loop_per_worker
 from dlopt.spec.plan import trial_spec
 
 # Tune refuses a zero-resource trial; a trial that only waits on its TorchTrainer takes this.
@@ -44,6 +43,9 @@ def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str,
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
         from ray.tune.integration.ray_train import TuneReportCallback
+
+        # here, in the trial: the driver that builds this function never loads torch for it
+        from dlopt.runtime.worker import fit_in_trial, train_loop_per_worker
 
         spec = trial_spec(base_json, tables, config)
         teachers_mod.install(teachers or {})

@@ -3,8 +3,20 @@
 Tune calls it on the driver for every trial start, result, completion and error, which is
 what keeps MLflow writes in one process (docs/architecture.md, "One MLflow writer: the
 driver"). The only tracking module that imports Ray.
+
+Tune's event loop never waits on MLflow: each event is handed (O(1): a snapshot of the
+trial's id, config and the result) to one writer thread that owns the Tracker and makes the
+writes in event order. A store write costs 5-50 ms (a SQLite commit, an HTTP round trip);
+made inline they held up Tune's loop, and so every trial's next start, for each of them
+(benchmarks/sweep_scale.py). `close()` waits for the thread; the sweep calls it before
+draining the Tracker, so after `Tuner.fit` the Tracker is used by the driver thread alone.
 """
 from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Callable, Optional
 
 from ray.tune import Callback
 
@@ -15,48 +27,122 @@ from dlopt.tracking.perturbations import PerturbationLog
 from dlopt.tracking.scrub import scrub_value
 from dlopt.tracking.store import Tracker
 
+log = logging.getLogger(__name__)
+
 
 class MlflowCallback(Callback):
-    """Tune callback on the driver: trial events -> the Tracker."""
+    """Tune callback on the driver: trial events -> (writer thread) -> the Tracker."""
 
-    def __init__(self, tracker: Tracker, base_json: dict, tables: dict[str, list], tags: dict):
+    def __init__(self, tracker: Tracker, base_json: dict, tables: dict[str, list], tags: dict,
+                 background: bool = True):
         self.tracker = tracker
         self.base_json = base_json
         self.tables = tables
         self.tags = {k: scrub_value(v) for k, v in tags.items()}  # also pickled in tuner.pkl
         self.order: dict[str, int] = {}
         self.pbt = PerturbationLog(tracker)  # PBT config changes: params cannot change
+        self.background = background
+        self._queue: Optional[queue.SimpleQueue] = None
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
 
     def __getstate__(self):
         # Tune pickles its RunConfig (callbacks included) into tuner.pkl in Ray storage; the
         # tracker (client, URI with possible credentials, queued writes) stays out of it.
         # --resume installs fresh callbacks.
-        return {**self.__dict__, "tracker": None, "pbt": None}
+        return {**self.__dict__, "tracker": None, "pbt": None, "_queue": None, "_thread": None,
+                "_error": None}
 
-    def _ensure_child(self, trial) -> str:
-        if trial.trial_id in self.tracker.known:
-            return self.tracker.children.get(trial.trial_id)
-        assigned = assignment(dict(trial.config), self.tables)
-        self.order.setdefault(trial.trial_id, len(self.tracker.children) + 1)
-        spec = trial_spec(self.base_json, self.tables, dict(trial.config))
+    # --- the writer thread
+    def _submit(self, fn: Callable[[], Any]) -> None:
+        if not self.background:
+            fn()
+            return
+        if self._thread is None:
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._drain_queue, name="dlopt-mlflow-writer",
+                                            daemon=True)
+            self._thread.start()
+        self._queue.put(fn)
+
+    def _drain_queue(self) -> None:
+        while True:
+            fn = self._queue.get()
+            if fn is None:
+                return
+            if self._error is not None:
+                continue  # after a failure: no further writes (close() raises it)
+            try:
+                fn()
+            except BaseException as err:  # noqa: BLE001 - re-raised on the driver thread by close()
+                log.debug("MLflow writer failed", exc_info=True)
+                self._error = err
+
+    def close(self) -> None:
+        """Wait until every event handed over so far is written (or queued in the Tracker);
+        re-raise a failure of the writer here, on the driver thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    # --- events (run on the writer thread)
+    def _ensure_child(self, trial_id: str, config: dict) -> Optional[str]:
+        if trial_id in self.tracker.known:
+            return self.tracker.children.get(trial_id)
+        assigned = assignment(config, self.tables)
+        self.order.setdefault(trial_id, len(self.tracker.children) + 1)
+        spec = trial_spec(self.base_json, self.tables, config)
         spec_json = spec.model_dump(mode="json")
         return self.tracker.child(
-            trial.trial_id, trial_run_name(self.order[trial.trial_id], assigned),
+            trial_id, trial_run_name(self.order[trial_id], assigned),
             flatten(spec_json), {**self.tags, "dlopt.spec_hash": spec.spec_hash()}, spec_json)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._ensure_child(trial)
-        self.pbt.started(trial)
+        now = _Snapshot(trial)
+
+        def write():
+            self._ensure_child(now.trial_id, now.config)
+            self.pbt.started(now)
+
+        self._submit(write)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._ensure_child(trial)
-        self.pbt.result(trial, trials, result)
-        self.tracker.log_result(trial.trial_id, result)
+        now = _Snapshot(trial)
+
+        def write():
+            self._ensure_child(now.trial_id, now.config)
+            self.pbt.result(now, trials, result)
+            self.tracker.log_result(now.trial_id, result)
+
+        self._submit(write)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._ensure_child(trial)
-        self.tracker.end_child(trial.trial_id, "FINISHED")
+        self._end(trial, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._ensure_child(trial)
-        self.tracker.end_child(trial.trial_id, "FAILED")
+        self._end(trial, "FAILED")
+
+    def _end(self, trial, status: str) -> None:
+        now = _Snapshot(trial)
+
+        def write():
+            self._ensure_child(now.trial_id, now.config)
+            self.tracker.end_child(now.trial_id, status)
+
+        self._submit(write)
+
+
+class _Snapshot:
+    """What the writer needs of a Tune trial, as it was at the event (PBT changes a trial's
+    config and checkpoint later, on Tune's thread)."""
+
+    __slots__ = ("trial_id", "config", "checkpoint")
+
+    def __init__(self, trial):
+        self.trial_id = trial.trial_id
+        self.config = dict(trial.config)
+        self.checkpoint = getattr(trial, "checkpoint", None)

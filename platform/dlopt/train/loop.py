@@ -169,8 +169,14 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
 def final_metrics(state: State, model: torch.nn.Module) -> dict:
     """The final report's metrics: the last epoch's, the stages' entries, `FINAL: 1`."""
     final = {**state.metrics, **state.report, FINAL: 1}
-    final.setdefault("compressed_val_accuracy", final.get("val_accuracy", float("nan")))
-    if "dense_bytes" not in final:
+    spec = state.spec
+    named = {spec.search.metric, *(spec.search.objectives or {})}
+    # Only metrics that apply: compressed_val_accuracy where there is a compression stage (or
+    # the search ranks by it) and an accuracy at all (not for regression); dense_bytes and
+    # compression_ratio only with compression (model_bytes, the size on disk, always).
+    if "val_accuracy" in final and (spec.compression or "compressed_val_accuracy" in named):
+        final.setdefault("compressed_val_accuracy", final["val_accuracy"])
+    if spec.compression and "dense_bytes" not in final:
         final["dense_bytes"] = artifact.dense_bytes(model)
     return final
 
@@ -192,6 +198,7 @@ def save_final_model(final: dict, state: State, model: torch.nn.Module) -> Calla
     if datasets.raw_example is not None:
         artifact.save_example(datasets.raw_example, saved_dir)
     final["model_bytes"] = artifact.model_bytes(saved_dir)
-    final["compression_ratio"] = final["dense_bytes"] / max(final["model_bytes"], 1)
+    if "dense_bytes" in final:  # with compression stages (final_metrics)
+        final["compression_ratio"] = final["dense_bytes"] / max(final["model_bytes"], 1)
     return lambda d: shutil.copytree(saved_dir, d, dirs_exist_ok=True)
 

@@ -1,0 +1,193 @@
+"""Sweep scale: N tiny trials as a bare Ray Tune function trainable vs `dlopt run`, N = 100, 300, 1000.
+
+Each trial: linear_1d, 2 epochs, 1 worker, 2 trials at a time, random lr. Both sides run the
+same worker code (`dlopt.runtime.worker.fit_in_trial` on the trial's resolved spec: the same
+loop, per-epoch `tune.report`, the same checkpoints), so the difference is dlopt's driver:
+MLflow tracking, the live view, selection, registration and the review. Each side is a fresh
+process, timed from its start to its exit (imports, Ray start and shutdown included):
+
+- bare: `python benchmarks/sweep_scale.py --side bare --trials N` (a plain `tune.Tuner`,
+  Ray's defaults, verbose=0);
+- dlopt: `python -m dlopt run SPEC --tracking-uri sqlite:///... --storage ...`, stdout a
+  pipe (not a TTY: the live view's line mode), its lines counted.
+
+Then every epoch of every trial is checked in MLflow: each child run's `train_loss` history
+has steps 1..epochs exactly once. marginal_s: seconds per extra trial between two sizes.
+
+    python benchmarks/sweep_scale.py [--sizes 100 300 1000] [--epochs 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+TARGET_RATIO = 1.5
+SPEC = '''from dlopt import Data, Experiment, Model, Optimizer, Resources, Search, Tracking, tune
+
+experiment = Experiment(
+    name="bench-scale", seed=0, epochs={epochs},
+    data=Data(dataset="linear_1d", batch_size=10),
+    model=Model(arch="linear"),
+    optimizer=Optimizer(name="sgd", lr=tune.loguniform(1e-3, 1e-1), momentum=0.8),
+    search=Search(algorithm="random", metric="val_loss", mode="min", num_samples={trials},
+                  max_concurrent_trials=2, seed=0),
+    resources=Resources(num_workers=1),
+    tracking=Tracking(experiment="bench-scale"),
+)
+'''
+
+
+def bare_side(trials: int, epochs: int, storage: str) -> None:
+    """The same trials as a plain Ray Tune sweep (run in its own process)."""
+    import ray
+    from dlopt.runtime.search import to_ray_space
+    from dlopt.runtime.worker import fit_in_trial
+    from dlopt.spec.load import load_file
+    from dlopt.spec.plan import make_plan, trial_spec
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "spec.py"
+        path.write_text(SPEC.format(epochs=epochs, trials=trials))
+        spec = load_file(path)
+    plan = make_plan(spec)
+    space, tables = to_ray_space(plan)
+    base = plan.spec_json
+
+    def trainable(config):
+        fit_in_trial(trial_spec(base, tables, config))
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}), param_space=space,
+        tune_config=tune.TuneConfig(metric="val_loss", mode="min", num_samples=trials,
+                                    max_concurrent_trials=2, reuse_actors=True,
+                                    search_alg=tune.search.BasicVariantGenerator(random_state=0)),
+        run_config=tune.RunConfig(name="bare", storage_path=storage, verbose=0))
+    grid = tuner.fit()
+    assert len(grid) == trials and not grid.errors, grid.errors
+    ray.shutdown()
+
+
+def timed(cmd: list[str], env: dict) -> tuple[float, str, int]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=common.ROOT)
+    seconds = time.perf_counter() - t0
+    if proc.returncode not in (0,):
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        raise SystemExit(f"{cmd[:4]} exited {proc.returncode}")
+    return seconds, proc.stdout, proc.returncode
+
+
+def check_mlflow(uri: str, trials: int, epochs: int) -> dict:
+    """Every epoch of every trial in MLflow exactly once."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("bench-scale")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'trial'",
+                                  max_results=1000, page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            break
+    bad = 0
+    for run in runs:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+        bad += steps != list(range(1, epochs + 1))
+    return {"child_runs": len(runs), "runs_with_wrong_epochs": bad,
+            "every_epoch_once": len(runs) == trials and bad == 0}
+
+
+def fixed_costs(env: dict, epochs: int) -> dict:
+    """A 1-trial, 1-worker `dlopt run`: process start -> first epoch's start, and last epoch's
+    end -> process exit (epoch end times from MLflow: each epoch's metrics are stamped with it)."""
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="dlopt-fixed-") as work:
+        spec = Path(work) / "one.py"
+        spec.write_text(SPEC.format(epochs=epochs, trials=1))
+        uri = f"sqlite:///{work}/mlflow.db"
+        t0 = time.time()
+        timed([sys.executable, "-m", "dlopt", "run", str(spec), "--tracking-uri", uri,
+               "--storage", f"{work}/ray"], env)
+        t_exit = time.time()
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("bench-scale")
+        run = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'trial'")[0]
+        ends = sorted((m.step, m.timestamp / 1000) for m in
+                      client.get_metric_history(run.info.run_id, "train_loss"))
+        first = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_seconds")
+                 if m.step == 1]
+    first_start = ends[0][1] - (first[0] if first else 0.0)
+    return {"to_first_epoch_s": first_start - t0, "last_epoch_to_exit_s": t_exit - ends[-1][1],
+            "total_s": t_exit - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--side", choices=["bare"], help=argparse.SUPPRESS)
+    ap.add_argument("--trials", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--storage", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.side == "bare":
+        return bare_side(args.trials, args.epochs, args.storage)
+
+    env = {**os.environ, "PYTHONPATH": str(common.ROOT / "platform") + os.pathsep
+           + os.environ.get("PYTHONPATH", ""), "RAY_AIR_NEW_OUTPUT": "0"}
+    fixed = fixed_costs(env, args.epochs)
+    print(common.table([fixed], list(fixed)), flush=True)
+    rows = []
+    for n in args.sizes:
+        with tempfile.TemporaryDirectory(prefix="dlopt-scale-") as work:
+            bare_s, _, _ = timed([sys.executable, __file__, "--side", "bare", "--trials", str(n),
+                                  "--epochs", str(args.epochs), "--storage", f"{work}/bare"], env)
+            spec = Path(work) / "scale.py"
+            spec.write_text(SPEC.format(epochs=args.epochs, trials=n))
+            uri = f"sqlite:///{work}/mlflow.db"
+            dlopt_s, out, _ = timed([sys.executable, "-m", "dlopt", "run", str(spec),
+                                     "--tracking-uri", uri, "--storage", f"{work}/ray"], env)
+            check = check_mlflow(uri, n, args.epochs)
+            check["tune_state_bytes"] = sum(p.stat().st_size for p in
+                                            Path(work, "ray").glob("*/experiment_state-*.json"))
+        rows.append({"trials": n, "bare_s": bare_s, "dlopt_s": dlopt_s, "ratio": dlopt_s / bare_s,
+                     "stdout_lines": len(out.splitlines()), **check})
+        print(common.table(rows[-1:], list(rows[-1])), flush=True)
+    for prev, row in zip(rows, rows[1:]):
+        dn = row["trials"] - prev["trials"]
+        row["bare_marginal_s"] = (row["bare_s"] - prev["bare_s"]) / dn
+        row["dlopt_marginal_s"] = (row["dlopt_s"] - prev["dlopt_s"]) / dn
+    cols = ["trials", "bare_s", "dlopt_s", "ratio", "bare_marginal_s", "dlopt_marginal_s",
+            "stdout_lines", "child_runs", "every_epoch_once", "tune_state_bytes"]
+    text = common.table(rows, cols)
+    print(text)
+    last = rows[-1]
+    md = (f"N trials of linear_1d ({args.epochs} epochs, batch 10, 1 worker, 2 at a time, random "
+          "lr): a bare Ray Tune function trainable running dlopt's worker loop vs `python -m "
+          "dlopt run` (SQLite MLflow, stdout a pipe). Each side a fresh process, wall seconds "
+          "from start to exit. marginal_s: seconds per extra trial since the previous size. "
+          "every_epoch_once: each trial's child run has train_loss at steps 1..epochs exactly "
+          "once. tune_state_bytes: Tune's experiment-state file of the dlopt sweep.\n\n" + text +
+          f"\n\n- at {last['trials']} trials dlopt/bare = {last['ratio']:.2f} (target <= "
+          f"{TARGET_RATIO}); {last['stdout_lines']} lines printed\n")
+    md += (f"- 1-trial, 1-worker `dlopt run` ({args.epochs} epochs): start -> first epoch "
+           f"{fixed['to_first_epoch_s']:.1f} s (target 6), last epoch -> exit "
+           f"{fixed['last_epoch_to_exit_s']:.1f} s (target 2), total {fixed['total_s']:.1f} s\n")
+    common.write("sweep_scale", "Sweep scale", {"rows": rows, "fixed_costs": fixed,
+                                                "args": vars(args)}, md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The MLflow callback hands trial events to one writer thread: Tune's loop never waits on
+the store, writes keep event order, every epoch is logged once (real MLflow, SQLite; no Ray
+cluster: the events are called as Tune calls them)."""
+import pickle
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from dlopt.tracking.callback import MlflowCallback
+from dlopt.tracking.store import Tracker
+from mlflow.tracking import MlflowClient
+
+BASE = {"name": "cb", "epochs": 2, "data": {"dataset": "linear_1d"}, "model": {"arch": "linear"},
+        "search": {"metric": "val_loss", "mode": "min"}, "resources": {"num_workers": 1},
+        "tracking": {"experiment": "cb"}}
+
+
+def _trial(i):
+    return SimpleNamespace(trial_id=f"t{i}", config={}, checkpoint=None, path=None)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from dlopt.spec import Experiment
+
+    base = Experiment.model_validate(BASE).model_dump(mode="json")
+    uri = f"sqlite:///{tmp_path_factory.mktemp('cb')}/mlflow.db"
+    return uri, base
+
+
+def _tracker(store, sweep):
+    uri, base = store
+    tracker = Tracker(uri, "cb")
+    tracker.start_parent(sweep, {"spec_json": base, "trials": 3, "domains": []}, {})
+    return tracker, base
+
+
+def test_events_are_written_in_order_off_tunes_thread(store):
+    tracker, base = _tracker(store, "cb-20260101-000001")
+    cb = MlflowCallback(tracker, base, {}, {"dlopt.sweep": "cb-20260101-000001"})
+    gate = threading.Event()
+    real = tracker.log_result
+
+    def slow_log_result(trial_id, result):
+        gate.wait(10)  # the store is slow: the writer waits, Tune's thread must not
+        real(trial_id, result)
+
+    tracker.log_result = slow_log_result
+    trials = [_trial(i) for i in range(3)]
+    t0 = time.monotonic()
+    for trial in trials:
+        cb.on_trial_start(0, trials, trial)
+        for epoch in (1, 2, 2):  # epoch 2 reported twice (a restarted worker): logged once
+            cb.on_trial_result(0, trials, trial, {"epoch": epoch, "train_loss": 1.0 / epoch,
+                                                  "val_loss": 2.0 / epoch})
+        cb.on_trial_complete(0, trials, trial)
+    assert time.monotonic() - t0 < 1.0  # nine results and six other events handed over
+    gate.set()
+    cb.close()
+    client = MlflowClient(tracker.uri)
+    runs = [tracker.children[t.trial_id] for t in trials]
+    for run_id in runs:
+        assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2]
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.params["epochs"] == "2"
+    assert [client.get_run(r).info.run_name for r in runs] == ["trial-001", "trial-002", "trial-003"]
+
+
+def test_a_writer_failure_is_raised_on_the_driver_thread(store):
+    tracker, base = _tracker(store, "cb-20260101-000002")
+    cb = MlflowCallback(tracker, base, {}, {})
+
+    def broken(trial_id, result):
+        raise RuntimeError("store broke")
+
+    tracker.log_result = broken
+    trial = _trial(0)
+    cb.on_trial_start(0, [trial], trial)
+    cb.on_trial_result(0, [trial], trial, {"epoch": 1, "train_loss": 1.0})
+    cb.on_trial_complete(0, [trial], trial)  # not written after the failure
+    with pytest.raises(RuntimeError, match="store broke"):
+        cb.close()
+    assert MlflowClient(tracker.uri).get_run(tracker.children["t0"]).info.status == "RUNNING"
+    # pickled into tuner.pkl: no tracker, queue or thread
+    state = pickle.loads(pickle.dumps(cb)).__dict__
+    assert state["tracker"] is None and state.get("_thread") is None
+
+
+def test_the_sweeps_sqlite_store_uses_wal_and_others_are_left_alone(tmp_path):
+    import sqlite3
+
+    import sqlalchemy
+    from dlopt.tracking.sqlite import sqlite_path, use_wal
+
+    ours, other = tmp_path / "mlflow.db", tmp_path / "other.db"
+    assert sqlite_path(f"sqlite:///{ours}") == str(ours.resolve())
+    assert not use_wal("http://127.0.0.1:5000") and sqlite_path("sqlite:///:memory:") is None
+    assert use_wal(f"sqlite:///{ours}")
+    for path, mode in ((ours, "wal"), (other, "delete")):
+        with sqlalchemy.create_engine(f"sqlite:///{path}").connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == mode
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == (1 if mode == "wal" else 2)
+    assert sqlite3.connect(ours).execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent
