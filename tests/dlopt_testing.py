@@ -168,3 +168,16 @@ def mlflow_server(db, artifacts, port: int, log, timeout: float = 120.0):
             pass
         time.sleep(0.5)
     raise AssertionError("mlflow server did not come up")
+
+
+def raw_digits_val(seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2):
+    """The validation rows of a digits run as sklearn returns them (0-16, float64), with their
+    labels: what a registered model takes (its input transform is inside it)."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    from dlopt.ml.splits import split_indices
+
+    bunch = load_digits()
+    _, val, _ = split_indices(bunch.target, val_fraction, test_fraction, seed, True)
+    return torch.from_numpy(bunch.data[val]), torch.from_numpy(bunch.target[val])

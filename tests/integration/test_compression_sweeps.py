@@ -82,7 +82,8 @@ def test_lenet300_is_10x_smaller_within_half_a_point(compressed, dense):
           f"{m['compressed_val_accuracy']:.4f} bytes {m['model_bytes']} ratio "
           f"{m['compression_ratio']:.1f} sparsity {m['sparsity']:.3f} latency {m['latency_ms']:.3f} ms")
     assert m["sparsity"] >= 0.9 and m["prune_sparsity"] >= 0.9
-    assert m["dense_bytes"] == d["dense_bytes"] == 4 * m["param_count"]
+    assert m["dense_bytes"] == 4 * m["param_count"]
+    assert "dense_bytes" not in d and "compression_ratio" not in d  # no compression stage
     assert m["dense_bytes"] / m["model_bytes"] >= 10 and m["compression_ratio"] >= 10
     assert m["quantize_model_bytes"] < m["prune_model_bytes"] < m["dense_bytes"]
     assert m["compressed_val_accuracy"] >= d["val_accuracy"] - 0.005
@@ -162,7 +163,15 @@ def test_structured_cnn_registers_smaller_and_serves_int8_with_onnxruntime(work)
     assert served.unwrap_python_model().session is not None
     with torch.no_grad():
         ours = torch_model(d.val.x).argmax(1).numpy()
-    theirs = np.asarray(served.predict(d.val.x.numpy())).argmax(1)
+    # the served model takes the raw rows sklearn returns (its input transform is inside)
+    from sklearn.datasets import load_digits
+
+    from dlopt.ml.splits import split_indices
+
+    raw = load_digits()
+    _, val, _ = split_indices(raw.target, 0.2, 0.2, 0, True)
+    assert (raw.target[val] == d.val.y.numpy()).all()
+    theirs = np.asarray(served.predict(raw.data[val]))  # class labels
     assert (ours == theirs).mean() == pytest.approx(m["onnx_agreement"], abs=0.01)
     assert m["onnx_agreement"] >= 0.9
 
@@ -242,5 +251,5 @@ def test_unknown_teacher_is_refused_before_ray_starts(dense, work, tmp_path):
                           uri_of(work), "--storage", str(tmp_path / "ray_results")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert "compression.0.teacher" in out.stderr and "no-such-model" in out.stderr
+    assert "compression[0].teacher" in out.stderr and "no-such-model" in out.stderr
     assert not (tmp_path / "ray_results").exists()  # nothing started

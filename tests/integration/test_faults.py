@@ -154,10 +154,13 @@ def test_train_worker_killed_mid_trial_resumes_and_registers(tmp_path, monkeypat
         "pickle.load = pickle.loads = refuse\npickle.Unpickler = NoUnpickler\n"
         "torch.load = refuse\n"
         f"mlflow.set_tracking_uri({uri!r})\n"
-        "import dlopt\nfrom dlopt.ml.data import load\nfrom dlopt.spec import Data\n"
+        # the registered model takes the raw rows sklearn returns (its input transform inside)
+        "import dlopt\nfrom sklearn.datasets import load_digits\n"
+        "from dlopt.ml.splits import split_indices\n"
         "m = dlopt.load_model('models:/fault-worker@champion')\n"
-        "d = load(Data(dataset='digits', test_fraction=0.0), 0)\n"
-        "print((m(d.val.x).argmax(1) == d.val.y).float().mean().item())\n")
+        "b = load_digits()\n_, val, _ = split_indices(b.target, 0.2, 0.0, 0, True)\n"
+        "x, y = torch.from_numpy(b.data[val]), torch.from_numpy(b.target[val])\n"
+        "print((m(x).argmax(1) == y).float().mean().item())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dlopt_testing import raw_digits_val
 from mlflow.tracking import MlflowClient
 
 EPOCHS = 3
@@ -113,13 +114,10 @@ def test_pruned_quantized_fsdp_model_registers_and_reloads_like_ddp(sweeps, tmp_
     import mlflow
 
     import dlopt
-    from dlopt.ml.data import load
-    from dlopt.spec import Data
     from dlopt.stages.compression import weight_sparsity
 
     client, runs = sweeps["client"], sweeps["runs"]
     mlflow.set_tracking_uri(sweeps["uri"])
-    d = load(Data(dataset="digits", test_fraction=0.0), 0)
     metas = {}
     for name in ("fsdp", "ddp"):
         version = client.get_model_version_by_alias(f"{name}-digits", "champion")
@@ -128,7 +126,8 @@ def test_pruned_quantized_fsdp_model_registers_and_reloads_like_ddp(sweeps, tmp_
                                                          dst_path=str(tmp_path / name)))
         metas[name] = json.loads(next(local.rglob("meta.json")).read_text())
         model = dlopt.load_model(f"models:/{name}-digits@champion")
-        acc = (model(d.val.x).argmax(1) == d.val.y).float().mean().item()
+        x, y = raw_digits_val(0, test_fraction=0.0)  # the registered model takes raw rows
+        acc = (model(x).argmax(1) == y).float().mean().item()
         assert acc == pytest.approx(runs[name].data.metrics["compressed_val_accuracy"], abs=1e-6)
         assert acc > 0.7  # 3 epochs with 70% of the weights pruned in epoch 2 (chance: 0.1)
         # the reloaded int8 weights carry the sparsity the trial measured

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from dlopt_testing import raw_digits_val
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -68,8 +69,6 @@ def test_pipeline_model_registers_and_reloads(sweep, tmp_path):
     import mlflow
 
     import dlopt
-    from dlopt.ml.data import load
-    from dlopt.spec import Data
 
     mlflow.set_tracking_uri(sweep["uri"])
     client, run = sweep["client"], sweep["run"]
@@ -79,7 +78,7 @@ def test_pipeline_model_registers_and_reloads(sweep, tmp_path):
                                                      dst_path=str(tmp_path)))
     assert json.loads(next(local.rglob("meta.json")).read_text())["format"] != "dense"
     model = dlopt.load_model("models:/pipe-digits@champion")
-    d = load(Data(dataset="digits", test_fraction=0.0), 1)
-    acc = (model(d.val.x).argmax(1) == d.val.y).float().mean().item()
+    x, y = raw_digits_val(1, test_fraction=0.0)  # the registered model takes raw rows
+    acc = (model(x).argmax(1) == y).float().mean().item()
     assert acc == pytest.approx(run.data.metrics["compressed_val_accuracy"], abs=1e-6)
     assert acc > 0.8

@@ -62,10 +62,12 @@ def test_best_accuracy_and_registered_champion(sweep):
     code = (
         "import mlflow, torch, dlopt\n"
         f"mlflow.set_tracking_uri({result.tracking_uri!r})\n"
-        "from dlopt.ml.data import load\nfrom dlopt.spec import Data\n"
+        # the registered model takes the raw rows sklearn returns (its input transform inside)
+        "from sklearn.datasets import load_digits\nfrom dlopt.ml.splits import split_indices\n"
         "m = dlopt.load_model('models:/it-model@champion')\n"
-        "d = load(Data(dataset='digits'), 0)\n"
-        "print(int((m(d.val.x).argmax(1) == d.val.y).sum()), len(d.val.y))\n"
+        "b = load_digits()\n_, val, _ = split_indices(b.target, 0.2, 0.2, 0, True)\n"
+        "x, y = torch.from_numpy(b.data[val]), torch.from_numpy(b.target[val])\n"
+        "print(int((m(x).argmax(1) == y).sum()), len(y))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=work)
     assert out.returncode == 0, out.stderr
