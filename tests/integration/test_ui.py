@@ -143,7 +143,8 @@ def test_terminal_shows_table_and_summary_without_library_noise(sweep, server):
     server = server["url"]
     out, parent = sweep["out"], sweep["parent"]
     stdout = out.stdout
-    assert re.search(r"-- ui-sweep-\d{8}-\d{6}: 2/2 trials done", stdout), stdout
+    assert re.search(r"-- ui-sweep-\d{8}-\d{6}: 2/2 trials finished \(0 running, 0 pending, 2 done\)",
+                     stdout), stdout
     assert re.search(r"trial-00[12] lr=0.03\s+DONE\s+epoch\s+3/3\s+val_accuracy 0\.\d+", stdout), stdout
     assert re.search(r"sweep ui-sweep-\d{8}-\d{6}: 2/2 trials ok in \d+ s", stdout)
     assert re.search(r"best trial trial-00[12] lr=0\.0?03 \(val_accuracy = 0\.\d+\)", stdout), stdout
