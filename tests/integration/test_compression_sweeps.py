@@ -70,12 +70,6 @@ def dense(work):
     return sweep(Experiment.model_validate(data), work)
 
 
-def exact_accuracy(model, seed=0) -> float:
-    d = load_data(Data(dataset="digits"), seed)
-    with torch.no_grad():
-        return (model(d.val.x).argmax(1) == d.val.y).sum().item() / len(d.val.y)
-
-
 def test_lenet300_is_10x_smaller_within_half_a_point(compressed, dense):
     m, d = compressed.best.metrics, dense.best.metrics
     print(f"\ndense val_accuracy {d['val_accuracy']:.4f} bytes {d['model_bytes']}; compressed "
