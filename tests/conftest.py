@@ -12,6 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _environ_per_module():
+    """Give each test module the environment the session started with. An in-process sweep
+    changes os.environ for good in ways a user's process would keep too (mlflow.set_tracking_uri
+    exports MLFLOW_TRACKING_URI), and a later module's subprocesses (a `ray start` cluster, a
+    job) would inherit it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def root() -> Path:
     return ROOT

@@ -28,6 +28,16 @@ def test_dropping_propagated_env_vars_keeps_the_others(monkeypatch):
     assert set(class_cache.ENV_VARS_TO_PROPAGATE) == others and others
 
 
+def test_a_sweep_narrows_the_propagated_set_only_while_it_runs():
+    from ray.tune.execution import class_cache
+
+    before = class_cache.ENV_VARS_TO_PROPAGATE
+    with ray_compat.propagated_env_vars_restored():
+        ray_compat.drop_propagated_env_vars("AWS_")
+        assert not any(k.startswith("AWS_") for k in class_cache.ENV_VARS_TO_PROPAGATE)
+    assert class_cache.ENV_VARS_TO_PROPAGATE is before
+
+
 def test_a_restored_tuner_runs_with_its_run_config_callbacks(tmp_path):
     """Tuner -> _local_tuner (TunerInternal) -> _run_config, the RunConfig fit() uses."""
     from ray import tune

@@ -15,7 +15,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from test_job_submit import ROOT, SCRIPT, ray_job_submit
+from test_job_submit import ROOT, SCRIPT, node_env, ray_job_submit
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def shared_cluster(tmp_path_factory):
     up = subprocess.run([sys.executable, str(SCRIPT), "up", str(state_dir), "--workers", "1",
                          "--head-cpus", "2", "--worker-cpus", "2", "--no-mlflow",
                          "--shared-temp-dir"], capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "HOME": str(home)}, cwd=ROOT)
+                        env=node_env(home), cwd=ROOT)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         state = json.loads((state_dir / "cluster.json").read_text())

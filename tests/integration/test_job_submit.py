@@ -23,6 +23,13 @@ SPEC = "tests/integration/specs/submit_spread.py"
 VENV_BIN = Path(sys.executable).parent
 
 
+def node_env(home) -> dict:
+    """The environment `ray start` (so every job) gets: this process's, with HOME set and no
+    MLflow settings, as on a cluster where nobody exported any."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    return {**env, "HOME": str(home)}
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     state_dir = tmp_path_factory.mktemp("cluster")
@@ -31,7 +38,7 @@ def cluster(tmp_path_factory):
     up = subprocess.run([sys.executable, str(SCRIPT), "up", str(state_dir), "--workers", "1",
                          "--head-cpus", "2", "--worker-cpus", "2"],
                         capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "HOME": str(home)})
+                        env=node_env(home))
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         state = json.loads((state_dir / "cluster.json").read_text())

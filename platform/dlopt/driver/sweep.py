@@ -111,7 +111,8 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     """
     t0 = time.perf_counter()
     address = address or os.environ.get("RAY_ADDRESS")
-    with environment.scoped(quiet), environment.out_of_job_dir():
+    with (environment.scoped(quiet), environment.out_of_job_dir(),
+          ray_compat.propagated_env_vars_restored()):
         if quiet:
             environment.silence_process()
         # Every relative location is resolved here, once, before any thread or Ray starts

@@ -8,8 +8,9 @@ Ray and MLflow are imported inside each function: importing this module loads ne
 """
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 
 # ------------------------------------------------------------------ Ray Tune
@@ -35,6 +36,20 @@ def drop_propagated_env_vars(prefix: str) -> None:
 
     class_cache.ENV_VARS_TO_PROPAGATE = frozenset(
         k for k in class_cache.ENV_VARS_TO_PROPAGATE if not k.startswith(prefix))
+
+
+@contextlib.contextmanager
+def propagated_env_vars_restored() -> Iterator[None]:
+    """Put back Tune's set of propagated variables when the block ends, so that narrowing it
+    for one sweep (`drop_propagated_env_vars`) does not outlive that sweep in a process that
+    goes on to run other Tune experiments (a notebook, a test session)."""
+    from ray.tune.execution import class_cache
+
+    saved = class_cache.ENV_VARS_TO_PROPAGATE
+    try:
+        yield
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE = saved
 
 
 # ------------------------------------------------------------------ Ray Train (in a trial)
