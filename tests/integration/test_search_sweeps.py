@@ -134,9 +134,6 @@ def pbt_two_workers(tmp_path_factory):
 PBT2_EPOCHS = 3
 
 
-@pytest.mark.skip(reason="hangs on merged main (a paused 2-worker trial's TrainController.abort "
-                         "never returns); passed on the issue-20 branch alone; open, see the "
-                         "2026-11-30 closing note")
 def test_pbt_with_two_worker_trials_clones_checkpoints(pbt_two_workers):
     result, client = pbt_two_workers
     assert_pbt_history(result, client, PBT2_EPOCHS)
