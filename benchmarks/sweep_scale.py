@@ -19,15 +19,18 @@ has steps 1..epochs exactly once. marginal_s: seconds per extra trial between tw
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from dlopt.spec.report import END_TIME, EPOCH_SECONDS  # noqa: E402
 
 TARGET_RATIO = 1.5
 SPEC = '''from dlopt import Data, Experiment, Model, Optimizer, Resources, Search, Tracking, tune
@@ -45,8 +48,9 @@ experiment = Experiment(
 '''
 
 
-def bare_side(trials: int, epochs: int, storage: str) -> None:
-    """The same trials as a plain Ray Tune sweep (run in its own process)."""
+def bare_side(trials: int, epochs: int, storage: str, times: Optional[str] = None) -> None:
+    """The same trials as a plain Ray Tune sweep (run in its own process). `times`: a JSON
+    file for the first trial's epoch (end time, seconds) pairs, for the fixed costs."""
     import ray
     from dlopt.runtime.search import to_ray_space
     from dlopt.runtime.worker import fit_in_trial
@@ -74,6 +78,9 @@ def bare_side(trials: int, epochs: int, storage: str) -> None:
         run_config=tune.RunConfig(name="bare", storage_path=storage, verbose=0))
     grid = tuner.fit()
     assert len(grid) == trials and not grid.errors, grid.errors
+    if times:
+        df = grid[0].metrics_dataframe
+        Path(times).write_text(json.dumps(list(zip(df[END_TIME], df[EPOCH_SECONDS]))))
     ray.shutdown()
 
 
@@ -109,6 +116,21 @@ def check_mlflow(uri: str, trials: int, epochs: int) -> dict:
             "every_epoch_once": len(runs) == trials and bad == 0}
 
 
+def bare_fixed_costs(env: dict, epochs: int) -> dict:
+    """The same 1-trial sweep as a bare Ray Tune process: the floor (Ray's start and shutdown,
+    the trial process and its torch import) that any Ray Tune run pays."""
+    with tempfile.TemporaryDirectory(prefix="dlopt-fixed-bare-") as work:
+        times = Path(work) / "times.json"
+        t0 = time.time()
+        timed([sys.executable, __file__, "--side", "bare", "--trials", "1", "--epochs",
+               str(epochs), "--storage", f"{work}/bare", "--times", str(times)], env)
+        t_exit = time.time()
+        ends = json.loads(times.read_text())
+    first_start = ends[0][0] - ends[0][1]
+    return {"to_first_epoch_s": first_start - t0, "last_epoch_to_exit_s": t_exit - ends[-1][0],
+            "total_s": t_exit - t0}
+
+
 def fixed_costs(env: dict, epochs: int) -> dict:
     """A 1-trial, 1-worker `dlopt run`: process start -> first epoch's start, and last epoch's
     end -> process exit (epoch end times from MLflow: each epoch's metrics are stamped with it)."""
@@ -141,14 +163,16 @@ def main() -> None:
     ap.add_argument("--side", choices=["bare"], help=argparse.SUPPRESS)
     ap.add_argument("--trials", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--storage", help=argparse.SUPPRESS)
+    ap.add_argument("--times", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side == "bare":
-        return bare_side(args.trials, args.epochs, args.storage)
+        return bare_side(args.trials, args.epochs, args.storage, args.times)
 
     env = {**os.environ, "PYTHONPATH": str(common.ROOT / "platform") + os.pathsep
            + os.environ.get("PYTHONPATH", ""), "RAY_AIR_NEW_OUTPUT": "0"}
-    fixed = fixed_costs(env, args.epochs)
-    print(common.table([fixed], list(fixed)), flush=True)
+    fixed = [{"side": "bare", **bare_fixed_costs(env, args.epochs)},
+             {"side": "dlopt", **fixed_costs(env, args.epochs)}]
+    print(common.table(fixed, list(fixed[0])), flush=True)
     rows = []
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="dlopt-scale-") as work:
@@ -182,9 +206,12 @@ def main() -> None:
           "once. tune_state_bytes: Tune's experiment-state file of the dlopt sweep.\n\n" + text +
           f"\n\n- at {last['trials']} trials dlopt/bare = {last['ratio']:.2f} (target <= "
           f"{TARGET_RATIO}); {last['stdout_lines']} lines printed\n")
-    md += (f"- 1-trial, 1-worker `dlopt run` ({args.epochs} epochs): start -> first epoch "
-           f"{fixed['to_first_epoch_s']:.1f} s (target 6), last epoch -> exit "
-           f"{fixed['last_epoch_to_exit_s']:.1f} s (target 2), total {fixed['total_s']:.1f} s\n")
+    bare, ours = fixed
+    md += (f"- 1-trial, 1-worker run ({args.epochs} epochs), dlopt (bare Ray Tune): start -> "
+           f"first epoch {ours['to_first_epoch_s']:.1f} s ({bare['to_first_epoch_s']:.1f} s; "
+           f"target 6), last epoch -> exit {ours['last_epoch_to_exit_s']:.1f} s "
+           f"({bare['last_epoch_to_exit_s']:.1f} s; target 2), total {ours['total_s']:.1f} s "
+           f"({bare['total_s']:.1f} s)\n\n" + common.table(fixed, list(fixed[0])) + "\n")
     common.write("sweep_scale", "Sweep scale", {"rows": rows, "fixed_costs": fixed,
                                                 "args": vars(args)}, md)
 

@@ -1,6 +1,4 @@
 """`python -m dlopt`: the same as the `dlopt` console script."""
-import sys
+from dlopt.cli.main import console
 
-from dlopt.cli.main import main
-
-sys.exit(main())
+console()

@@ -1,6 +1,4 @@
 """`python -m dlopt.cli` (what `dlopt submit` runs on a cluster)."""
-import sys
+from dlopt.cli.main import console
 
-from dlopt.cli.main import main
-
-sys.exit(main())
+console()

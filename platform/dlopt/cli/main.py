@@ -237,3 +237,33 @@ def main(argv=None) -> int:
     configure_logging(getattr(args, "verbose", False))
     return args.fn(args) or 0
 
+
+def console() -> None:
+    """The `dlopt` command: `main`, then a fast exit.
+
+    Once a command has returned, everything it wrote is closed (the MLflow writer drained,
+    Ray shut down), yet tearing down an interpreter that holds torch, MLflow and Ray takes
+    ~2 s on a 2-core machine (measured: 0.02 s of atexit handlers, the rest module and
+    object finalization), a third of a 1-trial run's time after its last epoch. So the
+    exit handlers run, the streams are flushed, and the process ends without the teardown.
+    An exception still propagates the ordinary way (traceback, normal exit)."""
+    import atexit
+    import threading
+
+    try:
+        code = main()
+    except SystemExit as done:  # argparse and a command's own exit: same codes, same text
+        code = done.code
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    for thread in threading.enumerate():  # what the interpreter would wait for, as it would
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    # CPython has no public way to run atexit handlers without the teardown; these are
+    # logging.shutdown, MLflow's end of an active run, Ray's shutdown and the like
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+

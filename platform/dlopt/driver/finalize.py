@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from dlopt.driver import publish
+from dlopt.driver import plots, publish
 from dlopt.registry import teachers
 from dlopt.spec.plan import trial_spec
 from dlopt.tracking.names import numeric_metrics
@@ -72,17 +72,18 @@ HEAVY_MODULES = ("dlopt.registry.register", "dlopt.driver.front", "dlopt.registr
 
 
 def preload() -> None:
-    """Import what finalize needs (torch) on a background thread while the sweep runs; an
-    import that fails here is retried, and raises, where finalize imports it."""
+    """Import what finalize needs (torch, matplotlib) on a background thread while the sweep
+    runs; an import that fails here is retried, and raises, where finalize imports it."""
     import importlib
     import threading
 
     def load():
-        for name in HEAVY_MODULES:
-            try:
+        try:
+            for name in HEAVY_MODULES:
                 importlib.import_module(name)
-            except Exception:  # noqa: BLE001 (finalize's own import reports it)
-                return
+            plots.pyplot()
+        except Exception:  # noqa: BLE001 (finalize's own import reports it)
+            return
 
     threading.Thread(target=load, name="dlopt-preload", daemon=True).start()
 

@@ -15,7 +15,7 @@ from dlopt.driver.tables import sort_rows
 CURVE_METRICS = ("train_loss", "val_loss", "val_accuracy")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on the driver; set before pyplot is imported
@@ -35,7 +35,7 @@ def learning_curves_png(rows: list[dict], histories: dict[str, dict[str, list]],
                if any(histories.get(r["trial_id"], {}).get(m) for r in rows)]
     if not metrics:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
@@ -70,7 +70,7 @@ def compression_png(rows: list[dict], histories, path: Path, metric: str, mode: 
             and "compressed_val_accuracy" in r["metrics"]]
     if not keep:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in keep:
         m = r["metrics"]
