@@ -48,7 +48,8 @@ experiment = Experiment(
 '''
 
 
-def bare_side(trials: int, epochs: int, storage: str, times: Optional[str] = None) -> None:
+def bare_side(trials: int, epochs: int, storage: str, times: Optional[str] = None,
+              keep: Optional[int] = None) -> None:
     """The same trials as a plain Ray Tune sweep (run in its own process). `times`: a JSON
     file for the first trial's epoch (end time, seconds) pairs, for the fixed costs."""
     import ray
@@ -75,7 +76,8 @@ def bare_side(trials: int, epochs: int, storage: str, times: Optional[str] = Non
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", num_samples=trials,
                                     max_concurrent_trials=2, reuse_actors=True,
                                     search_alg=tune.search.BasicVariantGenerator(random_state=0)),
-        run_config=tune.RunConfig(name="bare", storage_path=storage, verbose=0))
+        run_config=tune.RunConfig(name="bare", storage_path=storage, verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=keep)))
     grid = tuner.fit()
     assert len(grid) == trials and not grid.errors, grid.errors
     if times:
@@ -164,9 +166,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--storage", help=argparse.SUPPRESS)
     ap.add_argument("--times", help=argparse.SUPPRESS)
+    ap.add_argument("--keep", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side == "bare":
-        return bare_side(args.trials, args.epochs, args.storage, args.times)
+        return bare_side(args.trials, args.epochs, args.storage, args.times, args.keep)
 
     env = {**os.environ, "PYTHONPATH": str(common.ROOT / "platform") + os.pathsep
            + os.environ.get("PYTHONPATH", ""), "RAY_AIR_NEW_OUTPUT": "0"}
@@ -176,8 +179,12 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="dlopt-scale-") as work:
-            bare_s, _, _ = timed([sys.executable, __file__, "--side", "bare", "--trials", str(n),
-                                  "--epochs", str(args.epochs), "--storage", f"{work}/bare"], env)
+            bare = [sys.executable, __file__, "--side", "bare", "--trials", str(n),
+                    "--epochs", str(args.epochs)]
+            bare_s, _, _ = timed([*bare, "--storage", f"{work}/bare"], env)
+            # the same CheckpointConfig as dlopt's (num_to_keep=2): Tune then saves its whole
+            # experiment state every 2 checkpoints of any trial, a cost that grows with trials
+            keep2_s, _, _ = timed([*bare, "--storage", f"{work}/bare2", "--keep", "2"], env)
             spec = Path(work) / "scale.py"
             spec.write_text(SPEC.format(epochs=args.epochs, trials=n))
             uri = f"sqlite:///{work}/mlflow.db"
@@ -186,26 +193,31 @@ def main() -> None:
             check = check_mlflow(uri, n, args.epochs)
             check["tune_state_bytes"] = sum(p.stat().st_size for p in
                                             Path(work, "ray").glob("*/experiment_state-*.json"))
-        rows.append({"trials": n, "bare_s": bare_s, "dlopt_s": dlopt_s, "ratio": dlopt_s / bare_s,
+        rows.append({"trials": n, "bare_s": bare_s, "bare_keep2_s": keep2_s, "dlopt_s": dlopt_s,
+                     "ratio": dlopt_s / bare_s, "ratio_keep2": dlopt_s / keep2_s,
                      "stdout_lines": len(out.splitlines()), **check})
         print(common.table(rows[-1:], list(rows[-1])), flush=True)
     for prev, row in zip(rows, rows[1:]):
         dn = row["trials"] - prev["trials"]
         row["bare_marginal_s"] = (row["bare_s"] - prev["bare_s"]) / dn
+        row["bare_keep2_marginal_s"] = (row["bare_keep2_s"] - prev["bare_keep2_s"]) / dn
         row["dlopt_marginal_s"] = (row["dlopt_s"] - prev["dlopt_s"]) / dn
-    cols = ["trials", "bare_s", "dlopt_s", "ratio", "bare_marginal_s", "dlopt_marginal_s",
+    cols = ["trials", "bare_s", "bare_keep2_s", "dlopt_s", "ratio", "ratio_keep2",
+            "bare_marginal_s", "bare_keep2_marginal_s", "dlopt_marginal_s",
             "stdout_lines", "child_runs", "every_epoch_once", "tune_state_bytes"]
     text = common.table(rows, cols)
     print(text)
     last = rows[-1]
     md = (f"N trials of linear_1d ({args.epochs} epochs, batch 10, 1 worker, 2 at a time, random "
           "lr): a bare Ray Tune function trainable running dlopt's worker loop vs `python -m "
-          "dlopt run` (SQLite MLflow, stdout a pipe). Each side a fresh process, wall seconds "
+          "dlopt run` (SQLite MLflow, stdout a pipe). bare_keep2: the bare sweep with dlopt's "
+          "CheckpointConfig(num_to_keep=2). Each side a fresh process, wall seconds "
           "from start to exit. marginal_s: seconds per extra trial since the previous size. "
           "every_epoch_once: each trial's child run has train_loss at steps 1..epochs exactly "
           "once. tune_state_bytes: Tune's experiment-state file of the dlopt sweep.\n\n" + text +
-          f"\n\n- at {last['trials']} trials dlopt/bare = {last['ratio']:.2f} (target <= "
-          f"{TARGET_RATIO}); {last['stdout_lines']} lines printed\n")
+          f"\n\n- at {last['trials']} trials dlopt/bare = {last['ratio']:.2f}, dlopt/bare_keep2 = "
+          f"{last['ratio_keep2']:.2f} (target <= {TARGET_RATIO}); {last['stdout_lines']} lines "
+          "printed\n")
     bare, ours = fixed
     md += (f"- 1-trial, 1-worker run ({args.epochs} epochs), dlopt (bare Ray Tune): start -> "
            f"first epoch {ours['to_first_epoch_s']:.1f} s ({bare['to_first_epoch_s']:.1f} s; "

@@ -266,6 +266,24 @@ def test_schedulers_built_from_the_plan():
     assert pbt._hyperparam_mutations["optimizer.momentum"] == [0.5, 0.9]
 
 
+def test_search_seed_makes_pbt_perturbations_repeat():
+    from ray.tune.schedulers import pbt as ray_pbt
+
+    from dlopt.runtime.search import trial_scheduler
+
+    def perturbed(seed):
+        spec = make(epochs=6, search=Search(scheduler="pbt", seed=seed, perturbation_interval=2,
+                                            pbt_mutations={"optimizer.lr": tune.loguniform(1e-3, 1e-1)}))
+        sched = trial_scheduler(make_plan(spec), spec)
+        return [ray_pbt._explore({"optimizer.lr": 0.01}, sched._hyperparam_mutations,
+                                 sched._resample_probability, sched._perturbation_factors,
+                                 sched._custom_explore_fn)[0]["optimizer.lr"] for _ in range(8)]
+
+    first = perturbed(7)
+    assert perturbed(7) == first and len(set(first)) > 1
+    assert perturbed(8) != first
+
+
 def test_pbt_explore_stays_inside_the_domain():
     from dlopt.runtime.search import clip_to, pbt_mutations
 

@@ -199,23 +199,25 @@ def test_second_outage_during_replay_keeps_the_rest_journaled(tmp_path):
     tracker.open_journal(sweep_dir)
     _sweep(tracker, "s-k")
     tracker.child("t1", "trial-001", {}, {})
+    tracker.child("t2", "trial-002", {}, {})
     tracker.client = outage = Outage(tracker.client)
     outage.down = True
     for e in range(1, 6):
-        tracker.log_result("t1", {"epoch": e, "train_loss": 1.0 / e})
+        for trial in ("t1", "t2"):
+            tracker.log_result(trial, {"epoch": e, "train_loss": 1.0 / e})
     del tracker
 
     again = Tracker(uri, "journal2")
     again.open_journal(sweep_dir)
     real = again.client
 
-    class Flaky(Outage):  # two epochs go through, then the store is away
+    class Flaky(Outage):  # one run's replayed epochs go through (one request), then the store is away
         batches = 0
 
         def __getattr__(self, name):
             if name == "log_batch":
                 self.batches += 1
-                self.down = self.down or self.batches > 2
+                self.down = self.down or self.batches > 1
             return super().__getattr__(name)
 
     again.client = flaky = Flaky(real)
@@ -224,7 +226,7 @@ def test_second_outage_during_replay_keeps_the_rest_journaled(tmp_path):
         _sweep(again, "s-k")
     finally:
         store.REPLAY_WAIT_S = old
-    assert 0 < len(again.pending) < 5 and len(Journal(sweep_dir / NAME).pending()) == len(again.pending)
+    assert 0 < len(again.pending) < 10 and len(Journal(sweep_dir / NAME).pending()) == len(again.pending)
     again.log_result("t1", {"epoch": 6, "train_loss": 1 / 6})  # the sweep goes on meanwhile
     flaky.down = False
     flaky.__class__ = Outage
@@ -233,4 +235,39 @@ def test_second_outage_during_replay_keeps_the_rest_journaled(tmp_path):
     client = MlflowClient(uri)
     steps = [m.step for m in client.get_metric_history(again.children["t1"], "train_loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+    steps = [m.step for m in client.get_metric_history(again.children["t2"], "train_loss")]
+    assert sorted(steps) == [1, 2, 3, 4, 5]
     assert not (sweep_dir / NAME).exists()
+
+
+def test_held_writes_of_a_run_go_in_one_request_and_a_first_create_looks_nothing_up(tmp_path):
+    """While the writer is behind (the callback raises `hold`), a trial's params, epochs and
+    final metrics reach the store in one log_batch (dlopt.tracking.coalesce); a first
+    create_run makes no search (only a retried or replayed one does)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "coalesce")
+    _sweep(tracker, "s-c")
+    tracker.client = counted = Outage(tracker.client)
+    names = []
+    real_getattr = Outage.__getattr__
+
+    class Counting(Outage):
+        def __getattr__(self, name):
+            names.append(name)
+            return real_getattr(self, name)
+
+    counted.__class__ = Counting
+    tracker.hold = 64
+    tracker.child("t1", "trial-001", {"lr": 0.1, "epochs": 3}, {})
+    for e in (1, 2, 3):
+        tracker.log_result("t1", {"epoch": e, "train_loss": 1.0 / e})
+    tracker.log_result("t1", {"epoch": 3, "final": 1, "model_bytes": 10.0})
+    tracker.end_child("t1", "FINISHED")
+    assert names == [] and len(tracker.pending) == 7
+    assert tracker.flush()
+    assert names == ["create_run", "log_batch", "set_terminated"]
+    client = MlflowClient(uri)
+    run = client.get_run(tracker.children["t1"])
+    assert run.data.params == {"lr": "0.1", "epochs": "3"} and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+    assert run.data.metrics["model_bytes"] == 10.0

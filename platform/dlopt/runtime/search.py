@@ -148,6 +148,8 @@ def trial_scheduler(plan: Plan, spec: Experiment):
                                              grace_period=s.setting("grace_period"))
     if plan.scheduler == "pbt":
         mutations, bounds = pbt_mutations(plan.spec_json["search"].get("pbt_mutations") or {})
+        if s.seed is not None:
+            seed_pbt(s.seed)
         # Synchronous PBT: every trial pauses at the same epoch, so the checkpoint a trial
         # clones ends at the epoch it left off and its per-epoch history has no gap or repeat.
         return _make_pbt(max_t, time_attr="epoch",
@@ -155,6 +157,19 @@ def trial_scheduler(plan: Plan, spec: Experiment):
                          hyperparam_mutations=mutations, custom_explore_fn=clip_to(bounds),
                          synch=True)
     raise ValueError(plan.scheduler)
+
+
+def seed_pbt(seed: int) -> None:
+    """Ray's PBT takes no seed: it draws which trial to clone and how to perturb from Python's
+    `random` and resamples domains with numpy's global generator (ray.tune.schedulers.pbt).
+    Seeding both (only for a PBT sweep with `search.seed`) makes its choices repeat; with
+    synchronous PBT each decision sees every trial's result at the same epoch."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def pbt_mutations(spec_mutations: dict) -> tuple[dict, dict[str, tuple[float, float]]]:

@@ -29,6 +29,9 @@ from dlopt.tracking.store import Tracker
 
 log = logging.getLogger(__name__)
 
+# writes the Tracker may hold while the writer is behind: bounds what waits unflushed
+HOLD_WRITES = 64
+
 
 class MlflowCallback(Callback):
     """Tune callback on the driver: trial events -> (writer thread) -> the Tracker."""
@@ -72,8 +75,12 @@ class MlflowCallback(Callback):
                 return
             if self._error is not None:
                 continue  # after a failure: no further writes (close() raises it)
+            # writes wait while more events do, and go together (dlopt.tracking.coalesce)
+            self.tracker.hold = HOLD_WRITES
             try:
                 fn()
+                if self._queue.empty():
+                    self.tracker.flush()
             except BaseException as err:  # noqa: BLE001 - re-raised on the driver thread by close()
                 log.debug("MLflow writer failed", exc_info=True)
                 self._error = err
@@ -85,6 +92,8 @@ class MlflowCallback(Callback):
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+            self.tracker.hold = 1  # from here the driver thread writes, each at once
+            self.tracker.flush()  # what the last events held (still queued if MLflow is down)
         if self._error is not None:
             err, self._error = self._error, None
             raise err
@@ -94,7 +103,7 @@ class MlflowCallback(Callback):
         if trial_id in self.tracker.known:
             return self.tracker.children.get(trial_id)
         assigned = assignment(config, self.tables)
-        self.order.setdefault(trial_id, len(self.tracker.children) + 1)
+        self.order.setdefault(trial_id, len(self.tracker.known) + 1)  # created or queued
         spec = trial_spec(self.base_json, self.tables, config)
         spec_json = spec.model_dump(mode="json")
         return self.tracker.child(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import mlflow
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from dlopt.spec import flatten
@@ -36,6 +36,7 @@ from dlopt.spec.report import (
     PER_EPOCH_METRICS,
     WORKER_NODES,
 )
+from dlopt.tracking import coalesce
 from dlopt.tracking.journal import NAME as JOURNAL_NAME
 from dlopt.tracking.journal import Journal
 from dlopt.tracking.names import numeric_metrics, param_text
@@ -80,10 +81,10 @@ class Tracker:
     queued and the sweep goes on; each later Tune event retries the queue in order, and
     `drain` waits (bounded) at the end. So an outage of the MLflow server delays metrics but
     never drops or reorders them, training never waits on it, and a driver killed meanwhile
-    leaves the queue in the journal for `--resume` to replay. Every record is idempotent
-    (a run is looked up before it is created; a metric carries its own timestamp, and MLflow
-    keeps one row per key, value, timestamp and step), so replaying one the store took just
-    before the kill writes nothing twice.
+    leaves the queue in the journal for `--resume` to replay. Every record is idempotent (a
+    retried or replayed run is looked up before it is created; a metric carries its own
+    timestamp, and MLflow keeps one row per key, value, timestamp and step), so replaying one
+    the store took just before the kill writes nothing twice.
     """
 
     def __init__(self, tracking_uri: str, experiment_name: str,
@@ -120,6 +121,9 @@ class Tracker:
         self.outage_since: Optional[float] = None
         self.buffered = 0      # writes that waited in the queue during an outage
         self.replayed = 0      # journal records replayed by --resume
+        # writes queued before a flush: 1 writes at once; the MLflow callback raises it while
+        # more events wait, so their writes merge into fewer requests (dlopt.tracking.coalesce)
+        self.hold = 1
         self.refused: list[str] = []  # writes the store refused for good (reported, not hidden)
 
     # --- the journal
@@ -128,6 +132,7 @@ class Tracker:
         records a killed driver left there are queued again, in order, before any new one."""
         self.journal = Journal(Path(directory) / JOURNAL_NAME)
         for rec in self.journal.pending():
+            rec["retried"] = True  # the killed driver may have made it
             self._seq = max(self._seq, rec["seq"])
             self.pending.append(rec)
             self._note(rec)
@@ -158,7 +163,8 @@ class Tracker:
         if self.journal is not None:
             self.journal.append(rec)
         self.pending.append(rec)
-        self.flush()
+        if len(self.pending) >= self.hold:
+            self.flush()
 
     @staticmethod
     def _what(rec: dict) -> str:
@@ -170,7 +176,7 @@ class Tracker:
         delay = 0.5
         try:
             while self.pending:
-                rec = self.pending[0]
+                rec, group = coalesce.take(self.pending)  # one request for a run's queued writes
                 try:
                     self._apply(rec)
                 except Exception as err:  # noqa: BLE001 - classified below, never swallowed silently
@@ -187,12 +193,14 @@ class Tracker:
                         if time.monotonic() >= deadline:
                             self.buffered = max(self.buffered, len(self.pending))
                             return False
+                        rec["retried"] = True  # the store may have taken it: look before creating
                         time.sleep(delay)
                         delay = min(delay * 2, 5.0)
                         continue
-                self.pending.popleft()
-                if self.journal is not None:
-                    self.journal.done(rec["seq"])
+                for done in group:
+                    self.pending.remove(done)  # the head or a later one of its run (seq: unique)
+                    if self.journal is not None:
+                        self.journal.done(done["seq"])
         finally:
             if self.journal is not None:
                 # writes still waiting are fsynced once per flush (per Tune event), not per record
@@ -221,15 +229,18 @@ class Tracker:
         op, c = rec["op"], self.client
         if op == "create_run":
             trial = rec["trial"]
-            found = c.search_runs([self.experiment_id], f"tags.`dlopt.trial_id` = '{trial}' and "
-                                  f"tags.`mlflow.parentRunId` = '{rec['tags']['mlflow.parentRunId']}'")
+            # looked up only where a first attempt may have landed (a retry, a replay)
+            found = rec.get("retried") and c.search_runs(
+                [self.experiment_id], f"tags.`dlopt.trial_id` = '{trial}' and "
+                f"tags.`mlflow.parentRunId` = '{rec['tags']['mlflow.parentRunId']}'")
             self.children[trial] = (found[0].info.run_id if found else c.create_run(
                 self.experiment_id, run_name=rec["name"], tags=rec["tags"]).info.run_id)
             return
         run_id = self.children.get(rec["ref"], rec["ref"])  # a trial id, or a run id
         if op == "log_batch":
             c.log_batch(run_id, metrics=[Metric(*m) for m in rec.get("metrics", ())],
-                        params=[Param(*p) for p in rec.get("params", ())])
+                        params=[Param(*p) for p in rec.get("params", ())],
+                        tags=[RunTag(*t) for t in rec.get("tags", ())])
         elif op == "set_tag":
             c.set_tag(run_id, rec["key"], rec["value"])
         elif op == "set_terminated":
@@ -317,7 +328,6 @@ class Tracker:
         self.last_epoch.setdefault(trial_id, 0)
         run_tags = {"mlflow.parentRunId": self.parent_id, "dlopt.trial_id": trial_id,
                     "dlopt.role": "trial", "mlflow.user": getpass.getuser(), **tags}
-        # looked up before it is created: a retry (or a replay) after a lost reply finds it
         self._write({"op": "create_run", "trial": trial_id, "name": run_name, "tags": run_tags})
         self._log_params(trial_id, params)
         if spec_json is not None:
