@@ -10,6 +10,7 @@ spec as JSON and the teachers' files (docs/architecture.md, "Only JSON crosses p
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 from dlopt.artifact import teachers as teachers_mod
@@ -18,6 +19,8 @@ from dlopt.spec.plan import trial_spec
 
 # Tune refuses a zero-resource trial; a trial that only waits on its TorchTrainer takes this.
 TRIAL_DRIVER_CPU = 0.001
+# how long a stopping PBT trial waits for its Train controller's own abort before killing it
+ABORT_TIMEOUT_S = 30.0
 
 
 def runs_in_trial(spec) -> bool:
@@ -151,19 +154,38 @@ class CheckpointForwarder:
     def abort(self) -> None:
         """Stop the Train run (workers and their placement group) before the trial exits.
 
-        PBT pauses every trial at a perturbation step and Tune ends the paused trial's
-        process. The controller dies with it, but its placement group is only removed by
+        PBT pauses every trial at a perturbation step and Tune ends the paused trial (its
+        process, or with actor reuse only its thread). The controller may outlive it, and its
+        placement group is only removed by
         Ray's PlacementGroupCleaner, which needs the state API (dashboard, one Ray instance
         per machine); where that fails, the restarted trial waits forever for its workers.
-        The controller's own abort removes them at once."""
+        The controller's own abort removes them at once.
+
+        The controller runs `after_report` (`Forward`'s queue.put) inside its event loop, so
+        a put waiting on the full queue blocks the loop and with it the abort (seen with
+        py-spy: a 2-worker PBT sweep hung, its controller in `Queue.put` and the abort never
+        run): the queue is drained while the abort waits, and the controller is killed if it
+        still has not ended after ABORT_TIMEOUT_S."""
         import ray
 
         controller, self.controller = self.controller, None
-        if controller is not None:
-            try:
-                ray.get(controller.abort.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 (already gone: nothing left to stop)
-                pass
+        if controller is None:
+            return
+        done = controller.abort.remote()
+        deadline = time.monotonic() + ABORT_TIMEOUT_S
+        while not ray.wait([done], timeout=0.2)[0]:
+            self.drain()
+            if time.monotonic() > deadline:
+                ray.kill(controller)
+                break
+
+    def drain(self) -> None:
+        """Drop whatever the controller has queued: the trial is stopping and will not report it."""
+        try:
+            while True:
+                self.queue.get_nowait()
+        except Exception:  # noqa: BLE001 (ray.util.queue.Empty when drained; the queue gone)
+            pass
 
     def fit_and_report(self, trainer) -> None:
         import atexit
