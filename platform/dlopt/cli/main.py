@@ -246,9 +246,11 @@ def console() -> None:
     ~2 s on a 2-core machine (measured: 0.02 s of atexit handlers, the rest module and
     object finalization), a third of a 1-trial run's time after its last epoch. So the
     exit handlers run, the streams are flushed, and the process ends without the teardown.
-    An exception still propagates the ordinary way (traceback, normal exit)."""
+    Threads left are not joined: the command waited for its own work, and what is left are
+    idle pools (MLflow's artifact uploader, which only ends from the teardown itself: joining
+    it hung `dlopt run` against an HTTP server). An exception still propagates the ordinary
+    way (traceback, normal exit)."""
     import atexit
-    import threading
 
     try:
         code = main()
@@ -257,9 +259,6 @@ def console() -> None:
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
-    for thread in threading.enumerate():  # what the interpreter would wait for, as it would
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
     # CPython has no public way to run atexit handlers without the teardown; these are
     # logging.shutdown, MLflow's end of an active run, Ray's shutdown and the like
     atexit._run_exitfuncs()
