@@ -38,19 +38,6 @@ def test_a_sweep_narrows_the_propagated_set_only_while_it_runs():
     assert class_cache.ENV_VARS_TO_PROPAGATE is before
 
 
-def test_tune_forces_state_saves_only_through_on_trial_checkpoint():
-    """The one caller that forces a save per trial checkpoint, and the switch it sets."""
-    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as manager
-    from ray.tune.execution.tune_controller import TuneController
-
-    assert "_should_force_sync_up = True" in inspect.getsource(manager.on_trial_checkpoint)
-    assert "on_trial_checkpoint" in inspect.getsource(TuneController)
-    before = manager.on_trial_checkpoint
-    with ray_compat.state_saved_on_its_period_only():
-        assert manager.on_trial_checkpoint is not before
-    assert manager.on_trial_checkpoint is before
-
-
 def test_a_restored_tuner_runs_with_its_run_config_callbacks(tmp_path):
     """Tuner -> _local_tuner (TunerInternal) -> _run_config, the RunConfig fit() uses."""
     from ray import tune

@@ -9,7 +9,6 @@ that starts Ray.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -113,7 +112,7 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     t0 = time.perf_counter()
     address = address or os.environ.get("RAY_ADDRESS")
     with (environment.scoped(quiet), environment.out_of_job_dir(),
-          ray_compat.propagated_env_vars_restored(), contextlib.ExitStack() as scoped):
+          ray_compat.propagated_env_vars_restored()):
         if quiet:
             environment.silence_process()
         # Every relative location is resolved here, once, before any thread or Ray starts
@@ -121,8 +120,6 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())
         use_wal(tracking_uri)  # before any connection: WAL, no fsync per write (tracking.sqlite)
         storage_path = storage_location(storage)
-        if "://" not in str(storage_path):
-            scoped.enter_context(ray_compat.state_saved_on_its_period_only())
         if in_ray_job():
             check_writable(tracking_uri, storage_path)
         teacher_files = check_before_ray(spec, tracking_uri, address)

@@ -52,32 +52,6 @@ def propagated_env_vars_restored() -> Iterator[None]:
         class_cache.ENV_VARS_TO_PROPAGATE = saved
 
 
-@contextlib.contextmanager
-def state_saved_on_its_period_only() -> Iterator[None]:
-    """While the block runs, Tune saves its experiment state on its period only, not also
-    every `num_to_keep` checkpoints of any trial.
-
-    With `CheckpointConfig(num_to_keep=2)` (what keeps a sweep's disk bounded) Tune forces a
-    save of the whole experiment state, every trial in it, each time any trial has written
-    two checkpoints; the state grows with the trials, so the sweep's cost grows with the
-    square of its size (1,000 tiny trials: 46.7 s vs 26.4 s at 300 trials, most of the
-    driver's main thread in JSON encoding; benchmarks/sweep_scale.py). The forced save keeps
-    remote storage consistent with deleted checkpoints (Ray's own TODO calls it a
-    workaround); dlopt uses this for local storage only, where a state saved before a
-    trial's newest checkpoints at worst names a checkpoint already deleted, and such a trial
-    on `--resume` starts again from epoch 1 (dlopt.runtime.worker.resume_from finds no
-    checkpoint there) while MLflow still logs each epoch once. Ray has no setting for it.
-    """
-    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as manager
-
-    saved = manager.on_trial_checkpoint
-    manager.on_trial_checkpoint = lambda self, trial: None
-    try:
-        yield
-    finally:
-        manager.on_trial_checkpoint = saved
-
-
 # ------------------------------------------------------------------ Ray Train (in a trial)
 def train_report_queue():
     """The 1-slot queue through which a Train controller hands reports to this Tune trial,
