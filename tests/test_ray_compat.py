@@ -98,3 +98,31 @@ def test_mlflow_event_prints_go_to_a_replaceable_stream(monkeypatch):
     finally:
         for handler, stream in streams:
             handler.setStream(stream)
+
+
+def test_tune_checkpoint_deletes_and_forced_saves_go_through_replaceable_names():
+    """Tune's checkpoint manager deletes through its module's `_delete_fs_path` (looked up at
+    each call) and asks the experiment-state manager for a forced save per checkpoint;
+    `checkpoint_deletes_to` replaces both while it runs and puts them back."""
+    from ray.train._internal import checkpoint_manager
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as manager
+
+    assert _reads_global(checkpoint_manager._CheckpointManager.register_checkpoint,
+                         "_delete_fs_path")
+    assert list(inspect.signature(checkpoint_manager._delete_fs_path).parameters) == ["fs", "fs_path"]
+    assert list(inspect.signature(manager.on_trial_checkpoint).parameters) == ["self", "trial"]
+    before = manager.on_trial_checkpoint, checkpoint_manager._delete_fs_path
+    dropped = []
+    with ray_compat.checkpoint_deletes_to(lambda fs, fs_path: dropped.append(fs_path)):
+        checkpoint_manager._delete_fs_path(fs=None, fs_path="x")
+        manager.on_trial_checkpoint(None, None)  # no forced save asked for
+    assert dropped == ["x"]
+    assert (manager.on_trial_checkpoint, checkpoint_manager._delete_fs_path) == before
+
+
+def test_tune_saves_trials_before_asking_callbacks_for_their_state():
+    """dlopt.runtime.checkpoints relies on this order inside one experiment-state save."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    source = inspect.getsource(TuneController.save_to_dir)
+    assert source.index("_get_trial_checkpoints") < source.index("self._callbacks.save_to_dir")

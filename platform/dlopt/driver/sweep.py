@@ -9,6 +9,7 @@ that starts Ray.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ from dlopt.driver.progress import ProgressCallback
 from dlopt.driver.provenance import source_tags
 from dlopt.registry import teachers
 from dlopt.runtime import ray_compat
+from dlopt.runtime.checkpoints import DroppedCheckpoints
 from dlopt.runtime.search import (
     search_algorithm,
     to_ray_space,
@@ -112,7 +114,7 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     t0 = time.perf_counter()
     address = address or os.environ.get("RAY_ADDRESS")
     with (environment.scoped(quiet), environment.out_of_job_dir(),
-          ray_compat.propagated_env_vars_restored()):
+          ray_compat.propagated_env_vars_restored(), contextlib.ExitStack() as scoped):
         if quiet:
             environment.silence_process()
         # Every relative location is resolved here, once, before any thread or Ray starts
@@ -142,11 +144,18 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         if progress:
             callbacks.append(ProgressCallback(plan, tables,
                                               stream=sys.stdout if progress is True else progress))
+        dropped = None
+        if "://" not in str(storage_path):
+            # Tune saves its state on its period only; the checkpoints it drops are deleted
+            # once no saved state names them (dlopt.runtime.checkpoints)
+            dropped = DroppedCheckpoints()
+            callbacks.append(dropped)
+            scoped.enter_context(ray_compat.checkpoint_deletes_to(dropped.drop))
         trainable = make_trainable(plan, tables, str(storage_path), teacher_files)
         tuner = make_tuner(plan, spec, trainable, space,
                            run_config(plan, spec, storage_path, callbacks, verbose), restore_dir)
         return fit_and_finalize(tuner, plan, spec, tracker, tables, space, storage_path,
-                                stop_ray=not address, t0=t0, tracking=tracking)
+                                stop_ray=not address, t0=t0, tracking=tracking, dropped=dropped)
 
 
 # ------------------------------------------------------------------ before Ray starts
@@ -295,7 +304,8 @@ def make_tuner(plan: Plan, spec: Experiment, trainable, space: dict, config: tun
 # ------------------------------------------------------------------ fit, then finalize
 def fit_and_finalize(tuner: tune.Tuner, plan: Plan, spec: Experiment, tracker: Tracker,
                      tables: dict, space: dict, storage_path, stop_ray: bool,
-                     t0: float, tracking: Optional[MlflowCallback] = None) -> SweepResult:
+                     t0: float, tracking: Optional[MlflowCallback] = None,
+                     dropped: Optional[DroppedCheckpoints] = None) -> SweepResult:
     """Fit, then select, register and review; the parent run ends FINISHED or FAILED and a
     local Ray stops whatever happens."""
     status = "FAILED"
@@ -303,6 +313,8 @@ def fit_and_finalize(tuner: tune.Tuner, plan: Plan, spec: Experiment, tracker: T
         preload()  # torch for registration, on another thread while the trials run
         try:
             grid = tuner.fit()
+            if dropped is not None:  # fit's last state save was forced and waited for
+                dropped.delete_all()
         finally:
             if tracking is not None:  # its writer thread done: the Tracker is ours alone
                 tracking.close()

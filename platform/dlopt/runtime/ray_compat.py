@@ -52,6 +52,42 @@ def propagated_env_vars_restored() -> Iterator[None]:
         class_cache.ENV_VARS_TO_PROPAGATE = saved
 
 
+@contextlib.contextmanager
+def checkpoint_deletes_to(drop: Callable[..., None]) -> Iterator[None]:
+    """While the block runs, Tune saves its experiment state on its period only, and each
+    checkpoint it drops (`CheckpointConfig(num_to_keep)`) goes to `drop(fs=, fs_path=)`
+    instead of being deleted at once.
+
+    Why: with num_to_keep=2 (what keeps a sweep's disk bounded) Tune forces a save of the
+    whole experiment state, every trial in it, each time any trial has written two
+    checkpoints, so that the saved state never names a deleted checkpoint. The state grows
+    with the trials: about one save per trial, each as large as the sweep (22.9 MB at 1,000
+    tiny trials), 2-3x the sweep's time at 1,000 trials (benchmarks/sweep_scale.py). Ray
+    calls the forced save a workaround and has no setting for it. Without it, a checkpoint
+    must outlive every saved state that names it: `drop` is
+    `dlopt.runtime.checkpoints.DroppedCheckpoints.drop`, which deletes it after later saves
+    (docs/architecture.md, "Tune's state and checkpoints"). `delete_checkpoint` does the
+    deleting Tune would have done.
+    """
+    from ray.train._internal import checkpoint_manager
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as manager
+
+    saved = manager.on_trial_checkpoint, checkpoint_manager._delete_fs_path
+    manager.on_trial_checkpoint = lambda self, trial: None
+    checkpoint_manager._delete_fs_path = drop
+    try:
+        yield
+    finally:
+        manager.on_trial_checkpoint, checkpoint_manager._delete_fs_path = saved
+
+
+def delete_checkpoint(fs, fs_path: str) -> None:
+    """Delete a checkpoint directory as Tune's checkpoint manager does (any Ray storage)."""
+    from ray.train._internal.storage import _delete_fs_path
+
+    _delete_fs_path(fs=fs, fs_path=fs_path)
+
+
 # ------------------------------------------------------------------ Ray Train (in a trial)
 def train_report_queue():
     """The 1-slot queue through which a Train controller hands reports to this Tune trial,
