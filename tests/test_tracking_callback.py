@@ -102,3 +102,23 @@ def test_the_sweeps_sqlite_store_uses_wal_and_others_are_left_alone(tmp_path):
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == mode
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == (1 if mode == "wal" else 2)
     assert sqlite3.connect(ours).execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent
+
+
+def test_an_in_trial_runs_model_checkpoint_is_tagged_when_it_ends(store):
+    """Tune's last checkpoint of a trial is its model (in-trial runs): tagged with the trial's
+    last write, not afterwards one request per trial; a TorchTrainer trial's reported path wins."""
+    tracker, base = _tracker(store, "cb-20260101-000003")
+    cb = MlflowCallback(tracker, base, {}, {})
+    in_trial = SimpleNamespace(trial_id="a", config={}, path=None, last_result={"epoch": 2},
+                               checkpoint=SimpleNamespace(path="/ray/a/checkpoint_000002"))
+    trainer = SimpleNamespace(trial_id="b", config={}, path=None,
+                              last_result={"checkpoint_path": "/ray/b/train/checkpoint_1"},
+                              checkpoint=SimpleNamespace(path="/ray/b/checkpoint_000002"))
+    for trial in (in_trial, trainer):
+        cb.on_trial_start(0, [trial], trial)
+        cb.on_trial_complete(0, [trial], trial)
+    cb.close()
+    client = MlflowClient(store[0])
+    tags = {t: client.get_run(tracker.children[t]).data.tags for t in ("a", "b")}
+    assert tags["a"]["dlopt.model_checkpoint"] == "/ray/a/checkpoint_000002"
+    assert "dlopt.model_checkpoint" not in tags["b"]  # its FINAL report tags it (Tracker.log_result)

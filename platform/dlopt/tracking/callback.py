@@ -22,6 +22,7 @@ from ray.tune import Callback
 
 from dlopt.spec import flatten
 from dlopt.spec.plan import assignment, trial_spec
+from dlopt.spec.report import CHECKPOINT_PATH
 from dlopt.tracking.names import trial_run_name
 from dlopt.tracking.perturbations import PerturbationLog
 from dlopt.tracking.scrub import scrub_value
@@ -137,9 +138,15 @@ class MlflowCallback(Callback):
 
     def _end(self, trial, status: str) -> None:
         now = _Snapshot(trial)
+        # An in-trial run's model is Tune's last checkpoint; tagged here, merged into the
+        # trial's last write (a TorchTrainer trial's final report names its own).
+        reported = (getattr(trial, "last_result", None) or {}).get(CHECKPOINT_PATH)
+        model = now.checkpoint.path if now.checkpoint is not None and not reported else None
 
         def write():
             self._ensure_child(now.trial_id, now.config)
+            if model:
+                self.tracker.set_tag(now.trial_id, "dlopt.model_checkpoint", model)
             self.tracker.end_child(now.trial_id, status)
 
         self._submit(write)

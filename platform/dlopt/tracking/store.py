@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -37,6 +36,7 @@ from dlopt.spec.report import (
     WORKER_NODES,
 )
 from dlopt.tracking import coalesce
+from dlopt.tracking.artifacts import RunArtifacts
 from dlopt.tracking.journal import NAME as JOURNAL_NAME
 from dlopt.tracking.journal import Journal
 from dlopt.tracking.names import numeric_metrics, param_text
@@ -97,6 +97,7 @@ class Tracker:
         mlflow.set_tracking_uri(tracking_uri)
         self.uri = tracking_uri
         self.client = ScrubbingClient(MlflowClient(tracking_uri))
+        self.artifacts = RunArtifacts(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment_name)
         if exp is None:
             # a local store's artifacts live beside it (dlopt.tracking.uris.artifact_root),
@@ -233,8 +234,8 @@ class Tracker:
             found = rec.get("retried") and c.search_runs(
                 [self.experiment_id], f"tags.`dlopt.trial_id` = '{trial}' and "
                 f"tags.`mlflow.parentRunId` = '{rec['tags']['mlflow.parentRunId']}'")
-            self.children[trial] = (found[0].info.run_id if found else c.create_run(
-                self.experiment_id, run_name=rec["name"], tags=rec["tags"]).info.run_id)
+            self.children[trial] = self.artifacts.remember(found[0] if found else c.create_run(
+                self.experiment_id, run_name=rec["name"], tags=rec["tags"]))
             return
         run_id = self.children.get(rec["ref"], rec["ref"])  # a trial id, or a run id
         if op == "log_batch":
@@ -252,10 +253,7 @@ class Tracker:
             c.log_inputs(run_id, datasets=[DatasetInput(
                 Dataset(**rec["dataset"]), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
         elif op == "log_artifact":
-            with tempfile.TemporaryDirectory() as d:
-                path = Path(d) / rec["name"]
-                path.write_text(rec["text"])
-                c.log_artifact(run_id, str(path))
+            self.artifacts.write_text(c, run_id, rec["name"], rec["text"])
         else:
             raise ValueError(f"unknown tracking write {op!r}")
 
@@ -285,7 +283,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=sweep_name, tags={
             "dlopt.sweep": sweep_name, "dlopt.role": "sweep", "mlflow.user": getpass.getuser(),
             **tags})
-        self.parent_id = run.info.run_id
+        self.parent_id = self.artifacts.remember(run)
         spec = plan_dict["spec_json"]
         self._log_params(self.parent_id, {f"search.{k}": v for k, v in
                                           flatten(spec["search"]).items()})
