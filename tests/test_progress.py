@@ -1,7 +1,10 @@
 """Terminal output helpers: Ray's noise filter, the live table, and what a sweep sets in the
 driver process (no Ray cluster started)."""
 import io
+import sys
 from types import SimpleNamespace
+
+import pytest
 
 from dlopt.driver import environment
 from dlopt.driver.environment import drop_ray_noise
@@ -137,3 +140,12 @@ def test_the_driver_starts_without_torch():
     code = "import sys, dlopt.cli.main, dlopt.driver.sweep; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_tunes_loop_gets_quick_thread_switches_only_while_the_sweep_fits():
+    before = sys.getswitchinterval()
+    with pytest.raises(RuntimeError):
+        with environment.quick_thread_switches():
+            assert sys.getswitchinterval() == pytest.approx(environment.GIL_SWITCH_INTERVAL_S)
+            raise RuntimeError("a failed fit")
+    assert sys.getswitchinterval() == before

@@ -312,7 +312,8 @@ def fit_and_finalize(tuner: tune.Tuner, plan: Plan, spec: Experiment, tracker: T
     try:
         preload()  # torch for registration, on another thread while the trials run
         try:
-            grid = tuner.fit()
+            with environment.quick_thread_switches():  # Tune's loop vs the MLflow writer
+                grid = tuner.fit()
             if dropped is not None:  # fit's last state save was forced and waited for
                 dropped.delete_all()
         finally:
