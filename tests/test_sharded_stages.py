@@ -88,6 +88,31 @@ res["stage"] = {"zeros": sum((t == 0).sum().item() for t in w) / sum(t.numel() f
                 "mismatches": stage.rank_mismatches, "masks_sharded": all(
                     k.to_local().numel() < k.numel() for k in stage.sharded.masks)}
 
+# --- a restart after the masks were set (an FSDP run resumed from its checkpoint): Adam's
+# moments of the pruned weights are not zero, and the masks must be rebuilt before they act
+sh = sharding.shard(fresh(3))
+opt = torch.optim.Adam(sh.parameters(), lr=0.05)
+state = State(spec=spec, model=sh, optimizer=opt, rank=rank, world=2, steps_per_epoch=5)
+
+def loop_step(stage, n):  # the loop's event order (dlopt.train.strategies.DataParallel)
+    torch.nn.functional.cross_entropy(sh(x), y).backward()
+    stage.run("after_backward", state)
+    opt.step(); opt.zero_grad()
+    state.step = n
+    stage.run("after_step", state)
+
+first = prune.Prune(PruneSpec(sparsity=0.7, start_epoch=1), spec)
+first.setup(state)
+for n in range(1, 6):  # pruned at step 5, after 5 steps of Adam moments
+    loop_step(first, n)
+restarted = prune.Prune(PruneSpec(sparsity=0.7, start_epoch=1), spec)
+restarted.load_state_dict(first.state_dict())
+restarted.setup(state)
+for n in range(6, 9):
+    loop_step(restarted, n)
+w = [m.weight.full_tensor() for _, m in pruning.targets(sh, False)]
+res["restarted_zeros"] = sum((t == 0).sum().item() for t in w) / sum(t.numel() for t in w)
+
 # --- QAT: FSDP vs DDP through the real loop (fake quant on in the 2nd epoch)
 for strategy in ("ddp", "fsdp"):
     s = Experiment.model_validate({**spec_json, "resources": {"num_workers": 2, "strategy": strategy}})
@@ -144,6 +169,11 @@ def test_prune_stage_keeps_pruned_shards_at_zero(ranks):
         assert r["stage"]["zeros"] == pytest.approx(0.7, abs=1e-3)
         assert r["stage"]["mismatches"] == 0 and r["stage"]["masks_sharded"]
         assert r["pruned_grad_max"] == 0 < r["kept_grad_max"]
+
+
+def test_a_restarted_prune_stage_keeps_the_pruned_shards_at_zero(ranks):
+    for r in ranks:
+        assert r["restarted_zeros"] == pytest.approx(0.7, abs=1e-3)
 
 
 def test_pruned_qat_under_fsdp_matches_ddp(ranks):

@@ -116,6 +116,14 @@ class Prune(Stage):
             if target is not None:
                 self._update(state, target)
 
+    def after_backward(self, state: State) -> None:
+        # FSDP after a restart: masks rebuilt from the loaded weights before the first
+        # optimizer step. Rebuilt after it (in after_step) they kept the pruned weights that
+        # Adam's restored moments had just moved off zero (test_fsdp: resumed after the
+        # pruning window, sparsity and losses no longer matched DDP's).
+        if self.sharded is not None:
+            self._rebuild_after_restart(self._mods(state))
+
     def after_step(self, state: State) -> None:
         mods = self._mods(state)
         if self.sharded is not None:
