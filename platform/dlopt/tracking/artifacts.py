@@ -39,4 +39,5 @@ class RunArtifacts:
             if location is None:  # a run of an earlier process (--resume): the client finds it
                 client.log_artifact(run_id, str(path))
             else:
-                get_artifact_repository(location, tracking_uri=self.tracking_uri).log_artifact(str(path))
+                repository = get_artifact_repository(location, tracking_uri=self.tracking_uri)
+                repository.log_artifact(str(path))
