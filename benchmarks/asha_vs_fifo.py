@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table, write  # noqa: E402
+from common import table, write
 
 
 def spec(scheduler: str, samples: int, epochs: int, seed: int):

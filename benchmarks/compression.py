@@ -29,10 +29,11 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "experiments" / "compress_lenet300.py"
@@ -170,8 +171,8 @@ def latency(epochs: int, repeats: int, work: Path) -> list[dict]:
                 fp32 = onnx_int8.export(model, x[1])
                 sess = onnx_int8.session(fp32, threads=1)
                 for b, xb in x.items():
-                    fns[("dense fp32 (onnxruntime)", b)] = \
-                        lambda s=sess, v=xb.numpy(): s.run(None, {onnx_int8.INPUT: v})
+                    fns[("dense fp32 (onnxruntime)", b)] = partial(
+                        sess.run, None, {onnx_int8.INPUT: xb.numpy()})
                 info["dense fp32 (onnxruntime)"] = {**info["dense"], "bytes": len(fp32)}
         ms = time_variants(fns, repeats)
         base = {b: ms.get(("dense", b)) for b in (1, 256)}

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 TARGETS = {"ratio": 1.05, "trial_startup_1": 3.0, "trial_startup_2": 8.0, "report_s": 0.05}
 
@@ -147,7 +147,7 @@ def ray_train_alone(workers: int) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from dlopt.driver.sweep import FAST_POLL_ENV
+    from dlopt.driver.environment import FAST_POLL_ENV
 
     os.environ.update({k: v for k, v in FAST_POLL_ENV.items() if k not in os.environ})
     ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False,

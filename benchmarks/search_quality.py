@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 ALGORITHMS = ("random", "bayesian", "bayesian_gp", "hyperopt")
 NAMES = {"random": "random", "bayesian": "TPE (Optuna)", "bayesian_gp": "GP (Optuna)",
@@ -83,12 +83,12 @@ def score(objective: str, spec) -> float:
 def search_once(objective: str, algorithm: str, budget: int, seed: int) -> list[float]:
     """The values of `budget` trials, in the order the search proposed them."""
     from dlopt.runtime.search import search_algorithm, to_ray_space
-    from dlopt.spec.plan import make_plan, trial_spec
+    from dlopt.spec.plan import make_plan
 
     spec = spec_for(objective, algorithm, budget, seed)
     plan = make_plan(spec, cluster_cpus=1)
-    space, tables = to_ray_space(plan)
-    alg = search_algorithm(plan, spec)
+    space = to_ray_space(plan)
+    alg = search_algorithm(plan)
     values = []
     if algorithm == "random":  # Tune's generator, exactly as a sweep gets it
         from ray.tune import register_trainable
@@ -96,7 +96,7 @@ def search_once(objective: str, algorithm: str, budget: int, seed: int) -> list[
         register_trainable("sq_noop", lambda config: None)  # registry only, no cluster
         alg.add_configurations({"sq": {"run": "sq_noop", "config": space, "num_samples": budget}})
         while (trial := alg.next_trial()) is not None:
-            values.append(score(objective, trial_spec(plan.spec_json, tables, trial.config)))
+            values.append(score(objective, plan.trial_spec(trial.config)))
             alg.on_trial_complete(trial.trial_id)  # frees its concurrency slot, as Tune does
         return values
     searcher = alg
@@ -105,7 +105,7 @@ def search_once(objective: str, algorithm: str, budget: int, seed: int) -> list[
     searcher.set_search_properties("val_loss", "min", space)
     for i in range(budget):
         config = searcher.suggest(f"t{i}")
-        value = score(objective, trial_spec(plan.spec_json, tables, config))
+        value = score(objective, plan.trial_spec(config))
         searcher.on_trial_complete(f"t{i}", {"val_loss": value, **config})
         values.append(value)
     return values
@@ -118,14 +118,17 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(xs), q[2]
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budgets", type=int, nargs="+", default=[10, 30])
     p.add_argument("--seeds", type=int, default=10, help="search seeds for hartmann3")
     p.add_argument("--train-seeds", type=int, default=10, help="search seeds for digits")
     p.add_argument("--objectives", nargs="+", default=["hartmann3", "digits"])
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def _quiet_and_warm(objectives: list[str]) -> None:
+    """One torch thread, the searchers' logs quiet, the dataset loaded before any timing."""
     import logging
     import warnings
 
@@ -136,35 +139,45 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("hyperopt").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")  # Optuna's experimental-feature warnings (GPSampler)
-    if "digits" in args.objectives:  # load the dataset once before timing anything
+    if "digits" in objectives:  # load the dataset once before timing anything
         score("digits", spec_for("digits", "random", 1, 0).model_copy(
             update={"optimizer": spec_for("digits", "random", 1, 0).optimizer.model_copy(
                 update={"lr": 0.1, "momentum": 0.9})}))
 
+
+def _compare(objective: str, budget: int, seeds: int, runs: list[dict]) -> list[dict]:
+    """Every algorithm's best values over the seeds at one budget, against random's median."""
+    best: dict[str, list[float]] = {}
+    rows = []
+    for algorithm in ALGORITHMS:
+        t0 = time.perf_counter()
+        best[algorithm] = []
+        for seed in range(seeds):
+            values = search_once(objective, algorithm, budget, seed)
+            best[algorithm].append(min(values))
+            runs.append({"objective": objective, "budget": budget, "algorithm": algorithm,
+                         "seed": seed, "values": values, "best": min(values)})
+        seconds = time.perf_counter() - t0
+        q1, med, q3 = quartiles(best[algorithm])
+        rows.append({"objective": objective, "budget": budget,
+                     "algorithm": NAMES[algorithm], "median best": med, "q1": q1,
+                     "q3": q3, "seeds": seeds, "s": seconds})
+        print(rows[-1], flush=True)
+    random_median = statistics.median(best["random"])
+    for row, alg in zip(rows, ALGORITHMS):
+        row["vs random median"] = row["median best"] / random_median if random_median else None
+        row["seeds beating random median"] = sum(b < random_median for b in best[alg])
+    return rows
+
+
+def main() -> None:
+    args = _parse_args()
+    _quiet_and_warm(args.objectives)
     runs, rows = [], []
     for objective in args.objectives:
         seeds = args.seeds if objective == "hartmann3" else args.train_seeds
         for budget in args.budgets:
-            best: dict[str, list[float]] = {}
-            for algorithm in ALGORITHMS:
-                t0 = time.perf_counter()
-                best[algorithm] = []
-                for seed in range(seeds):
-                    values = search_once(objective, algorithm, budget, seed)
-                    best[algorithm].append(min(values))
-                    runs.append({"objective": objective, "budget": budget, "algorithm": algorithm,
-                                 "seed": seed, "values": values, "best": min(values)})
-                seconds = time.perf_counter() - t0
-                q1, med, q3 = quartiles(best[algorithm])
-                rows.append({"objective": objective, "budget": budget,
-                             "algorithm": NAMES[algorithm], "median best": med, "q1": q1,
-                             "q3": q3, "seeds": seeds, "s": seconds})
-                print(rows[-1], flush=True)
-            random_median = statistics.median(best["random"])
-            for row in rows[-len(ALGORITHMS):]:
-                alg = next(a for a in ALGORITHMS if NAMES[a] == row["algorithm"])
-                row["vs random median"] = row["median best"] / random_median if random_median else None
-                row["seeds beating random median"] = sum(b < random_median for b in best[alg])
+            rows += _compare(objective, budget, seeds, runs)
 
     columns = ["objective", "budget", "algorithm", "median best", "q1", "q3",
                "vs random median", "seeds beating random median", "seeds", "s"]

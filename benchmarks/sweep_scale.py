@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from dlopt.spec.report import END_TIME, EPOCH_SECONDS  # noqa: E402
+import common
+from dlopt.spec.report import END_TIME, EPOCH_SECONDS
 
 TARGET_RATIO = 1.5
 SPEC = '''from dlopt import Data, Experiment, Model, Optimizer, Resources, Search, Tracking, tune
@@ -56,7 +56,7 @@ def bare_side(trials: int, epochs: int, storage: str, times: Optional[str] = Non
     from dlopt.runtime.search import to_ray_space
     from dlopt.runtime.worker import fit_in_trial
     from dlopt.spec.load import load_file
-    from dlopt.spec.plan import make_plan, trial_spec
+    from dlopt.spec.plan import make_plan
     from ray import tune
 
     with tempfile.TemporaryDirectory() as d:
@@ -64,11 +64,10 @@ def bare_side(trials: int, epochs: int, storage: str, times: Optional[str] = Non
         path.write_text(SPEC.format(epochs=epochs, trials=trials))
         spec = load_file(path)
     plan = make_plan(spec)
-    space, tables = to_ray_space(plan)
-    base = plan.spec_json
+    space = to_ray_space(plan)
 
     def trainable(config):
-        fit_in_trial(trial_spec(base, tables, config))
+        fit_in_trial(plan.trial_spec(config))
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     tuner = tune.Tuner(
@@ -158,7 +157,7 @@ def fixed_costs(env: dict, epochs: int) -> dict:
             "total_s": t_exit - t0}
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
     ap.add_argument("--epochs", type=int, default=2)
@@ -167,48 +166,42 @@ def main() -> None:
     ap.add_argument("--storage", help=argparse.SUPPRESS)
     ap.add_argument("--times", help=argparse.SUPPRESS)
     ap.add_argument("--keep", type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.side == "bare":
-        return bare_side(args.trials, args.epochs, args.storage, args.times, args.keep)
+    return ap.parse_args()
 
-    env = {**os.environ, "PYTHONPATH": str(common.ROOT / "platform") + os.pathsep
-           + os.environ.get("PYTHONPATH", ""), "RAY_AIR_NEW_OUTPUT": "0"}
-    fixed = [{"side": "bare", **bare_fixed_costs(env, args.epochs)},
-             {"side": "dlopt", **fixed_costs(env, args.epochs)}]
-    print(common.table(fixed, list(fixed[0])), flush=True)
-    rows = []
-    for n in args.sizes:
-        with tempfile.TemporaryDirectory(prefix="dlopt-scale-") as work:
-            bare = [sys.executable, __file__, "--side", "bare", "--trials", str(n),
-                    "--epochs", str(args.epochs)]
-            bare_s, _, _ = timed([*bare, "--storage", f"{work}/bare"], env)
-            # the same CheckpointConfig as dlopt's (num_to_keep=2): Tune then saves its whole
-            # experiment state every 2 checkpoints of any trial, a cost that grows with trials
-            keep2_s, _, _ = timed([*bare, "--storage", f"{work}/bare2", "--keep", "2"], env)
-            spec = Path(work) / "scale.py"
-            spec.write_text(SPEC.format(epochs=args.epochs, trials=n))
-            uri = f"sqlite:///{work}/mlflow.db"
-            dlopt_s, out, _ = timed([sys.executable, "-m", "dlopt", "run", str(spec),
-                                     "--tracking-uri", uri, "--storage", f"{work}/ray"], env)
-            check = check_mlflow(uri, n, args.epochs)
-            check["tune_state_bytes"] = sum(p.stat().st_size for p in
-                                            Path(work, "ray").glob("*/experiment_state-*.json"))
-        rows.append({"trials": n, "bare_s": bare_s, "bare_keep2_s": keep2_s, "dlopt_s": dlopt_s,
-                     "ratio": dlopt_s / bare_s, "ratio_keep2": dlopt_s / keep2_s,
-                     "stdout_lines": len(out.splitlines()), **check})
-        print(common.table(rows[-1:], list(rows[-1])), flush=True)
+
+def _size_row(n: int, epochs: int, env: dict) -> dict:
+    """One sweep size: the bare sweep, the bare sweep keeping 2 checkpoints, and dlopt's."""
+    with tempfile.TemporaryDirectory(prefix="dlopt-scale-") as work:
+        bare = [sys.executable, __file__, "--side", "bare", "--trials", str(n),
+                "--epochs", str(epochs)]
+        bare_s, _, _ = timed([*bare, "--storage", f"{work}/bare"], env)
+        # the same CheckpointConfig as dlopt's (num_to_keep=2): Tune then saves its whole
+        # experiment state every 2 checkpoints of any trial, a cost that grows with trials
+        keep2_s, _, _ = timed([*bare, "--storage", f"{work}/bare2", "--keep", "2"], env)
+        spec = Path(work) / "scale.py"
+        spec.write_text(SPEC.format(epochs=epochs, trials=n))
+        uri = f"sqlite:///{work}/mlflow.db"
+        dlopt_s, out, _ = timed([sys.executable, "-m", "dlopt", "run", str(spec),
+                                 "--tracking-uri", uri, "--storage", f"{work}/ray"], env)
+        check = check_mlflow(uri, n, epochs)
+        check["tune_state_bytes"] = sum(p.stat().st_size for p in
+                                        Path(work, "ray").glob("*/experiment_state-*.json"))
+    return {"trials": n, "bare_s": bare_s, "bare_keep2_s": keep2_s, "dlopt_s": dlopt_s,
+            "ratio": dlopt_s / bare_s, "ratio_keep2": dlopt_s / keep2_s,
+            "stdout_lines": len(out.splitlines()), **check}
+
+
+def _add_marginals(rows: list[dict]) -> None:
     for prev, row in zip(rows, rows[1:]):
         dn = row["trials"] - prev["trials"]
         row["bare_marginal_s"] = (row["bare_s"] - prev["bare_s"]) / dn
         row["bare_keep2_marginal_s"] = (row["bare_keep2_s"] - prev["bare_keep2_s"]) / dn
         row["dlopt_marginal_s"] = (row["dlopt_s"] - prev["dlopt_s"]) / dn
-    cols = ["trials", "bare_s", "bare_keep2_s", "dlopt_s", "ratio", "ratio_keep2",
-            "bare_marginal_s", "bare_keep2_marginal_s", "dlopt_marginal_s",
-            "stdout_lines", "child_runs", "every_epoch_once", "tune_state_bytes"]
-    text = common.table(rows, cols)
-    print(text)
+
+
+def _markdown(epochs: int, rows: list[dict], fixed: list[dict], text: str) -> str:
     last = rows[-1]
-    md = (f"N trials of linear_1d ({args.epochs} epochs, batch 10, 1 worker, 2 at a time, random "
+    md = (f"N trials of linear_1d ({epochs} epochs, batch 10, 1 worker, 2 at a time, random "
           "lr): a bare Ray Tune function trainable running dlopt's worker loop vs `python -m "
           "dlopt run` (SQLite MLflow, stdout a pipe). bare_keep2: the bare sweep with dlopt's "
           "CheckpointConfig(num_to_keep=2). Each side a fresh process, wall seconds "
@@ -219,13 +212,37 @@ def main() -> None:
           f"{last['ratio_keep2']:.2f} (target <= {TARGET_RATIO}); {last['stdout_lines']} lines "
           "printed\n")
     bare, ours = fixed
-    md += (f"- 1-trial, 1-worker run ({args.epochs} epochs), dlopt (bare Ray Tune): start -> "
-           f"first epoch {ours['to_first_epoch_s']:.1f} s ({bare['to_first_epoch_s']:.1f} s; "
-           f"target 6), last epoch -> exit {ours['last_epoch_to_exit_s']:.1f} s "
-           f"({bare['last_epoch_to_exit_s']:.1f} s; target 2), total {ours['total_s']:.1f} s "
-           f"({bare['total_s']:.1f} s)\n\n" + common.table(fixed, list(fixed[0])) + "\n")
+    return md + (f"- 1-trial, 1-worker run ({epochs} epochs), dlopt (bare Ray Tune): start -> "
+                 f"first epoch {ours['to_first_epoch_s']:.1f} s ({bare['to_first_epoch_s']:.1f} "
+                 f"s; target 6), last epoch -> exit {ours['last_epoch_to_exit_s']:.1f} s "
+                 f"({bare['last_epoch_to_exit_s']:.1f} s; target 2), total "
+                 f"{ours['total_s']:.1f} s ({bare['total_s']:.1f} s)\n\n"
+                 + common.table(fixed, list(fixed[0])) + "\n")
+
+
+def main() -> None:
+    args = _parse_args()
+    if args.side == "bare":
+        return bare_side(args.trials, args.epochs, args.storage, args.times, args.keep)
+
+    env = {**os.environ, "PYTHONPATH": str(common.ROOT / "platform") + os.pathsep
+           + os.environ.get("PYTHONPATH", ""), "RAY_AIR_NEW_OUTPUT": "0"}
+    fixed = [{"side": "bare", **bare_fixed_costs(env, args.epochs)},
+             {"side": "dlopt", **fixed_costs(env, args.epochs)}]
+    print(common.table(fixed, list(fixed[0])), flush=True)
+    rows = []
+    for n in args.sizes:
+        rows.append(_size_row(n, args.epochs, env))
+        print(common.table(rows[-1:], list(rows[-1])), flush=True)
+    _add_marginals(rows)
+    cols = ["trials", "bare_s", "bare_keep2_s", "dlopt_s", "ratio", "ratio_keep2",
+            "bare_marginal_s", "bare_keep2_marginal_s", "dlopt_marginal_s",
+            "stdout_lines", "child_runs", "every_epoch_once", "tune_state_bytes"]
+    text = common.table(rows, cols)
+    print(text)
     common.write("sweep_scale", "Sweep scale", {"rows": rows, "fixed_costs": fixed,
-                                                "args": vars(args)}, md)
+                                                "args": vars(args)},
+                 _markdown(args.epochs, rows, fixed, text))
 
 
 if __name__ == "__main__":

@@ -28,5 +28,3 @@ def _environ_per_module():
 def root() -> Path:
     return ROOT
 
-
-from dlopt_testing import run_cli  # noqa: E402,F401  (kept importable for old tests)

@@ -1,7 +1,10 @@
-"""Shared test helpers (a uniquely named module: `conftest` is ambiguous with tests/integration/conftest.py)."""
+"""Shared test helpers (a uniquely named module: `conftest` is ambiguous with
+tests/integration/conftest.py)."""
+import ast
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_cli(*args, cwd=None, env=None, timeout=600):
@@ -181,3 +184,66 @@ def raw_digits_val(seed: int = 0, val_fraction: float = 0.2, test_fraction: floa
     bunch = load_digits()
     _, val, _ = split_indices(bunch.target, val_fraction, test_fraction, seed, True)
     return torch.from_numpy(bunch.data[val]), torch.from_numpy(bunch.target[val])
+
+
+def sweep_plan(sweep_name: str, spec_json: dict = None, trials: int = 1):
+    """A Plan for tests that open a parent run by hand (`Tracker.start_parent`): named
+    `sweep_name`, carrying `spec_json` as given, with `trials` trials and no domains."""
+    from dataclasses import replace
+
+    from dlopt import Experiment
+    from dlopt.spec.plan import make_plan
+
+    return replace(make_plan(Experiment(name="t"), cluster_cpus=1), sweep_name=sweep_name,
+                   spec_json={"search": {}} if spec_json is None else spec_json,
+                   trials=trials, domains={})
+
+
+# --- names in platform/dlopt, read from the source (no import): docs and benchmarks cite them
+PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "dlopt"
+
+
+def module_file(parts: list[str]) -> Path | None:
+    base = PACKAGE.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def top_level_names(tree: ast.Module | ast.ClassDef) -> dict[str, ast.AST]:
+    """Names a module (or class body) defines at its top level, with their defining node."""
+    names: dict[str, ast.AST] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names[node.name] = node
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    names[target.id] = node
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names[node.target.id] = node
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                names[(alias.asname or alias.name).split(".")[0]] = node
+    return names
+
+
+def resolve(dotted: str) -> bool:
+    """`dlopt.pkg.module[.Name[.attr]]` names a module, a top-level name in it, or a name in
+    a class it defines."""
+    parts = dotted.split(".")[1:]
+    for cut in range(len(parts), -1, -1):
+        path = module_file(parts[:cut])
+        if path is None:
+            continue
+        rest = parts[cut:]
+        if not rest:
+            return True
+        names = top_level_names(ast.parse(path.read_text()))
+        if rest[0] not in names:
+            return False
+        if len(rest) > 1 and isinstance(names[rest[0]], ast.ClassDef):
+            return rest[1] in top_level_names(names[rest[0]])
+        return True
+    return False

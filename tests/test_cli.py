@@ -65,3 +65,24 @@ def test_python_m_dlopt_is_the_console_script(root):
     out = subprocess.run([sys.executable, "-m", "dlopt", "validate",
                           str(root / "experiments" / "digits_mlp.py")], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok"
+
+
+def test_summary_prints_each_registered_version_by_alias_or_by_version(capsys):
+    """A Pareto version without an alias is printed by version, never `models:/NAME@None`."""
+    from types import SimpleNamespace
+
+    from dlopt import Experiment
+    from dlopt.cli.main import print_summary
+    from dlopt.registry.versions import RegisteredModel
+    from dlopt.spec.plan import make_plan
+
+    registered = [RegisteredModel(name="m", version="1", alias="most-accurate", run_id="r1",
+                                  trial_id="t1", test_metrics={"test_accuracy": 0.9}),
+                  RegisteredModel(name="m", version="2", alias=None, run_id="r2", trial_id="t2")]
+    result = SimpleNamespace(plan=make_plan(Experiment(name="s")), trials=[], wall_seconds=1.0,
+                             best=None, registered=registered, tracking_uri="sqlite:///m.db",
+                             parent_run_id="p", experiment_id="1")
+    print_summary(result)
+    out = capsys.readouterr().out
+    assert "registered models:/m@most-accurate (version 1)\n  test    test_accuracy=0.9\n" in out
+    assert "registered models:/m/2 (version 2)\n" in out and "@None" not in out

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from dlopt import Experiment, Model, Prune
 from dlopt.artifact.compact import CompactArtifact, decode, encode
 from dlopt.stages import State
-from dlopt.stages import pruning as P
-from dlopt.stages.prune import Prune as PruneStage
+from dlopt.stages.pruning import masks as P
+from dlopt.stages.pruning import Prune as PruneStage
 from dlopt.ml import quantization as Q
 from dlopt.artifact.files import load_compressed
 from dlopt.stages.compression import weight_sparsity

@@ -73,7 +73,7 @@ def test_masks_survive_checkpoint_and_resume(tmp_path):
     with pytest.raises(Crash):
         fit(spec(PRUNE_QUANT), crash_after_epoch_2)
     ckpt = load_checkpoint(part.dirs[1])
-    masks = {k: v for k, v in ckpt["model"].items() if k.endswith("weight_mask")}
+    masks = {k: v for k, v in ckpt.model.items() if k.endswith("weight_mask")}
     assert masks and any((m == 0).any() for m in masks.values())
     rest = Reports(tmp_path / "rest")
     fit(spec(PRUNE_QUANT), rest, resume=ckpt)
@@ -93,19 +93,20 @@ def test_qat_then_static_specs_train_and_reload_exactly(tmp_path):
         assert val_accuracy(build_from_dir(r.dirs[-1])) == final["compressed_val_accuracy"]
 
 
-def test_distill_uses_the_installed_teacher(tmp_path):
-    from dlopt.artifact import teachers
+def test_distill_uses_the_teacher_handed_to_the_loop(tmp_path):
+    from dlopt.artifact.teachers import TeacherFiles
     from dlopt.registry.teachers import registry_tags
 
     t = Reports(tmp_path / "teacher")
     fit(spec([], hidden=(64,)), t)
     files = {p.name: p.read_bytes() for p in t.dirs[-1].iterdir() if p.name != "checkpoint.pt"}
     uri = "models:/unit-teacher@champion"
-    teachers.install({uri: {"name": "unit-teacher", "version": "7", "files": files}})
+    teachers = {uri: TeacherFiles("unit-teacher", "7", files).to_payload()}
     s = Reports(tmp_path / "student")
-    fit(spec([Distill(teacher=uri, temperature=2.0, alpha=0.5)], hidden=(16,)), s)
+    fit(spec([Distill(teacher=uri, temperature=2.0, alpha=0.5)], hidden=(16,)), s,
+        teachers=teachers)
     final = s.metrics[-1]
     assert final["distill_teacher_version"] == 7
     assert 0.8 < final["distill_teacher_agreement"] <= 1.0
-    assert registry_tags(spec([Distill(teacher=uri)])) == {
+    assert registry_tags(spec([Distill(teacher=uri)]), final) == {
         "dlopt.teacher": uri, "dlopt.teacher_version": "7"}

@@ -70,13 +70,16 @@ def test_reports_each_epoch_then_final(tmp_path):
 
 
 def test_resume_from_checkpoint_continues_where_it_stopped(tmp_path):
-    full = Reports(tmp_path / "a"); (tmp_path / "a").mkdir()
+    (tmp_path / "a").mkdir()
+    full = Reports(tmp_path / "a")
     fit(spec(), full)
-    part = Reports(tmp_path / "b"); (tmp_path / "b").mkdir()
+    (tmp_path / "b").mkdir()
+    part = Reports(tmp_path / "b")
     fit(spec(epochs=2), part)
     ckpt = load_checkpoint(part.dirs[1])
-    assert ckpt["epoch"] == 2
-    rest = Reports(tmp_path / "c"); (tmp_path / "c").mkdir()
+    assert ckpt.epoch == 2
+    (tmp_path / "c").mkdir()
+    rest = Reports(tmp_path / "c")
     fit(spec(), rest, resume=ckpt)
     assert [m["epoch"] for m in rest.metrics if not m.get("final")] == [3, 4]
     # same seed, same data order: the resumed run ends where the uninterrupted one did
@@ -93,11 +96,13 @@ def test_divergence_stops_and_is_flagged(tmp_path):
 def test_resume_after_the_last_epoch_still_reports_its_metrics(tmp_path):
     """Killed between the last epoch's checkpoint and the final report: the retry trains no
     epoch, and its final report still carries the last epoch's validation metrics."""
-    first = Reports(tmp_path / "a"); (tmp_path / "a").mkdir()
+    (tmp_path / "a").mkdir()
+    first = Reports(tmp_path / "a")
     fit(spec(epochs=2), first)
     ckpt = load_checkpoint(first.dirs[1])
-    assert ckpt["epoch"] == 2
-    again = Reports(tmp_path / "b"); (tmp_path / "b").mkdir()
+    assert ckpt.epoch == 2
+    (tmp_path / "b").mkdir()
+    again = Reports(tmp_path / "b")
     fit(spec(epochs=2), again, resume=ckpt)
     assert [m.get("final") for m in again.metrics] == [1]
     assert again.metrics[0]["val_accuracy"] == first.metrics[1]["val_accuracy"]

@@ -12,7 +12,7 @@ from dlopt.artifact.files import build_from_dir
 from dlopt.ml import models, onnx_int8, shrink
 from dlopt.spec.checks import cross_field_problems
 from dlopt.stages import State
-from dlopt.stages.prune import Prune as PruneStage
+from dlopt.stages.pruning import Prune as PruneStage
 from pydantic import ValidationError
 from torch import nn
 
@@ -176,4 +176,5 @@ def test_pyfunc_wrapper_predicts_with_onnxruntime_when_the_artifact_has_it(tmp_p
     plain.load_context(SimpleNamespace(artifacts={"model_dir": str(tmp_path / "torch")}))
     assert plain.session is None
     with torch.no_grad():
-        assert torch.allclose(torch.from_numpy(plain.predict(None, x[:7].numpy(), params={"output": "logits"})), model(x[:7]))
+        logits = plain.predict(None, x[:7].numpy(), params={"output": "logits"})
+        assert torch.allclose(torch.from_numpy(logits), model(x[:7]))

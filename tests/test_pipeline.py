@@ -15,7 +15,6 @@ RANK_CODE = r"""
 import json, shutil, sys, tempfile, torch, torch.distributed as dist
 from pathlib import Path
 from dlopt.spec import Experiment
-from dlopt.train import sharding
 from dlopt.train.loop import fit, load_checkpoint
 rank, out, spec_json = int(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -35,8 +34,7 @@ def run(tag, resume=None):
 
 result = {"pipe": run("pipe")}
 ckpt = out / "pipe" / "epoch1"
-resume = load_checkpoint(ckpt)
-resume["sharded"] = sharding.keep_local_copy(ckpt)
+resume = load_checkpoint(ckpt)  # with its sharded part (TrialCheckpoint.sharded)
 result["resumed"] = run("resumed", resume)
 dist.destroy_process_group()
 (out / f"rank{rank}.json").write_text(json.dumps(result))

@@ -23,13 +23,19 @@ def test_ray_noise_is_dropped_and_other_messages_kept():
 
 
 def _plan(trials=2, epochs=3, mode="max", metric="val_accuracy"):
-    return SimpleNamespace(objectives=None, metric=metric, headline=(metric, mode),
-                           sweep_name="s-20260101-000000", trials=trials, epochs=epochs)
+    from dataclasses import replace
+
+    from dlopt import Experiment, Search
+    from dlopt.spec.plan import make_plan
+
+    spec = Experiment(name="s", epochs=epochs,
+                      search=Search(num_samples=trials, metric=metric, mode=mode))
+    return replace(make_plan(spec, cluster_cpus=2), sweep_name="s-20260101-000000")
 
 
 def test_view_shows_counts_best_running_and_top():
     out = io.StringIO()
-    cb = ProgressCallback(_plan(), {}, every_s=0.0, stream=out, live=False)
+    cb = ProgressCallback(_plan(), every_s=0.0, stream=out, live=False)
     t1 = SimpleNamespace(trial_id="a", config={"optimizer.lr": 0.03}, status="RUNNING")
     t2 = SimpleNamespace(trial_id="b", config={"optimizer.lr": 0.003}, status="RUNNING")
     cb.on_trial_start(0, [], t1)
@@ -48,7 +54,7 @@ def test_view_shows_counts_best_running_and_top():
 
 
 def test_paused_early_stopped_diverged_and_error_are_counted():
-    cb = ProgressCallback(_plan(trials=6, mode="min", metric="val_loss"), {}, every_s=1e9,
+    cb = ProgressCallback(_plan(trials=6, mode="min", metric="val_loss"), every_s=1e9,
                           stream=io.StringIO(), live=False)
     t = [SimpleNamespace(trial_id=str(i), config={}, status="RUNNING") for i in range(5)]
     for trial in t:
@@ -71,7 +77,7 @@ def test_paused_early_stopped_diverged_and_error_are_counted():
 def test_a_thousand_trials_print_a_bounded_number_of_lines():
     """Line mode (stdout not a TTY): no table per event; every event is O(1) bookkeeping."""
     out = io.StringIO()
-    cb = ProgressCallback(_plan(trials=1000, epochs=2, mode="min", metric="val_loss"), {},
+    cb = ProgressCallback(_plan(trials=1000, epochs=2, mode="min", metric="val_loss"),
                           every_s=30.0, stream=out, live=False)
     for i in range(1000):
         trial = SimpleNamespace(trial_id=f"t{i}", config={"optimizer.lr": i / 1000}, status="RUNNING")
@@ -86,13 +92,34 @@ def test_a_thousand_trials_print_a_bounded_number_of_lines():
     assert len(cb.top) == TOP and cb.top[0][2].name.startswith("trial-1000 ")
 
 
+def test_view_works_when_epochs_are_searched():
+    """`epochs=tune.choice([5, 10])`: each trial runs its own number of epochs; a trial that
+    ran all of its 5 is done (not early-stopped), and its line shows 5/5 (a TypeError once)."""
+    from dlopt import tune
+
+    out = io.StringIO()
+    cb = ProgressCallback(_plan(epochs=tune.choice([5, 10])), every_s=0.0, stream=out, live=False)
+    short = SimpleNamespace(trial_id="a", config={"epochs": 5}, status="RUNNING")
+    long = SimpleNamespace(trial_id="b", config={"epochs": 10}, status="RUNNING")
+    cb.on_trial_start(0, [], short)
+    cb.on_trial_start(0, [], long)
+    cb.on_trial_result(0, [], short, {"epoch": 5, "val_accuracy": 0.8})
+    cb.on_trial_complete(0, [], short)
+    cb.on_trial_result(0, [], long, {"epoch": 5, "val_accuracy": 0.7})
+    cb.on_trial_complete(0, [], long)  # stopped by a scheduler at 5 of its 10
+    assert cb.counts["DONE"] == 1 and cb.counts["STOPPED"] == 1
+    view = cb.lines(final=True)
+    assert view[-2].split()[2:5] == ["DONE", "epoch", "5/5"]
+    assert view[-1].split()[2:5] == ["STOPPED", "epoch", "5/10"]
+
+
 def test_tty_view_redraws_in_place():
     class Tty(io.StringIO):
         def isatty(self):
             return True
 
     out = Tty()
-    cb = ProgressCallback(_plan(), {}, every_s=0.0, stream=out)
+    cb = ProgressCallback(_plan(), every_s=0.0, stream=out)
     assert cb.live
     trial = SimpleNamespace(trial_id="a", config={}, status="RUNNING")
     cb.on_trial_start(0, [], trial)

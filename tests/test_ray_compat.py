@@ -2,6 +2,7 @@
 relies on. A failure here means a Ray or MLflow upgrade moved one: update ray_compat (and the
 pinned version) before a sweep finds out. No Ray cluster is started."""
 import inspect
+import os
 
 from dlopt.runtime import ray_compat
 
@@ -126,3 +127,45 @@ def test_tune_saves_trials_before_asking_callbacks_for_their_state():
 
     source = inspect.getsource(TuneController.save_to_dir)
     assert source.index("_get_trial_checkpoints") < source.index("self._callbacks.save_to_dir")
+
+
+def test_driver_message_filter_is_undone_to_rays_own_function():
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    undo = ray_compat.filter_driver_messages(lambda data: None)
+    try:
+        assert ray_worker.print_to_stdstream is not original
+        ray_compat.filter_driver_messages(lambda data: data)()  # a second install's undo: no-op
+        assert getattr(ray_worker.print_to_stdstream, "dlopt_filtered", False)
+    finally:
+        undo()
+    assert ray_worker.print_to_stdstream is original
+
+
+def test_silenced_mlflow_events_are_undone_to_mlflows_stream_and_handlers():
+    import logging
+
+    from mlflow.utils import logging_utils
+
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    handlers = [(h, h.stream) for h in logging.getLogger("mlflow").handlers if hasattr(h, "stream")]
+    ray_compat.silence_mlflow_events()()
+    assert logging_utils.MLFLOW_LOGGING_STREAM is stream
+    assert [(h, h.stream) for h, _ in handlers] == handlers
+
+
+def test_mlflows_explicit_tracking_uri_is_a_module_global_set_tracking_uri_sets(monkeypatch):
+    """`explicit_tracking_uri` reads the name `mlflow.set_tracking_uri` writes; None is
+    MLflow's own "none set" (its `_use_tracking_uri` puts None back the same way)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    assert ray_compat.explicit_tracking_uri() is None
+    mlflow.set_tracking_uri("sqlite:////tmp/dlopt-compat.db")
+    assert ray_compat.explicit_tracking_uri() == "sqlite:////tmp/dlopt-compat.db"
+    mlflow.set_tracking_uri(None)
+    assert ray_compat.explicit_tracking_uri() is None and "MLFLOW_TRACKING_URI" not in os.environ
+    assert "old_tracking_uri = _tracking_uri" in inspect.getsource(utils._use_tracking_uri)

@@ -8,6 +8,7 @@ import pytest
 
 from dlopt import Data, Experiment, Model, Optimizer, Prune, Search, Tracking, tune
 from dlopt.driver.finalize import TrialSummary
+from dlopt.registry.versions import RegisteredModel
 from dlopt.spec.plan import make_plan
 from dlopt.driver.description import description
 from dlopt.driver.plots import compression_png, learning_curves_png
@@ -74,10 +75,10 @@ def test_results_html_is_escaped_table(rows):
 
 
 def test_description_names_best_trial_registered_model_and_command(rows):
-    plan = make_plan(SPEC).to_dict()
+    plan = make_plan(SPEC)
     text = description(plan=plan, rows=rows, best_id="t2",
-                       registered=[{"name": "digits-mlp", "version": "3", "alias": "champion",
-                                    "trial_id": "t2"}],
+                       registered=[RegisteredModel(name="digits-mlp", version="3", alias="champion",
+                                                   run_id="run2", trial_id="t2")],
                        experiment_id="7", parent_run_id="parent1",
                        command="dlopt run experiments/digits_mlp.py --set epochs=3",
                        commit="abc123", source="experiments/digits_mlp.py",
@@ -86,7 +87,7 @@ def test_description_names_best_trial_registered_model_and_command(rows):
     run = "(#/experiments/7/runs/{}?workflowType=machine_learning)"
     lines = text.splitlines()
     # the outcome first: the UI shows these lines before "Show more"
-    assert lines[0] == f"## digits-mlp: sweep `{plan['sweep_name']}`"
+    assert lines[0] == f"## digits-mlp: sweep `{plan.sweep_name}`"
     assert lines[2].startswith("**2/3 trials ok**; random search over `optimizer.lr`, "
                                "`compression.0.sparsity`, objective val_accuracy (max)")
     assert lines[4] == ("**Best trial:** [trial-002 lr=0.03 sparsity=0.9]" + run.format("run2")
@@ -110,7 +111,7 @@ def test_description_names_best_trial_registered_model_and_command(rows):
 def test_description_without_a_healthy_trial(rows):
     for r in rows:
         r["status"] = "error"
-    text = description(plan=make_plan(SPEC).to_dict(), rows=rows, best_id=None, registered=[],
+    text = description(plan=make_plan(SPEC), rows=rows, best_id=None, registered=[],
                        experiment_id="1", parent_run_id="p", command=None, commit=None,
                        source=None, artifacts=[])
     assert "**0/3 trials ok**" in text and "No healthy trial finished" in text
@@ -158,3 +159,16 @@ def test_source_tags_name_the_experiment_file_and_command():
     api = source_tags(["train.py", "--fast"], find_commit=False)
     assert api["mlflow.source.name"] == "train.py" and api["dlopt.command"] == "python train.py --fast"
     assert "mlflow.source.git.commit" not in api
+
+
+def test_a_version_without_an_alias_is_named_by_its_version(rows):
+    """A Pareto-optimal version no alias points at loads by version, never `@None`."""
+    reg = RegisteredModel(name="digits-mlp", version="4", alias=None, run_id="run1",
+                          trial_id="t1", pareto_rank=1, objectives={"val_accuracy": 0.9})
+    assert reg.uri == "models:/digits-mlp/4"
+    assert RegisteredModel(name="m", version="2", alias="smallest", run_id=None,
+                           trial_id="t").uri == "models:/m@smallest"
+    text = description(plan=make_plan(SPEC), rows=rows, best_id="t2", registered=[reg],
+                       experiment_id="1", parent_run_id="p", command=None, commit=None,
+                       source=None, artifacts=[])
+    assert "@None" not in text and '`dlopt.load_model("models:/digits-mlp/4")`' in text

@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from dlopt.tracking.artifacts import RunArtifacts
 from dlopt.tracking.store import Tracker
+from dlopt_testing import sweep_plan
 
 
 def _read(client, run_id, name, tmp_path):
@@ -27,11 +28,11 @@ def test_a_created_runs_artifact_is_written_without_fetching_the_run(tmp_path, m
     monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-123456")
     uri = f"sqlite:///{tmp_path}/m.db"
     tracker = Tracker(uri, "artifacts", tmp_path)
-    tracker.start_parent("sweep-1", {"spec_json": {"search": {}}, "trials": 1, "domains": []}, {})
+    tracker.start_parent(sweep_plan("sweep-1"), {})
     fetched = _count_run_fetches(monkeypatch)
     tracker.child("t1", "trial-1", {"a": 1}, {}, {"data": {}, "token": "tok-123456"})
     tracker.flush()
-    run_id = tracker.children["t1"]
+    run_id = tracker.run_id_of("t1")
     assert fetched == []  # spec.json written from create_run's artifact URI
     text = _read(MlflowClient(uri), run_id, "spec.json", tmp_path)
     assert json.loads(text)["token"] != "tok-123456" and "tok-123456" not in text

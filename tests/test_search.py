@@ -33,7 +33,7 @@ def ray_grid_count(plan) -> int:
 
     from dlopt.runtime.search import to_ray_space
 
-    space, _ = to_ray_space(plan)
+    space = to_ray_space(plan)
     return sum(1 for _ in generate_variants(space)) * plan.num_samples
 
 
@@ -62,15 +62,14 @@ def test_grid_values_map_back_to_the_spec():
     from ray.tune.search.variant_generator import generate_variants
 
     from dlopt.runtime.search import to_ray_space
-    from dlopt.spec.plan import trial_spec
 
     spec = make(epochs=4, compression=tune.grid([[Prune(sparsity=0.5)], [Prune(sparsity=0.8), Quantize()]]),
                 optimizer=Optimizer(lr=tune.grid([0.1, 0.01])))
     plan = make_plan(spec, cluster_cpus=2)
-    space, tables = to_ray_space(plan)
+    space = to_ray_space(plan)
     seen = set()
     for _, config in generate_variants(space):
-        concrete = trial_spec(plan.spec_json, tables, config)
+        concrete = plan.trial_spec(config)
         seen.add((concrete.optimizer.lr, tuple(s.stage for s in concrete.compression),
                   concrete.compression[0].sparsity))
     assert seen == {(0.1, ("prune",), 0.5), (0.01, ("prune",), 0.5),
@@ -98,18 +97,17 @@ def wide_spec():
 @pytest.mark.parametrize("algorithm", ["random", "bayesian"])
 def test_every_sample_respects_its_field_bounds(algorithm):
     from dlopt.runtime.search import to_ray_space
-    from dlopt.spec.plan import trial_spec
 
     spec = wide_spec().model_copy(update={"search": Search(algorithm=algorithm, seed=1)})
     plan = make_plan(spec, cluster_cpus=2)
-    space, tables = to_ray_space(plan)
+    space = to_ray_space(plan)
     random.seed(0)
     import numpy as np
 
     np.random.seed(0)
     for _ in range(300):
         config = {k: d.sample() for k, d in space.items()}
-        concrete = trial_spec(plan.spec_json, tables, config)  # validates
+        concrete = plan.trial_spec(config)  # validates
         for path, dom in plan.domains.items():
             value = config[path]
             if dom["domain"] in ("uniform", "loguniform"):
@@ -129,8 +127,8 @@ def test_seed_makes_random_search_reproducible():
     def configs(seed):
         spec = wide_spec().model_copy(update={"search": Search(num_samples=4, seed=seed)})
         plan = make_plan(spec, cluster_cpus=2)
-        space, _ = to_ray_space(plan)
-        gen = search_algorithm(plan, spec)
+        space = to_ray_space(plan)
+        gen = search_algorithm(plan)
         assert isinstance(gen, BasicVariantGenerator)
         register_trainable("dlopt_noop", lambda config: None)  # registry only, no cluster
         gen.add_configurations({"e": {"run": "dlopt_noop", "config": space, "num_samples": 4}})
@@ -252,15 +250,15 @@ def test_schedulers_built_from_the_plan():
 
     spec = make(epochs=tune.choice([4, 9]), search=Search(scheduler="asha", grace_period=2,
                                                           reduction_factor=3))
-    asha = trial_scheduler(make_plan(spec, cluster_cpus=2), spec)
+    asha = trial_scheduler(make_plan(spec, cluster_cpus=2))
     assert isinstance(asha, schedulers.AsyncHyperBandScheduler)
     assert asha._max_t == 9 and asha._reduction_factor == 3
     assert sorted(m for m, _ in asha._brackets[0]._rungs) == [2, 6]  # grace 2, then x3
     spec = make(epochs=6, search=Search(scheduler="median", grace_period=2))
-    assert isinstance(trial_scheduler(make_plan(spec), spec), schedulers.MedianStoppingRule)
+    assert isinstance(trial_scheduler(make_plan(spec)), schedulers.MedianStoppingRule)
     spec = make(epochs=6, search=Search(scheduler="pbt", perturbation_interval=2, pbt_mutations={
         "optimizer.lr": tune.loguniform(1e-3, 1e-1), "optimizer.momentum": tune.choice([0.9, 0.5])}))
-    pbt = trial_scheduler(make_plan(spec), spec)
+    pbt = trial_scheduler(make_plan(spec))
     assert isinstance(pbt, schedulers.PopulationBasedTraining)
     assert pbt._synch and pbt._perturbation_interval == 2
     assert pbt._hyperparam_mutations["optimizer.momentum"] == [0.5, 0.9]
@@ -274,7 +272,7 @@ def test_search_seed_makes_pbt_perturbations_repeat():
     def perturbed(seed):
         spec = make(epochs=6, search=Search(scheduler="pbt", seed=seed, perturbation_interval=2,
                                             pbt_mutations={"optimizer.lr": tune.loguniform(1e-3, 1e-1)}))
-        sched = trial_scheduler(make_plan(spec), spec)
+        sched = trial_scheduler(make_plan(spec))
         return [ray_pbt._explore({"optimizer.lr": 0.01}, sched._hyperparam_mutations,
                                  sched._resample_probability, sched._perturbation_factors,
                                  sched._custom_explore_fn)[0]["optimizer.lr"] for _ in range(8)]
@@ -305,7 +303,7 @@ def test_multi_objective_uses_optuna_with_metric_and_mode_lists():
                 search=Search(algorithm="bayesian", seed=0,
                               objectives={"compressed_val_accuracy": "max", "model_bytes": "min"}))
     plan = make_plan(spec)
-    alg = search_algorithm(plan, spec)
+    alg = search_algorithm(plan)
     # Tune's per-result metric check does not see the objectives (they come in the final
     # report); the Optuna searcher inside has them, and TuneConfig gets no metric.
     assert alg.metric is None and tune_config_metric(plan) == (None, None)
@@ -317,7 +315,7 @@ def test_multi_objective_uses_optuna_with_metric_and_mode_lists():
     spec = make(optimizer=Optimizer(lr=tune.loguniform(1e-3, 1e-1)), search=Search(algorithm="bayesian"))
     plan = make_plan(spec)
     assert tune_config_metric(plan) == ("val_accuracy", "max")
-    assert isinstance(search_algorithm(plan, spec), OptunaSearch)
+    assert isinstance(search_algorithm(plan), OptunaSearch)
 
 
 def test_plan_describes_scheduler_domains_and_concurrency():
@@ -390,7 +388,7 @@ def test_grid_and_random_generators_carry_the_concurrency_limit():
     for algorithm in ("grid", "random"):
         spec = Experiment(name="c", optimizer=Optimizer(lr=tune.grid([0.1, 0.01, 0.001])),
                           search=Search(algorithm=algorithm, max_concurrent_trials=1))
-        gen = search_algorithm(make_plan(spec), spec)
+        gen = search_algorithm(make_plan(spec))
         assert gen.max_concurrent == 1
 
 
@@ -425,7 +423,7 @@ def test_samplers_get_the_warmup(algorithm):
     for search, expect in [(Search(algorithm=algorithm, num_samples=12), 3),
                            (Search(algorithm=algorithm, num_samples=12, warmup_trials=5), 5)]:
         spec = make(optimizer=LR, search=search)
-        got = inner(search_algorithm(make_plan(spec), spec))
+        got = inner(search_algorithm(make_plan(spec)))
         if algorithm == "hyperopt":
             assert got.algo.keywords["n_startup_jobs"] == expect
         else:
@@ -443,7 +441,7 @@ def test_nsga2_gets_the_population():
                            (Search(algorithm="bayesian", num_samples=20, objectives=TWO,
                                    population_size=3), 3)]:
         spec = make(optimizer=LR, search=search)
-        sampler = inner(search_algorithm(make_plan(spec), spec))._sampler
+        sampler = inner(search_algorithm(make_plan(spec)))._sampler
         assert isinstance(sampler, optuna.samplers.NSGAIISampler)
         assert sampler.population_size == expect
 
@@ -454,17 +452,17 @@ def test_schedulers_receive_every_setting_the_spec_checks():
     from dlopt.runtime.search import trial_scheduler
 
     spec = make(epochs=9, search=Search(scheduler="hyperband", reduction_factor=3))
-    hb = trial_scheduler(make_plan(spec), spec)
+    hb = trial_scheduler(make_plan(spec))
     assert isinstance(hb, schedulers.HyperBandScheduler)
     assert hb._eta == 3 and hb._max_t_attr == 9 and hb._s_max_1 == 3
     spec = make(epochs=6, search=Search(scheduler="median", grace_period=3))
-    median = trial_scheduler(make_plan(spec), spec)
+    median = trial_scheduler(make_plan(spec))
     assert median._grace_period == 3
     # unset settings: the scheduler's default, which the plan shows
     spec = make(epochs=6, search=Search(scheduler="asha"))
     plan = make_plan(spec)
     assert plan.search_settings == {"grace_period": 1, "reduction_factor": 2.0}
-    asha = trial_scheduler(plan, spec)
+    asha = trial_scheduler(plan)
     assert asha._reduction_factor == 2 and asha._brackets[0]._rungs[-1][0] == 1
 
 
@@ -503,3 +501,23 @@ def test_cli_validate_warns_but_accepts_a_budget_inside_the_warmup(tmp_path):
     f.write_text("name: s\nsearch: {algorithm: random, num_samples: 3, warmup_trials: 3}\n")
     out = run_cli("validate", str(f))
     assert out.returncode == 2 and out.stderr.startswith("search.warmup_trials: only used with")
+
+
+# ------------------------------------------------------------------ the plan is frozen
+def test_resume_gives_a_new_plan_and_leaves_the_original_alone(tmp_path):
+    """--resume takes the newest restorable sweep's name in a new plan (dataclasses.replace);
+    the plan it was given, frozen, keeps its own name."""
+    import dataclasses
+
+    from dlopt.driver.sweep import sweep_to_resume
+
+    plan = make_plan(make(), now=None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.sweep_name = "x"
+    assert sweep_to_resume(plan, tmp_path, f"sqlite:///{tmp_path}/m.db") == (plan, None)
+    old = tmp_path / "t-20260101-000000"
+    old.mkdir()
+    (old / "tuner.pkl").write_bytes(b"")
+    resumed, restore_dir = sweep_to_resume(plan, tmp_path, f"sqlite:///{tmp_path}/m.db")
+    assert restore_dir == old and resumed.sweep_name == "t-20260101-000000"
+    assert plan.sweep_name != resumed.sweep_name and resumed.domains == plan.domains

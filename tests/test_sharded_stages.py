@@ -20,7 +20,10 @@ from pathlib import Path
 from torch.nn.parallel import DistributedDataParallel as DDP
 from dlopt.ml import models
 from dlopt.spec import Experiment, Model, Prune as PruneSpec
-from dlopt.stages import State, prune, prune_sharded, pruning
+from dlopt.stages import State
+from dlopt.stages.pruning import masks as pruning
+from dlopt.stages.pruning import sharded as prune_sharded
+from dlopt.stages.pruning import stage as prune
 from dlopt.stages.regularization import l1_l2_penalty, weight_params
 from dlopt.train import sharding
 from dlopt.train.loop import fit

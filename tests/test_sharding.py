@@ -49,8 +49,7 @@ result["ddp_bf16"] = run("ddp", "ddp_bf16", **bf16)
 result["fsdp_bf16"] = run("fsdp", "fsdp_bf16", **bf16)
 # resume the FSDP run from its merged epoch-1 checkpoint (as dlopt.runtime.worker.resume_from)
 ckpt = out / "fsdp" / "epoch1"
-resume = load_checkpoint(ckpt)
-resume["sharded"] = sharding.keep_local_copy(ckpt)
+resume = load_checkpoint(ckpt)  # with its sharded part (TrialCheckpoint.sharded)
 result["resumed"] = run("fsdp", "resumed", resume)
 # local shard sizes of a freshly sharded model
 spec = Experiment.model_validate({**spec_json, "resources": {"num_workers": 2, "strategy": "fsdp"}})

@@ -180,7 +180,8 @@ def test_spec_hash_changes_with_content():
 
 def test_load_python_yaml_and_json(tmp_path):
     py = tmp_path / "x.py"
-    py.write_text("from dlopt import Experiment, Optimizer\nexperiment = Experiment(name='x', optimizer=Optimizer(lr=0.1))\n")
+    py.write_text("from dlopt import Experiment, Optimizer\n"
+                  "experiment = Experiment(name='x', optimizer=Optimizer(lr=0.1))\n")
     assert load(py).optimizer.lr == 0.1
     yml = tmp_path / "x.yaml"
     yml.write_text("name: y\noptimizer:\n  lr: {domain: loguniform, low: 0.001, high: 0.1}\n")
@@ -193,7 +194,8 @@ def test_load_python_yaml_and_json(tmp_path):
 
 def test_python_spec_section_errors_name_the_section(tmp_path):
     py = tmp_path / "bad.py"
-    py.write_text("from dlopt import Experiment, Optimizer\nexperiment = Experiment(name='x', optimizer=Optimizer(lr=-1))\n")
+    py.write_text("from dlopt import Experiment, Optimizer\n"
+                  "experiment = Experiment(name='x', optimizer=Optimizer(lr=-1))\n")
     with pytest.raises(SpecError) as info:
         load(py)
     assert info.value.lines[0].startswith("optimizer.lr:")

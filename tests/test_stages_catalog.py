@@ -1,26 +1,18 @@
 """Every catalog name the spec accepts builds on the torch side; unknown names fail validation
 listing the valid ones; custom components by import path."""
+import typing
+
 import pytest
 import torch
 from pydantic import ValidationError
 
 from dlopt import Data, Experiment, Model, Optimizer, Schedule
-
 from dlopt.ml import data
-
 from dlopt.ml import init as init_mod
-
-from dlopt.ml import models
-
-from dlopt.ml import optim
-
-from dlopt.ml import schedules
-
+from dlopt.ml import models, optim, schedules
+from dlopt.spec import StageSpec
 from dlopt.spec import fields as spec_mod
-
-from dlopt.ml import vision_data
-
-from dlopt.ml import vision_models
+from dlopt.stages import compression
 from dlopt_testing import run_cli
 
 
@@ -28,9 +20,10 @@ def test_spec_names_equal_torch_side_catalog_keys():
     assert set(spec_mod.OPTIMIZERS) == set(optim.OPTIMIZERS)
     assert set(spec_mod.SCHEDULES) == set(schedules.SCHEDULES)
     assert set(spec_mod.INITS) == {"default", *init_mod.INITS}
-    assert set(spec_mod.ARCHS) == {*models.MODELS, *vision_models.MODELS}
-    assert not set(models.MODELS) & set(vision_models.MODELS)
-    assert set(spec_mod.DATASETS) == {*data.DATASETS, *vision_data.DATASETS}
+    assert set(spec_mod.ARCHS) == set(models.MODELS)  # one catalog per kind
+    assert set(spec_mod.DATASETS) == set(data.DATASETS)
+    stage_specs = typing.get_args(typing.get_args(StageSpec)[0])
+    assert {s.model_fields["stage"].default for s in stage_specs} == set(compression.STAGES)
     assert set(spec_mod.ACTIVATIONS) == set(models.ACTIVATIONS)
 
 

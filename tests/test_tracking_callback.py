@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from dlopt.tracking.callback import MlflowCallback
 from dlopt.tracking.store import Tracker
+from dlopt_testing import sweep_plan
 from mlflow.tracking import MlflowClient
 
 BASE = {"name": "cb", "epochs": 2, "data": {"dataset": "linear_1d"}, "model": {"arch": "linear"},
@@ -32,13 +33,13 @@ def store(tmp_path_factory):
 def _tracker(store, sweep):
     uri, base = store
     tracker = Tracker(uri, "cb")
-    tracker.start_parent(sweep, {"spec_json": base, "trials": 3, "domains": []}, {})
+    tracker.start_parent(sweep_plan(sweep, base, trials=3), {})
     return tracker, base
 
 
 def test_events_are_written_in_order_off_tunes_thread(store):
     tracker, base = _tracker(store, "cb-20260101-000001")
-    cb = MlflowCallback(tracker, base, {}, {"dlopt.sweep": "cb-20260101-000001"})
+    cb = MlflowCallback(tracker, sweep_plan("cb", base), {"dlopt.sweep": "cb-20260101-000001"})
     gate = threading.Event()
     real = tracker.log_result
 
@@ -59,7 +60,7 @@ def test_events_are_written_in_order_off_tunes_thread(store):
     gate.set()
     cb.close()
     client = MlflowClient(tracker.uri)
-    runs = [tracker.children[t.trial_id] for t in trials]
+    runs = [tracker.run_id_of(t.trial_id) for t in trials]
     for run_id in runs:
         assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2]
         run = client.get_run(run_id)
@@ -69,7 +70,7 @@ def test_events_are_written_in_order_off_tunes_thread(store):
 
 def test_a_writer_failure_is_raised_on_the_driver_thread(store):
     tracker, base = _tracker(store, "cb-20260101-000002")
-    cb = MlflowCallback(tracker, base, {}, {})
+    cb = MlflowCallback(tracker, sweep_plan("cb", base), {})
 
     def broken(trial_id, result):
         raise RuntimeError("store broke")
@@ -81,7 +82,7 @@ def test_a_writer_failure_is_raised_on_the_driver_thread(store):
     cb.on_trial_complete(0, [trial], trial)  # not written after the failure
     with pytest.raises(RuntimeError, match="store broke"):
         cb.close()
-    assert MlflowClient(tracker.uri).get_run(tracker.children["t0"]).info.status == "RUNNING"
+    assert MlflowClient(tracker.uri).get_run(tracker.run_id_of("t0")).info.status == "RUNNING"
     # pickled into tuner.pkl: no tracker, queue or thread
     state = pickle.loads(pickle.dumps(cb)).__dict__
     assert state["tracker"] is None and state.get("_thread") is None
@@ -91,10 +92,11 @@ def test_the_sweeps_sqlite_store_uses_wal_and_others_are_left_alone(tmp_path):
     import sqlite3
 
     import sqlalchemy
-    from dlopt.tracking.sqlite import sqlite_path, use_wal
+    from dlopt.tracking.sqlite import use_wal
+    from dlopt.tracking.uris import sqlite_path
 
     ours, other = tmp_path / "mlflow.db", tmp_path / "other.db"
-    assert sqlite_path(f"sqlite:///{ours}") == str(ours.resolve())
+    assert sqlite_path(f"sqlite:///{ours}").resolve() == ours.resolve()
     assert not use_wal("http://127.0.0.1:5000") and sqlite_path("sqlite:///:memory:") is None
     assert use_wal(f"sqlite:///{ours}")
     for path, mode in ((ours, "wal"), (other, "delete")):
@@ -108,7 +110,7 @@ def test_an_in_trial_runs_model_checkpoint_is_tagged_when_it_ends(store):
     """Tune's last checkpoint of a trial is its model (in-trial runs): tagged with the trial's
     last write, not afterwards one request per trial; a TorchTrainer trial's reported path wins."""
     tracker, base = _tracker(store, "cb-20260101-000003")
-    cb = MlflowCallback(tracker, base, {}, {})
+    cb = MlflowCallback(tracker, sweep_plan("cb", base), {})
     in_trial = SimpleNamespace(trial_id="a", config={}, path=None, last_result={"epoch": 2},
                                checkpoint=SimpleNamespace(path="/ray/a/checkpoint_000002"))
     trainer = SimpleNamespace(trial_id="b", config={}, path=None,
@@ -119,6 +121,6 @@ def test_an_in_trial_runs_model_checkpoint_is_tagged_when_it_ends(store):
         cb.on_trial_complete(0, [trial], trial)
     cb.close()
     client = MlflowClient(store[0])
-    tags = {t: client.get_run(tracker.children[t]).data.tags for t in ("a", "b")}
+    tags = {t: client.get_run(tracker.run_id_of(t)).data.tags for t in ("a", "b")}
     assert tags["a"]["dlopt.model_checkpoint"] == "/ray/a/checkpoint_000002"
     assert "dlopt.model_checkpoint" not in tags["b"]  # its FINAL report tags it (Tracker.log_result)

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from dlopt.tracking.retry import TrackingUnavailable, is_transient
 from dlopt.tracking.scrub import scrub
 from dlopt.tracking.store import Tracker
+from dlopt_testing import sweep_plan
 from dlopt.tracking.uris import redact_uri
 
 
@@ -69,9 +70,9 @@ class Outage:
 def test_outage_buffers_in_order_and_drain_writes_everything(tmp_path, capsys, caplog):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "reliability")
-    tracker.start_parent("s-1", {"spec_json": {"search": {}}, "trials": 1, "domains": []}, {})
+    tracker.start_parent(sweep_plan("s-1"), {})
     outage = Outage(tracker.client)
-    tracker.client = outage
+    tracker._client = outage
     tracker.child("t1", "trial-001", {"optimizer.lr": 0.1}, {})
     tracker.log_result("t1", {"epoch": 1, "train_loss": 1.0, "val_loss": 1.1})
     outage.down = True  # the server goes away: nothing raises, writes wait in the queue
@@ -79,7 +80,7 @@ def test_outage_buffers_in_order_and_drain_writes_everything(tmp_path, capsys, c
     tracker.log_result("t1", {"epoch": 2, "train_loss": 0.8, "val_loss": 0.9})  # a re-report
     tracker.log_result("t1", {"epoch": 3, "train_loss": 0.7, "val_loss": 0.8})
     tracker.end_child("t1", "FINISHED")
-    assert len(tracker.pending) == 3  # epoch 2, epoch 3, end: the re-report is not queued
+    assert tracker.pending_count == 3  # epoch 2, epoch 3, end: the re-report is not queued
     # a warning through logging ("dlopt.tracking.store"); shown on stderr outside pytest
     assert "buffering tracking writes" in capsys.readouterr().err + caplog.text
     with pytest.raises(TrackingUnavailable, match="3 tracking writes"):
@@ -87,18 +88,18 @@ def test_outage_buffers_in_order_and_drain_writes_everything(tmp_path, capsys, c
     outage.down = False
     tracker.drain(timeout_s=5.0)
     client = MlflowClient(uri)
-    run = client.get_run(tracker.children["t1"])
+    run = client.get_run(tracker.run_id_of("t1"))
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [1, 2, 3]
     assert run.info.status == "FINISHED"
-    assert not tracker.pending
+    assert not tracker.pending_count
 
 
 def test_child_created_during_outage_is_created_once(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "reliability")
-    tracker.start_parent("s-2", {"spec_json": {"search": {}}, "trials": 1, "domains": []}, {})
+    tracker.start_parent(sweep_plan("s-2"), {})
     outage = Outage(tracker.client)
-    tracker.client = outage
+    tracker._client = outage
     outage.down = True
     assert tracker.child("t9", "trial-009", {"a": 1}, {}, {"name": "x"}) is None
     tracker.log_result("t9", {"epoch": 1, "train_loss": 1.0})
@@ -140,7 +141,7 @@ def test_failed_test_report_warning_hides_uri_credentials(monkeypatch, capsys, c
 
 # ------------------------------------------------------------------ the journal (issue 19)
 def _sweep(tracker, name="s-j"):
-    tracker.start_parent(name, {"spec_json": {"search": {}}, "trials": 1, "domains": []}, {})
+    tracker.start_parent(sweep_plan(name), {})
 
 
 def test_driver_killed_during_outage_loses_nothing_replay_writes_each_epoch_once(tmp_path):
@@ -157,14 +158,14 @@ def test_driver_killed_during_outage_loses_nothing_replay_writes_each_epoch_once
     for e in (1, 2):
         tracker.log_result("t1", {"epoch": e, "train_loss": 1.0 / e, "epoch_end_time": 1000.0 + e})
     outage = Outage(tracker.client)
-    tracker.client = outage
+    tracker._client = outage
     outage.down = True
     for e in range(3, 9):
         tracker.log_result("t1", {"epoch": e, "train_loss": 1.0 / e, "epoch_end_time": 1000.0 + e})
-    assert len(tracker.pending) == 6
+    assert tracker.pending_count == 6
     # the store took epoch 3 but the driver died before marking it done
     outage.down = False
-    tracker._apply(tracker.pending[0])  # written, but neither popped nor marked done
+    tracker._apply(tracker._pending[0])  # written, but neither popped nor marked done
     outage.down = True
     with open(sweep_dir / NAME, "ab") as f:
         f.write(b'{"seq": 999, "op": "log_b')  # killed mid-append: a torn last line
@@ -173,16 +174,16 @@ def test_driver_killed_during_outage_loses_nothing_replay_writes_each_epoch_once
     assert len(Journal(sweep_dir / NAME).pending()) == 6
     again = Tracker(uri, "journal")
     again.open_journal(sweep_dir)
-    assert again.replayed == 6 and again.last_epoch["t1"] == 8
+    assert again.replayed == 6 and again._last_epoch["t1"] == 8
     _sweep(again)  # --resume: the parent is found, the journal replayed before the sweep goes on
-    assert not again.pending and again.last_epoch["t1"] == 8
+    assert not again.pending_count and again._last_epoch["t1"] == 8
     again.log_result("t1", {"epoch": 8, "train_loss": 0.5})  # Tune re-reports: not written
     again.log_result("t1", {"epoch": 9, "train_loss": 1 / 9, "epoch_end_time": 1009.0})
     again.end_child("t1", "FINISHED")
     again.close()
     assert not (sweep_dir / NAME).exists()  # removed once the store took everything
     client = MlflowClient(uri)
-    history = client.get_metric_history(again.children["t1"], "train_loss")
+    history = client.get_metric_history(again.run_id_of("t1"), "train_loss")
     assert sorted(m.step for m in history) == list(range(1, 10))  # each epoch exactly once
     assert [m.timestamp for m in sorted(history, key=lambda m: m.step)][:8] == [
         (1000 + e) * 1000 for e in range(1, 9)]
@@ -200,7 +201,7 @@ def test_second_outage_during_replay_keeps_the_rest_journaled(tmp_path):
     _sweep(tracker, "s-k")
     tracker.child("t1", "trial-001", {}, {})
     tracker.child("t2", "trial-002", {}, {})
-    tracker.client = outage = Outage(tracker.client)
+    tracker._client = outage = Outage(tracker.client)
     outage.down = True
     for e in range(1, 6):
         for trial in ("t1", "t2"):
@@ -220,34 +221,34 @@ def test_second_outage_during_replay_keeps_the_rest_journaled(tmp_path):
                 self.down = self.down or self.batches > 1
             return super().__getattr__(name)
 
-    again.client = flaky = Flaky(real)
+    again._client = flaky = Flaky(real)
     old, store.REPLAY_WAIT_S = store.REPLAY_WAIT_S, 0.0
     try:
         _sweep(again, "s-k")
     finally:
         store.REPLAY_WAIT_S = old
-    assert 0 < len(again.pending) < 10 and len(Journal(sweep_dir / NAME).pending()) == len(again.pending)
+    assert 0 < again.pending_count < 10 and len(Journal(sweep_dir / NAME).pending()) == again.pending_count
     again.log_result("t1", {"epoch": 6, "train_loss": 1 / 6})  # the sweep goes on meanwhile
     flaky.down = False
     flaky.__class__ = Outage
     again.drain(timeout_s=5.0)
     again.close()
     client = MlflowClient(uri)
-    steps = [m.step for m in client.get_metric_history(again.children["t1"], "train_loss")]
+    steps = [m.step for m in client.get_metric_history(again.run_id_of("t1"), "train_loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]
-    steps = [m.step for m in client.get_metric_history(again.children["t2"], "train_loss")]
+    steps = [m.step for m in client.get_metric_history(again.run_id_of("t2"), "train_loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5]
     assert not (sweep_dir / NAME).exists()
 
 
 def test_held_writes_of_a_run_go_in_one_request_and_a_first_create_looks_nothing_up(tmp_path):
-    """While the writer is behind (the callback raises `hold`), a trial's params, epochs and
+    """While the writer is behind (the callback calls `hold_writes`), a trial's params, epochs and
     final metrics reach the store in one log_batch (dlopt.tracking.coalesce); a first
     create_run makes no search (only a retried or replayed one does)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "coalesce")
     _sweep(tracker, "s-c")
-    tracker.client = counted = Outage(tracker.client)
+    tracker._client = counted = Outage(tracker.client)
     names = []
     real_getattr = Outage.__getattr__
 
@@ -257,17 +258,17 @@ def test_held_writes_of_a_run_go_in_one_request_and_a_first_create_looks_nothing
             return real_getattr(self, name)
 
     counted.__class__ = Counting
-    tracker.hold = 64
+    tracker.hold_writes(64)
     tracker.child("t1", "trial-001", {"lr": 0.1, "epochs": 3}, {})
     for e in (1, 2, 3):
         tracker.log_result("t1", {"epoch": e, "train_loss": 1.0 / e})
     tracker.log_result("t1", {"epoch": 3, "final": 1, "model_bytes": 10.0})
     tracker.end_child("t1", "FINISHED")
-    assert names == [] and len(tracker.pending) == 7
+    assert names == [] and tracker.pending_count == 7
     assert tracker.flush()
     assert names == ["create_run", "log_batch", "set_terminated"]
     client = MlflowClient(uri)
-    run = client.get_run(tracker.children["t1"])
+    run = client.get_run(tracker.run_id_of("t1"))
     assert run.data.params == {"lr": "0.1", "epochs": "3"} and run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
     assert run.data.metrics["model_bytes"] == 10.0

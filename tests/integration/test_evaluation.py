@@ -94,7 +94,7 @@ def test_champion_has_test_metrics_and_confusion_matrix(digits):
                          "test_top5_accuracy"}
     assert float(tags["test_accuracy"]) > 0.85
     assert version.tags["dlopt.test_split"].startswith("digits seed=0")
-    assert result.registered[0]["test_metrics"]["test_accuracy"] == float(tags["test_accuracy"])
+    assert result.registered[0].test_metrics["test_accuracy"] == float(tags["test_accuracy"])
     for run_id in (result.best.run_id, result.parent_run_id):
         run = client.get_run(run_id)
         assert run.data.metrics["test_accuracy"] == float(tags["test_accuracy"])

@@ -354,7 +354,7 @@ def test_server_outage_two_concurrent_sweeps_and_no_secret_leaks(tmp_path):
     finally:
         for p in sweeps:
             kill_group(p)
-    for p, (out, err) in zip(sweeps, outs):
+    for p, (_, err) in zip(sweeps, outs):
         assert p.returncode == 0, err[-3000:]
     assert any("buffering tracking writes" in err for _, err in outs)  # the outage was seen
     try:

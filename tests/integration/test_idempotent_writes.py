@@ -49,12 +49,14 @@ def test_retried_registration_finds_the_version_the_lost_reply_created(lossy, tm
     import mlflow
     from dlopt.registry.register import register
     from dlopt.tracking.retry import retry_transient
+    from dlopt.tracking.scrub import ScrubbingClient
 
     proxy, uri, direct = lossy
     mlflow.set_tracking_uri(uri)
     run = MlflowClient(uri).create_run(MlflowClient(uri).create_experiment("idem"))
     ckpt = _checkpoint(tmp_path / "ckpt")
-    tracker = type("T", (), {"uri": uri})()
+    # what `register` uses of the Tracker: its URI and its scrubbing client
+    tracker = type("T", (), {"uri": uri, "client": ScrubbingClient(MlflowClient(uri))})()
     before = sum(proxy.lost.values())
     proxy.lose("/model-versions/create")  # the version is made; the reply is lost
     proxy.lose("/registered-models/alias")  # the alias is set; the reply is lost

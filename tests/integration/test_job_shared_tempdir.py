@@ -8,7 +8,6 @@ store first, so the job still succeeds and its sweep is in the printed durable s
 (dlopt before this fix: `error: FileNotFoundError: [Errno 2] No such file or directory`.)
 """
 import json
-import os
 import subprocess
 import sys
 

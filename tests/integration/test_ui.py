@@ -234,9 +234,9 @@ def wait_for(driver, predicate, what: str, timeout: float = 90.0):
 
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: predicate(d))
-    except Exception:
+    except Exception as err:  # any failure: keep a screenshot, then say what was missing
         driver.save_screenshot(str(SHOTS / "failure.png"))
-        raise AssertionError(f"not visible after {timeout} s: {what}\n{visible_text(driver)[:3000]}")
+        raise AssertionError(f"not visible after {timeout} s: {what}\n{visible_text(driver)[:3000]}") from err
 
 
 def close_assistant(driver) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 from dlopt.cli.common import EXIT_INVALID, configure_logging, load_spec
 from dlopt.cli.submit import add_parser as add_submit_parser
@@ -115,10 +114,10 @@ def print_summary(result) -> None:
         print(f"best trial {name} ({metric} = {best.metrics.get(metric):.4g})")
         print("  config  " + (", ".join(f"{k}={v}" for k, v in best.config.items()) or "(no domains)"))
         print("  metrics " + ", ".join(f"{k}={fmt(v)}" for k, v in shown.items()))
-    for reg in result.registered:
-        print(f"registered models:/{reg['name']}@{reg['alias']} (version {reg['version']})")
-        if reg.get("test_metrics"):  # the withheld test split, measured after selection
-            print("  test    " + ", ".join(f"{k}={v:.4g}" for k, v in reg["test_metrics"].items()))
+    for reg in result.registered:  # by alias, or by version where it has none (Pareto)
+        print(f"registered {reg.uri} (version {reg.version})")
+        if reg.test_metrics:  # the withheld test split, measured after selection
+            print("  test    " + ", ".join(f"{k}={v:.4g}" for k, v in reg.test_metrics.items()))
     uri = redact_uri(result.tracking_uri)
     print(f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}) at {uri}")
     from dlopt.driver.description import UI_QUERY
@@ -166,12 +165,13 @@ def cmd_evaluate(args) -> int:
 
 def cmd_ui(args) -> int:
     from dlopt.driver.description import UI_QUERY
-    from dlopt.tracking.uris import default_tracking_uri, durable_home
+    from dlopt.tracking.uris import default_tracking_uri, durable_home, sqlite_path
 
     uri = args.backend_store_uri or default_tracking_uri()
     job_store = durable_home() / "mlflow.db"
-    if (not args.backend_store_uri and uri.startswith("sqlite:///")
-            and not Path(uri.removeprefix("sqlite:///")).exists() and job_store.exists()):
+    db = sqlite_path(uri)
+    if (not args.backend_store_uri and db is not None and not db.exists()
+            and job_store.exists()):
         uri = f"sqlite:///{job_store}"  # no store here: the one `ray job submit` runs wrote
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port}/#/experiments{UI_QUERY}",
           flush=True)

@@ -55,7 +55,8 @@ def relative_spec(spec: str, working_dir: Path) -> str:
         return path.relative_to(working_dir.resolve()).as_posix()
     except ValueError:
         raise SubmitError(f"spec: {spec} is outside the working directory {working_dir}, "
-                          "which is what the job uploads; run dlopt submit from the project root")
+                          "which is what the job uploads; run dlopt submit from the project root"
+                          ) from None
 
 
 def job_env(tracking_uri: Optional[str]) -> dict[str, str]:
@@ -111,7 +112,7 @@ def submit(spec, spec_path: str, *, address: str, sets: list[str], tracking_uri:
         client = JobSubmissionClient(address)
         job_id = client.submit_job(entrypoint=command, runtime_env=env,
                                    metadata={"dlopt.experiment": spec.name})
-    except Exception as err:  # unreachable head, refused token: Ray's message says which
+    except Exception as err:  # noqa: BLE001 - unreachable head, refused token: Ray's message says which
         print(f"submit failed: {err}", file=sys.stderr)
         return 1
     uri = env["env_vars"].get("MLFLOW_TRACKING_URI")
@@ -127,7 +128,7 @@ def submit(spec, spec_path: str, *, address: str, sets: list[str], tracking_uri:
         print(f"\nstopped following; job {job_id} keeps running "
               f"(ray job stop --address {address} {job_id})", file=sys.stderr)
         return 130
-    except Exception as err:  # head went away mid-job: the log stream or status call fails
+    except Exception as err:  # noqa: BLE001 - head went away mid-job: the log stream or status call fails
         print(f"lost job {job_id}: {err}", file=sys.stderr)
         return 1
     print(f"job {job_id} {status}")

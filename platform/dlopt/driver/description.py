@@ -1,6 +1,6 @@
 """The parent run's description: the sweep as a person reads it first in the MLflow UI.
 
-Pure text from plain rows (dlopt.driver.tables) and `Plan.to_dict()`: the outcome (trials
+Pure text from plain rows (dlopt.driver.tables), the `Plan` and the `RegisteredModel`s: the outcome (trials
 ok, the best trial, the registered models), the trials table, the plots, the search and the
 command that reproduces the sweep. The UI renders it as markdown (`mlflow.note.content`);
 links are the UI's own routes, relative so they work wherever the UI serves the store.
@@ -12,7 +12,8 @@ from typing import Callable, Optional, Sequence
 from urllib.parse import quote
 
 from dlopt.driver.tables import KEY_METRICS, fmt, markdown_table, sort_rows, table
-from dlopt.spec.plan import headline
+from dlopt.registry.versions import RegisteredModel
+from dlopt.spec.plan import Plan
 
 # Where the review's files go on the parent run.
 ARTIFACT_DIR = "review"
@@ -31,29 +32,53 @@ def ui_links(experiment_id: str) -> dict[str, Callable[..., str]]:
     }
 
 
-def description(*, plan: dict, rows: list[dict], best_id: Optional[str], registered: list[dict],
-                experiment_id: str, parent_run_id: str, command: Optional[str],
-                commit: Optional[str], source: Optional[str], artifacts: Sequence[str],
-                compression: bool = False) -> str:
-    """The parent run's markdown description. `plan` is `Plan.to_dict()`.
+def description(*, plan: Plan, rows: list[dict], best_id: Optional[str],
+                registered: list[RegisteredModel], experiment_id: str, parent_run_id: str,
+                command: Optional[str], commit: Optional[str], source: Optional[str],
+                artifacts: Sequence[str], compression: bool = False) -> str:
+    """The parent run's markdown description.
 
     The UI shows the first lines before "Show more": the outcome comes first (trials ok, the
     best trial, the registered model), then the trials table, the plots, the search and how to
     reproduce it.
     """
     link = ui_links(experiment_id)
-    metric, mode = headline(plan)
-    ok = sum(r["status"] == "ok" for r in rows)
     by_id = {r["trial_id"]: r for r in rows}
-    best = by_id.get(best_id) if best_id else None
-    swept = ", ".join(f"`{p}`" for p in plan.get("domains") or {}) or "no domains"
-    objective = (", ".join(f"{k} ({v})" for k, v in plan["objectives"].items())
-                 if plan.get("objectives") else f"{metric} ({mode})")
-    out = [f"## {plan['experiment']}: sweep `{plan['sweep_name']}`", "",
-           f"**{ok}/{len(rows)} trials ok**; {plan['algorithm']} search over {swept}, objective "
-           f"{objective}; MLflow experiment `{plan['tracking_experiment']}`"
-           + (f"; spec `{source}`" if source else "") + ".", ""]
+    out = _outcome(plan, rows, by_id.get(best_id) if best_id else None, source, link)
+    for reg in registered:
+        out += [_registered_line(reg, by_id, link), ""]
+    out += _trials(plan, rows, link)
+    for png in (a for a in artifacts if a.endswith(".png")):  # inline, via the UI's artifact route
+        out.append(f"### {Path(png).stem.replace('_', ' ').capitalize()}")
+        out.append(f"![{Path(png).stem}]({link['artifact'](parent_run_id, png)})")
+        out.append("")
+    out += _search(plan, compression)
+    if artifacts:
+        out.append("### Artifacts")
+        out.append(f"On this run, folder `{ARTIFACT_DIR}`: "
+                   + ", ".join(f"`{Path(a).name}`" for a in artifacts)
+                   + "; and `spec.json`, `plan.json`. On each trial's run: its resolved "
+                   "`spec.json`, `compression_report.json`, and the `dlopt.model_checkpoint` tag.")
+        out.append("")
+    out.append("### Reproduce")
+    lines = [f"git checkout {commit}"] if commit else []
+    lines.append(command or f"dlopt run SPEC  # spec: {source or 'spec.json on this run'}")
+    out.append("```\n" + "\n".join(lines) + "\n```")
+    return "\n".join(out) + "\n"
 
+
+def _outcome(plan: Plan, rows: list[dict], best: Optional[dict], source: Optional[str],
+             link) -> list[str]:
+    """The first lines: trials ok, the search, and the best trial."""
+    metric, mode = plan.headline
+    ok = sum(r["status"] == "ok" for r in rows)
+    swept = ", ".join(f"`{p}`" for p in plan.domains or {}) or "no domains"
+    objective = (", ".join(f"{k} ({v})" for k, v in plan.objectives.items())
+                 if plan.objectives else f"{metric} ({mode})")
+    out = [f"## {plan.experiment}: sweep `{plan.sweep_name}`", "",
+           f"**{ok}/{len(rows)} trials ok**; {plan.algorithm} search over {swept}, objective "
+           f"{objective}; MLflow experiment `{plan.tracking_experiment}`"
+           + (f"; spec `{source}`" if source else "") + ".", ""]
     if best is None:
         out.append("**Best trial:** none. No healthy trial finished: see the trials below and "
                    "their runs for errors.")
@@ -63,17 +88,21 @@ def description(*, plan: dict, rows: list[dict], best_id: Optional[str], registe
         out.append(f"**Best trial:** {name}: **{metric} = {fmt(best['metrics'].get(metric))}**"
                    + "".join(f"; {m} {fmt(best['metrics'][m])}" for m in others))
     out.append("")
-    for reg in registered:
-        uri = f"models:/{reg['name']}@{reg['alias']}" if reg.get("alias") else \
-            f"models:/{reg['name']}/{reg['version']}"
-        src = by_id.get(reg.get("trial_id"), {}).get("name", "the best trial")
-        out.append(f"**Registered:** [{reg['name']} version {reg['version']}]"
-                   f"({link['model'](reg['name'], reg['version'])})"
-                   + (f" as `@{reg['alias']}`" if reg.get("alias") else "")
-                   + f", from {src}: `dlopt.load_model(\"{uri}\")`")
-        out.append("")
+    return out
 
-    out.append("### Trials (best first)")
+
+def _registered_line(reg: RegisteredModel, by_id: dict[str, dict], link) -> str:
+    src = by_id.get(reg.trial_id, {}).get("name", "the best trial")
+    return (f"**Registered:** [{reg.name} version {reg.version}]"
+            f"({link['model'](reg.name, reg.version)})"
+            + (f" as `@{reg.alias}`" if reg.alias else "")
+            + f", from {src}: `dlopt.load_model(\"{reg.uri}\")`")
+
+
+def _trials(plan: Plan, rows: list[dict], link) -> list[str]:
+    """The trials table, best first, each name linked to its run; bounded in length."""
+    metric, mode = plan.headline
+    out = ["### Trials (best first)"]
     header, cells = table(rows, metric, mode, short=True)
     for line, r in zip(cells, sort_rows(rows, metric, mode)):  # each name links to its run
         if r["run_id"]:
@@ -83,41 +112,25 @@ def description(*, plan: dict, rows: list[dict], best_id: Optional[str], registe
         out.append(f"\n... and {len(cells) - MAX_DESCRIPTION_ROWS} more: see "
                    f"`{ARTIFACT_DIR}/results.html`.")
     out.append("")
+    return out
 
-    for png in (a for a in artifacts if a.endswith(".png")):  # inline, via the UI's artifact route
-        out.append(f"### {Path(png).stem.replace('_', ' ').capitalize()}")
-        out.append(f"![{Path(png).stem}]({link['artifact'](parent_run_id, png)})")
-        out.append("")
 
-    out.append("### Search")
-    out.append(f"{plan['algorithm']} search, scheduler {plan['scheduler']}; {plan['trials']} "
-               f"trials of {fmt(plan['epochs'])} epochs, {plan['workers_per_trial']} worker(s) "
-               f"each, {plan['max_concurrent_trials']} at once.")
-    if plan.get("domains"):
+def _search(plan: Plan, compression: bool) -> list[str]:
+    """The search as it ran: algorithm, scheduler, budget, domains, compression stages."""
+    out = ["### Search",
+           f"{plan.algorithm} search, scheduler {plan.scheduler}; {plan.trials} "
+           f"trials of {fmt(plan.epochs)} epochs, {plan.workers_per_trial} worker(s) "
+           f"each, {plan.max_concurrent_trials} at once."]
+    if plan.domains:
         out.append("")
         out.append(markdown_table(["field", "domain"],
-                                  [[p, _domain_text(d)] for p, d in plan["domains"].items()]))
+                                  [[p, _domain_text(d)] for p, d in plan.domains.items()]))
     if compression:
-        stages = [s.get("stage", "?") for s in plan["spec_json"].get("compression") or []]
+        stages = [s.get("stage", "?") for s in plan.spec_json.get("compression") or []]
         out.append("")
         out.append("Compression stages: " + " -> ".join(f"`{s}`" for s in stages) + ".")
     out.append("")
-
-    if artifacts:
-        out.append("### Artifacts")
-        out.append(f"On this run, folder `{ARTIFACT_DIR}`: "
-                   + ", ".join(f"`{Path(a).name}`" for a in artifacts)
-                   + "; and `spec.json`, `plan.json`. On each trial's run: its resolved "
-                   "`spec.json`, `compression_report.json`, and the `dlopt.model_checkpoint` tag.")
-        out.append("")
-
-    out.append("### Reproduce")
-    lines = []
-    if commit:
-        lines.append(f"git checkout {commit}")
-    lines.append(command or f"dlopt run SPEC  # spec: {source or 'spec.json on this run'}")
-    out.append("```\n" + "\n".join(lines) + "\n```")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _markdown_table_links(header, cells) -> str:

@@ -4,9 +4,11 @@
 (docs/architecture.md, "Logging and the terminal"). So the variables below are set only
 while a sweep runs (`scoped`) and restored after; Ray's processes get them through
 `ray.init`'s runtime_env (`runtime_env_vars`) and by inheriting the environment of a
-local Ray started inside the scope. `silence_process` changes process-wide state (every
-warning, Ray's and MLflow's loggers and prints): only the CLI asks for it (`quiet=True`),
-and the CLI, which owns its process, also keeps the variables for the whole command (`apply`).
+local Ray started inside the scope. `sweep_environment` is the one scope a sweep runs in:
+it owns every process-wide change (variables, warnings, MLflow's URI, the random
+generators, SQLAlchemy's listener, Ray patches) and puts each back on exit. `silenced`
+(every warning, Ray's and MLflow's loggers and prints) is the CLI's choice (`quiet=True`);
+the CLI, which owns its process, also keeps the variables for the whole command (`apply`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import sys
 from typing import Iterator, MutableMapping, Optional
 
 from dlopt.runtime import ray_compat
+from dlopt.tracking.scope import store_settings, tracking_uri_restored
+from dlopt.tracking.sqlite import wal_restored
 
 # Train V2's controller polls workers every 2 s by default and each `ray.train.report`
 # waits for that poll: at 0.1 s a report costs ~0.1 s instead of up to 2 s
@@ -175,9 +179,16 @@ def drop_ray_noise(data: dict) -> dict | None:
     return {**data, "lines": lines} if lines else None
 
 
-def silence_process() -> None:
-    """Hide every warning and Ray's and MLflow's INFO chatter in this process (the CLI
-    without --verbose). Other messages, e.g. out-of-memory kills, still print."""
+# The loggers `silenced` lowers (their levels restored after).
+CHATTY_LOGGERS = ("mlflow", "alembic", "ray", "ray.tune", "ray.train")
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """Hide every warning and Ray's and MLflow's INFO chatter in this process while the block
+    runs (the CLI without --verbose). Other messages, e.g. out-of-memory kills, still print.
+    The warnings filters are the caller's to restore (`sweep_environment` does); the loggers'
+    levels and the two print patches are put back here."""
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -186,7 +197,91 @@ def silence_process() -> None:
     warnings.showwarning = lambda *args, **kwargs: None
     import mlflow  # noqa: F401  (configures its loggers on import; lower them after)
 
-    ray_compat.silence_mlflow_events()  # "Successfully registered model ...", "Created version ..."
-    ray_compat.filter_driver_messages(drop_ray_noise)  # "(raylet) WARNING: N PYTHON worker ..."
-    for name in ("mlflow", "alembic", "ray", "ray.tune", "ray.train"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    with contextlib.ExitStack() as undo:
+        # "Successfully registered model ...", "Created version ..."
+        undo.callback(ray_compat.silence_mlflow_events())
+        # "(raylet) WARNING: N PYTHON worker ..."
+        undo.callback(ray_compat.filter_driver_messages(drop_ray_noise))
+        undo.enter_context(logger_levels_restored())
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        yield
+
+
+@contextlib.contextmanager
+def logger_levels_restored() -> Iterator[None]:
+    """The levels of `CHATTY_LOGGERS` after the block as before: `silenced` lowers them, and
+    `ray.init(logging_level=...)` (dlopt.driver.sweep.init_ray) sets Ray's."""
+    saved = [(logger, logger.level) for logger in map(logging.getLogger, CHATTY_LOGGERS)]
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def environ_restored() -> Iterator[None]:
+    """os.environ after the block exactly as before it: every variable the sweep, Ray,
+    MLflow or a library set or removed meanwhile is put back."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k not in saved]:
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def random_state_restored() -> Iterator[None]:
+    """Python's and NumPy's global random generators after the block as before: a PBT sweep
+    seeds both (dlopt.runtime.search.seed_pbt; Ray's PBT draws from them and takes no seed),
+    and the caller's draws after `dlopt.run()` must not depend on that."""
+    import random
+
+    import numpy as np
+
+    saved = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+
+
+class SweepScope(contextlib.ExitStack):
+    """What one sweep changed in the driver's process, undone when it ends (an ExitStack:
+    `enter_context` adds a change of the sweep's own, e.g. Tune's checkpoint patch)."""
+
+    def use_store(self, tracking_uri: str) -> None:
+        """MLflow's settings for the sweep's store (HTTP fail-fast, the global tracking URI,
+        SQLite WAL), from now until the sweep ends (dlopt.tracking.scope.store_settings)."""
+        self.enter_context(store_settings(tracking_uri))
+
+
+@contextlib.contextmanager
+def sweep_environment(quiet: bool) -> Iterator[SweepScope]:
+    """The one scope of every process-wide change a sweep makes (docs/architecture.md,
+    "Logging and the terminal"): entered once by `dlopt.driver.sweep.run`; on exit, normal or
+    not, the caller finds os.environ, the warnings filters, MLflow's tracking URI, the global
+    random generators, the working directory, SQLAlchemy's listeners, the levels of Ray's and
+    MLflow's loggers and every Ray/MLflow name dlopt patches (dlopt.runtime.ray_compat) as
+    they were. `quiet`: the CLI's silence (`silenced`) on top, undone too."""
+    import warnings
+
+    with SweepScope() as scope:
+        scope.enter_context(environ_restored())  # first in, last out: after the pieces below
+        scope.enter_context(warnings.catch_warnings())  # filters and showwarning
+        scope.enter_context(tracking_uri_restored())
+        scope.enter_context(random_state_restored())
+        scope.enter_context(wal_restored())
+        scope.enter_context(logger_levels_restored())
+        scope.enter_context(scoped(quiet))
+        scope.enter_context(out_of_job_dir())
+        scope.enter_context(ray_compat.propagated_env_vars_restored())
+        if quiet:
+            scope.enter_context(silenced())
+        yield scope

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 from dlopt.driver import plots, publish
+from dlopt.driver.context import Sweep
 from dlopt.registry import teachers
-from dlopt.spec.plan import trial_spec
+from dlopt.registry.versions import RegisteredModel
+from dlopt.spec.report import CHECKPOINT_PATH, DIVERGED
 from dlopt.tracking.names import numeric_metrics
-from dlopt.tracking.retry import DRAIN_TIMEOUT_S, retry_transient
+from dlopt.tracking.retry import drain_timeout_s, retry_transient
 from dlopt.tracking.scrub import scrub
 
 log = logging.getLogger(__name__)
@@ -48,17 +50,17 @@ def collect(grid, tracker) -> list[TrialSummary]:
         history = result.metrics_dataframe
         # a diverged trial's last report carries `diverged` (the loop stops right after it);
         # the history may be missing for a trial restored by --resume
-        diverged = bool((result.metrics or {}).get("diverged")) or bool(
-            history is not None and "diverged" in history
-            and (history["diverged"].fillna(0) > 0).any())
+        diverged = bool((result.metrics or {}).get(DIVERGED)) or bool(
+            history is not None and DIVERGED in history
+            and (history[DIVERGED].fillna(0) > 0).any())
         ok = result.error is None and not diverged
         trials.append(TrialSummary(
-            trial_id=trial_id, run_id=tracker.children.get(trial_id), config=result.config or {},
+            trial_id=trial_id, run_id=tracker.run_id_of(trial_id), config=result.config or {},
             metrics=dict(result.metrics or {}),
             status="ok" if ok else ("diverged" if diverged else "error"),
             # a TorchTrainer trial reports its checkpoint's path; an in-trial run's final
             # checkpoint is Tune's own (dlopt.runtime.worker.fit_in_trial)
-            checkpoint_path=(result.metrics or {}).get("checkpoint_path")
+            checkpoint_path=(result.metrics or {}).get(CHECKPOINT_PATH)
             or (result.checkpoint.path if result.checkpoint else None)))
     for t in trials:
         if t.status == "diverged" and t.run_id:
@@ -88,56 +90,67 @@ def preload() -> None:
     threading.Thread(target=load, name="dlopt-preload", daemon=True).start()
 
 
-def finalize(grid, plan, spec, tracker, tables, space):
+def finalize(grid, sweep: Sweep) -> tuple[list[TrialSummary], Optional[TrialSummary],
+                                          list[RegisteredModel]]:
+    """Collect, select, register, report on the test split, review: in that order."""
     from dlopt.driver.front import register_front
-    from dlopt.registry import register as register_mod
 
-    parent_id = tracker.parent_id
+    plan, tracker = sweep.plan, sweep.tracker
     metric, mode = plan.headline
     trials = collect(grid, tracker)
     best = pick_best(trials, metric, mode)
-    registered = []
     if best is not None:
-        tracker.client.set_tag(parent_id, "dlopt.best_trial", best.trial_id)
+        tracker.client.set_tag(tracker.parent_id, "dlopt.best_trial", best.trial_id)
         for k, v in numeric_metrics(best.metrics).items():
-            tracker.client.log_metric(parent_id, f"best_{k}", v)
+            tracker.client.log_metric(tracker.parent_id, f"best_{k}", v)
     if plan.objectives:
         # Multi-objective: no single best; every Pareto-optimal model is registered, with
         # aliases most-accurate / smallest / fastest, plus the front's plot and CSV.
-        registered = register_front(tracker, plan, spec, trials, tables, space)
-    elif best is not None and spec.tracking.register_as and best.checkpoint_path and best.run_id:
-        best_spec = trial_spec(plan.spec_json, tables,
-                               {k: v for k, v in best.config.items() if k in space})
-        version_tags = {"dlopt.spec_hash": best_spec.spec_hash(), "dlopt.source_run": best.run_id,
-                        "dlopt.sweep": plan.sweep_name,
-                        **{f"metric.{k}": f"{v:.6g}" for k, v in
-                           numeric_metrics(best.metrics).items()}}
-        # distilled: the teacher URI and its pinned version
-        version_tags.update(teachers.registry_tags(best_spec))
-        version = retry_transient(
-            lambda: register_mod.register(tracker, best.run_id, best.checkpoint_path,
-                                          spec.tracking.register_as, spec.tracking.alias,
-                                          version_tags),
-            DRAIN_TIMEOUT_S, "registering the best model")
-        registered.append({"name": spec.tracking.register_as, "version": version,
-                           "alias": spec.tracking.alias, "trial_id": best.trial_id})
-        tracker.client.set_tag(parent_id, "dlopt.registered",
-                               f"{spec.tracking.register_as} v{version}")
-    final_test_report(tracker, best, registered, trials)  # after selection, never before
-    publish.publish_safely(tracker, plan, spec, trials, best, registered, tables, space)
+        registered = register_front(sweep, trials)
+    else:
+        registered = register_best(sweep, best)
+    # after selection, never before
+    registered = final_test_report(tracker, best, registered, trials)
+    publish.publish_safely(sweep, trials, best, registered)
     return trials, best, registered
 
 
-def final_test_report(tracker, best, registered, trials) -> None:
+def register_best(sweep: Sweep, best: Optional[TrialSummary]) -> list[RegisteredModel]:
+    """The best trial's saved model as a version of `tracking.register_as`, with its alias."""
+    from dlopt.registry import register as register_mod
+
+    plan, tracker = sweep.plan, sweep.tracker
+    if best is None or not (plan.register_as and best.checkpoint_path and best.run_id):
+        return []
+    best_spec = sweep.trial_spec(best)
+    version_tags = {"dlopt.spec_hash": best_spec.spec_hash(), "dlopt.source_run": best.run_id,
+                    "dlopt.sweep": plan.sweep_name,
+                    **{f"metric.{k}": f"{v:.6g}" for k, v in
+                       numeric_metrics(best.metrics).items()}}
+    # distilled: the teacher URI and its pinned version
+    version_tags.update(teachers.registry_tags(best_spec, best.metrics))
+    version = retry_transient(
+        lambda: register_mod.register(tracker, best.run_id, best.checkpoint_path,
+                                      plan.register_as, plan.alias, version_tags),
+        drain_timeout_s(), "registering the best model")
+    tracker.client.set_tag(tracker.parent_id, "dlopt.registered", f"{plan.register_as} v{version}")
+    return [RegisteredModel(name=plan.register_as, version=version, alias=plan.alias,
+                            run_id=best.run_id, trial_id=best.trial_id,
+                            aliases=(plan.alias,) if plan.alias else ())]
+
+
+def final_test_report(tracker, best, registered: list[RegisteredModel],
+                      trials) -> list[RegisteredModel]:
     """After selection only: the chosen model(s) on the withheld test split
-    (dlopt.registry.evaluation). A failure here is logged, not raised: the sweep and its
-    registered model stand."""
+    (dlopt.registry.evaluation); returns `registered` with the test metrics measured. A
+    failure here is logged, not raised: the sweep and its registered model stand."""
     # deferred on purpose: evaluation loads torch (~1.5 s on the driver), needed only now
     from dlopt.registry.evaluation import final_report
 
     try:
-        final_report(tracker, best, registered, trials)
+        return final_report(tracker, best, registered, trials)
     except Exception as err:  # noqa: BLE001 (any failure is reported on the parent run)
         # an MLflow error quotes the request URL, credentials included: scrubbed
         log.warning("warning: the test-split report failed: %s", scrub(repr(err)))
         tracker.client.set_tag(tracker.parent_id, "dlopt.test_report", f"failed: {err!r}"[:5000])
+        return registered

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Optional
 
 from dlopt.driver import pareto
+from dlopt.driver.context import Sweep
 from dlopt.registry import register as register_mod
-from dlopt.spec.plan import trial_spec
+from dlopt.registry.versions import RegisteredModel
 from dlopt.tracking.names import numeric_metrics
-from dlopt.tracking.retry import DRAIN_TIMEOUT_S, retry_transient
+from dlopt.tracking.retry import drain_timeout_s, retry_transient
 
 ARTIFACT_DIR = "pareto"
 # alias -> (metric, mode): the front's best model on that one metric.
@@ -103,15 +104,40 @@ def pareto_png(trials, ranks: list[Optional[int]], objectives: dict[str, str], p
     return path
 
 
-def register_front(tracker, plan, spec, trials, tables, space) -> list[dict]:
-    """Rank, plot and register the Pareto front; returns one entry per registered version."""
-    objectives = plan.objectives
+def register_front(sweep: Sweep, trials) -> list[RegisteredModel]:
+    """Rank, plot and register the Pareto front; returns one entry per registered version,
+    the one `most-accurate` names first."""
+    objectives = sweep.plan.objectives
+    points, front = rank_and_record(sweep.tracker, trials, objectives)
+    name = sweep.plan.register_as
+    if not name:
+        return []
+    versions = {i: register_member(sweep, trials[i], name) for i in front
+                if trials[i].checkpoint_path and trials[i].run_id}
+    aliases: dict[int, list[str]] = {i: [] for i in versions}
+    for alias, i in alias_targets(points, [i for i in front if i in versions], objectives).items():
+        sweep.tracker.client.set_registered_model_alias(name, alias, versions[i])
+        aliases[i].append(alias)
+    registered = [RegisteredModel(name=name, version=version, alias=(aliases[i] or [None])[0],
+                                  run_id=trials[i].run_id, trial_id=trials[i].trial_id,
+                                  aliases=tuple(aliases[i]), pareto_rank=1,
+                                  objectives={k: trials[i].metrics[k] for k in objectives})
+                  for i, version in versions.items()]
+    registered.sort(key=lambda e: "most-accurate" not in e.aliases)  # the chosen model first
+    if registered:
+        sweep.tracker.client.set_tag(sweep.tracker.parent_id, "dlopt.registered", f"{name} " + ", ".join(
+            f"v{e.version}" + (f" ({'/'.join(e.aliases)})" if e.aliases else "")
+            for e in registered))
+    return registered
+
+
+def rank_and_record(tracker, trials, objectives: dict[str, str]) -> tuple[list[dict], list[int]]:
+    """Pareto ranks of the healthy trials, written as `pareto/` artifacts and rank tags;
+    returns each trial's objective values ({} for an unhealthy one) and the front's indices."""
     client, parent_id = tracker.client, tracker.parent_id
-    healthy = [t.status == "ok" for t in trials]
-    points = [t.metrics if ok else {} for t, ok in zip(trials, healthy)]
+    points = [t.metrics if t.status == "ok" else {} for t in trials]
     ranks = pareto.ranks(points, objectives)
     front = [i for i, r in enumerate(ranks) if r == 1]
-
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "trials.csv").write_text(trials_csv(trials, ranks, objectives))
@@ -122,40 +148,18 @@ def register_front(tracker, plan, spec, trials, tables, space) -> list[dict]:
         if t.run_id and r is not None:
             client.set_tag(t.run_id, "dlopt.pareto_rank", str(r))
     client.set_tag(parent_id, "dlopt.pareto_front", ",".join(trials[i].trial_id for i in front))
+    return points, front
 
-    name = spec.tracking.register_as
-    if not name:
-        return []
-    registered = []
-    by_index = {}
-    for i in front:
-        t = trials[i]
-        if not (t.checkpoint_path and t.run_id):
-            continue
-        spec_of_trial = trial_spec(plan.spec_json, tables,
-                                   {k: v for k, v in t.config.items() if k in space})
-        tags = {"dlopt.spec_hash": spec_of_trial.spec_hash(), "dlopt.source_run": t.run_id,
-                "dlopt.sweep": plan.sweep_name, "dlopt.trial_id": t.trial_id,
-                "dlopt.pareto_rank": "1", "dlopt.objectives": ",".join(
-                    f"{k}:{m}" for k, m in objectives.items()),
-                **{f"metric.{k}": f"{v:.6g}" for k, v in numeric_metrics(t.metrics).items()},
-                **{f"objective.{k}": f"{t.metrics[k]:.6g}" for k in objectives}}
-        version = retry_transient(
-            lambda t=t, tags=tags: register_mod.register(tracker, t.run_id, t.checkpoint_path,
-                                                         name, None, tags),
-            DRAIN_TIMEOUT_S, "registering a Pareto-optimal model")
-        by_index[i] = version
-        registered.append({"name": name, "version": version, "alias": None, "aliases": [],
-                           "trial_id": t.trial_id, "pareto_rank": 1,
-                           "objectives": {k: t.metrics[k] for k in objectives}})
-    for alias, i in alias_targets(points, [i for i in front if i in by_index], objectives).items():
-        client.set_registered_model_alias(name, alias, by_index[i])
-        entry = next(e for e in registered if e["version"] == by_index[i])
-        entry["aliases"].append(alias)
-        entry["alias"] = entry["alias"] or alias
-    registered.sort(key=lambda e: "most-accurate" not in e["aliases"])  # the chosen model first
-    if registered:
-        client.set_tag(parent_id, "dlopt.registered", f"{name} " + ", ".join(
-            f"v{e['version']}" + (f" ({'/'.join(e['aliases'])})" if e["aliases"] else "")
-            for e in registered))
-    return registered
+
+def register_member(sweep: Sweep, t, name: str) -> str:
+    """One Pareto-optimal trial's saved model as a version of `name` (no alias yet)."""
+    objectives = sweep.plan.objectives
+    tags = {"dlopt.spec_hash": sweep.trial_spec(t).spec_hash(), "dlopt.source_run": t.run_id,
+            "dlopt.sweep": sweep.plan.sweep_name, "dlopt.trial_id": t.trial_id,
+            "dlopt.pareto_rank": "1", "dlopt.objectives": ",".join(
+                f"{k}:{m}" for k, m in objectives.items()),
+            **{f"metric.{k}": f"{v:.6g}" for k, v in numeric_metrics(t.metrics).items()},
+            **{f"objective.{k}": f"{t.metrics[k]:.6g}" for k in objectives}}
+    return retry_transient(
+        lambda: register_mod.register(sweep.tracker, t.run_id, t.checkpoint_path, name, None, tags),
+        drain_timeout_s(), "registering a Pareto-optimal model")

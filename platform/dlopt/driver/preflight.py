@@ -14,14 +14,14 @@ Problems come back as `SpecError` lines naming the field, so the CLI exits 2.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Optional
 
+from dlopt.registry import teachers
 from dlopt.spec import Experiment
 from dlopt.spec.checks import _compression_options
 from dlopt.spec.fields import TEACHER_URI, _points
 from dlopt.spec.load import SpecError
-from dlopt.tracking.uris import redact_uri
+from dlopt.tracking.uris import redact_uri, sqlite_path
 
 # A local run may put up to this many training processes on one core (slow but it runs);
 # a trial that needs more can never be placed on this machine.
@@ -61,12 +61,6 @@ def placement_problems(spec: Experiment, capacity: dict[str, float], where: str)
     return problems
 
 
-def _sqlite_path(uri: str) -> Optional[Path]:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri.removeprefix("sqlite:///"))
-
-
 def teacher_problems(spec: Experiment, tracking_uri: str) -> list[str]:
     """Every `Distill.teacher` must name an existing registered model version."""
     wanted = []
@@ -76,7 +70,7 @@ def teacher_problems(spec: Experiment, tracking_uri: str) -> list[str]:
                 wanted.append((f"compression[{i}].teacher", stage.teacher))
     if not wanted:
         return []
-    db = _sqlite_path(tracking_uri)
+    db = sqlite_path(tracking_uri)
     if db is not None and not db.exists():
         return [f"{field}: {uri} not found: the MLflow store {redact_uri(tracking_uri)} does not "
                 "exist yet" for field, uri in wanted]
@@ -86,12 +80,10 @@ def teacher_problems(spec: Experiment, tracking_uri: str) -> list[str]:
     client = MlflowClient(tracking_uri)
     problems = []
     for field, uri in wanted:
-        m = TEACHER_URI.match(uri)
+        if not TEACHER_URI.match(uri):
+            continue  # the spec's own validation refuses a malformed URI
         try:
-            if m and m["alias"]:
-                client.get_model_version_by_alias(m["name"], m["alias"])
-            elif m:
-                client.get_model_version(m["name"], m["version"])
+            teachers.resolve_version(client, uri)
         except MlflowException:
             problems.append(f"{field}: {uri} not found in the model registry at "
                             f"{redact_uri(tracking_uri)}")

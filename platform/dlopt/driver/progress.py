@@ -19,7 +19,7 @@ from typing import Optional
 
 from ray.tune import Callback
 
-from dlopt.spec.plan import assignment
+from dlopt.spec.plan import Plan
 from dlopt.spec.report import DIVERGED, EPOCH
 from dlopt.tracking.names import trial_run_name
 
@@ -29,20 +29,20 @@ MAX_ERROR_LINES = 20  # line mode: one line per failed trial up to this many, th
 
 
 class _Row:
-    __slots__ = ("name", "status", "epoch", "value", "trial", "diverged")
+    __slots__ = ("name", "status", "epoch", "epochs", "value", "trial", "diverged")
 
-    def __init__(self, name, trial):
+    def __init__(self, name, trial, epochs: int):
         self.name, self.trial, self.status, self.epoch, self.value = name, trial, "RUNNING", 0, None
+        self.epochs = epochs  # this trial's own (`epochs` may be searched)
         self.diverged = False
 
 
 class ProgressCallback(Callback):
     """A Tune callback drawing the bounded view (live on a TTY, a few lines a minute else)."""
 
-    def __init__(self, plan, tables, every_s: Optional[float] = None, stream=None,
+    def __init__(self, plan: Plan, every_s: Optional[float] = None, stream=None,
                  live: Optional[bool] = None):
         self.plan = plan
-        self.tables = tables
         self.stream = stream or sys.stdout
         self.live = _isatty(self.stream) if live is None else live
         self.every_s = every_s if every_s is not None else (0.5 if self.live else 30.0)
@@ -66,15 +66,16 @@ class ProgressCallback(Callback):
     def _row(self, trial) -> _Row:
         row = self.rows.get(trial.trial_id)
         if row is None:
-            name = trial_run_name(len(self.rows) + 1, assignment(dict(trial.config), self.tables))
-            row = self.rows[trial.trial_id] = _Row(name, trial)
+            config = dict(trial.config)
+            name = trial_run_name(len(self.rows) + 1, self.plan.assignment(config))
+            row = self.rows[trial.trial_id] = _Row(name, trial, self.plan.trial_epochs(config))
         return row
 
     def _finish(self, trial, status: str) -> _Row:
         row = self._row(trial)
         if row.status in self.counts:  # already counted (a repeated event)
             return row
-        if status == "DONE" and row.epoch < self.plan.epochs:
+        if status == "DONE" and row.epoch < row.epochs:
             status = "STOPPED"  # ended by the scheduler (ASHA, median) before its last epoch
         if row.diverged and status != "ERROR":
             status = "DIVERGED"
@@ -163,7 +164,7 @@ class ProgressCallback(Callback):
 
     def _line(self, r: _Row, status: str) -> str:
         value = "-" if r.value is None else f"{r.value:.4g}"
-        return (f"   {r.name[:60]:<40}  {status:<8} epoch {r.epoch:>3}/{self.plan.epochs}  "
+        return (f"   {r.name[:60]:<40}  {status:<8} epoch {r.epoch:>3}/{r.epochs}  "
                 f"{self.metric} {value}")
 
     def _draw(self, force: bool = False, final: bool = False) -> None:

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+from dlopt.driver.context import Sweep
 from dlopt.driver.description import ARTIFACT_DIR, description
 from dlopt.driver.plots import CURVE_METRICS, PLOTS
 from dlopt.driver.tables import (
@@ -34,7 +35,7 @@ from dlopt.driver.tables import (
     sort_rows,
     trial_rows,
 )
-from dlopt.spec.plan import assignment, trial_spec
+from dlopt.registry.versions import RegisteredModel
 from dlopt.tracking.scrub import scrub
 
 log = logging.getLogger(__name__)
@@ -72,24 +73,35 @@ def histories_from_mlflow(client, rows: list[dict], metrics: Sequence[str]) -> d
     return out
 
 
-def publish(tracker, plan, spec, trials, best, registered: list[dict], tables: dict,
-            space) -> dict:
+def publish(sweep: Sweep, trials, best, registered: list[RegisteredModel]) -> dict:
     """Write the review of a finished sweep to MLflow; returns what it wrote (for tests)."""
-    client = tracker.client
-    parent_id = tracker.parent_id
-    plan_dict = plan.to_dict()
-    metric, mode = plan.headline
+    plan, tracker = sweep.plan, sweep.tracker
+    client, parent_id = tracker.client, tracker.parent_id
     children = child_runs(client, tracker.experiment_id, parent_id)
     names = {t: run.info.run_name for t, run in children.items()}
-    configs = {t.trial_id: {k: v for k, v in (t.config or {}).items() if k in space} for t in trials}
-    assignments = {trial_id: assignment(config, tables) for trial_id, config in configs.items()}
-    rows = trial_rows(trials, names, assignments)
+    configs = {t.trial_id: plan.searched(t.config) for t in trials}
+    rows = trial_rows(trials, names, {trial_id: plan.assignment(config)
+                                      for trial_id, config in configs.items()})
     best_id = best.trial_id if best else None
-    parent = client.get_run(parent_id)
-    tags = parent.data.tags
-    compression = bool(plan.spec_json.get("compression"))
+    tags = client.get_run(parent_id).data.tags
+    written = write_review(client, parent_id, plan, rows, best_id)
+    for r in rows:  # each child: its compression report and checkpoint reference
+        if r["run_id"]:
+            update_child(tracker, plan, r, configs.get(r["trial_id"], {}),
+                         children.get(r["trial_id"]))
+    text = description(plan=plan, rows=rows, best_id=best_id, registered=registered,
+                       experiment_id=tracker.experiment_id, parent_run_id=parent_id,
+                       command=tags.get("dlopt.command"), commit=tags.get("mlflow.source.git.commit"),
+                       source=tags.get("mlflow.source.name"), artifacts=written,
+                       compression=bool(plan.spec_json.get("compression")))
+    client.set_tag(parent_id, "mlflow.note.content", text)
+    return {"rows": rows, "artifacts": written, "description": text}
 
-    written = []
+
+def write_review(client, parent_id: str, plan, rows: list[dict], best_id: Optional[str]) -> list[str]:
+    """The review's files (tables, plots) on the parent run; returns their artifact paths."""
+    metric, mode = plan.headline
+    compression = bool(plan.spec_json.get("compression"))
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / ARTIFACT_DIR
         d.mkdir()
@@ -108,35 +120,27 @@ def publish(tracker, plan, spec, trials, best, registered: list[dict], tables: d
             build(rows, histories, d / name, metric, mode, best_id)
         written = sorted(f"{ARTIFACT_DIR}/{p.name}" for p in d.iterdir())
         client.log_artifacts(parent_id, str(d), ARTIFACT_DIR)
-
-    for r in rows:  # each child: its compression report and checkpoint reference
-        if not r["run_id"]:
-            continue
-        if compression:  # without compression stages there is nothing to report
-            stages = trial_spec(plan.spec_json, tables, configs.get(r["trial_id"], {})).model_dump(
-                mode="json")["compression"]  # as the trial ran them (its spec.json)
-            tracker.log_json(r["run_id"], compression_report(r, stages), "compression_report.json")
-        run = children.get(r["trial_id"])
-        tagged = run.data.tags.get("dlopt.model_checkpoint") if run is not None else None
-        if r["checkpoint"] and tagged != r["checkpoint"]:  # a TorchTrainer trial's is set already
-            client.set_tag(r["run_id"], "dlopt.model_checkpoint", r["checkpoint"])
-
-    text = description(plan=plan_dict, rows=rows, best_id=best_id, registered=registered,
-                       experiment_id=tracker.experiment_id, parent_run_id=parent_id,
-                       command=tags.get("dlopt.command"), commit=tags.get("mlflow.source.git.commit"),
-                       source=tags.get("mlflow.source.name"), artifacts=written,
-                       compression=compression)
-    client.set_tag(parent_id, "mlflow.note.content", text)
-    return {"rows": rows, "artifacts": written, "description": text}
+    return written
 
 
-def publish_safely(*args, **kwargs) -> Optional[dict]:
+def update_child(tracker, plan, row: dict, config: dict, run) -> None:
+    """A trial's run: its compression report and its checkpoint reference tag."""
+    if plan.spec_json.get("compression"):  # without compression stages there is nothing to report
+        stages = plan.trial_spec(config).model_dump(
+            mode="json")["compression"]  # as the trial ran them (its spec.json)
+        tracker.log_json(row["run_id"], compression_report(row, stages), "compression_report.json")
+    tagged = run.data.tags.get("dlopt.model_checkpoint") if run is not None else None
+    if row["checkpoint"] and tagged != row["checkpoint"]:  # a TorchTrainer trial's is set already
+        tracker.client.set_tag(row["run_id"], "dlopt.model_checkpoint", row["checkpoint"])
+
+
+def publish_safely(sweep: Sweep, trials, best, registered: list[RegisteredModel]) -> Optional[dict]:
     """`publish`, but a failure to draw or upload the review never fails a finished sweep:
     the trials and the registered model are already in MLflow. The error is logged and tagged."""
     try:
-        return publish(*args, **kwargs)
+        return publish(sweep, trials, best, registered)
     except Exception as err:  # noqa: BLE001 (reported, not hidden)
-        tracker = args[0] if args else kwargs.get("tracker")
+        tracker = sweep.tracker
         log.warning("warning: the sweep review could not be written to MLflow: %s", scrub(repr(err)))
         try:
             tracker.client.set_tag(tracker.parent_id, "dlopt.review_error", repr(err)[:5000])

@@ -9,7 +9,6 @@ that starts Ray.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -17,7 +16,7 @@ import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Optional, Union
 
@@ -25,10 +24,12 @@ import ray
 from ray import tune
 
 from dlopt.driver import environment, preflight
+from dlopt.driver.context import Sweep
 from dlopt.driver.finalize import TrialSummary, finalize, preload
 from dlopt.driver.progress import ProgressCallback
 from dlopt.driver.provenance import source_tags
 from dlopt.registry import teachers
+from dlopt.registry.versions import RegisteredModel
 from dlopt.runtime import ray_compat
 from dlopt.runtime.checkpoints import DroppedCheckpoints
 from dlopt.runtime.search import (
@@ -44,10 +45,8 @@ from dlopt.runtime.trial import (
     trial_resources,
 )
 from dlopt.spec import Experiment
-from dlopt.spec.plan import Plan, make_plan, trial_spec
+from dlopt.spec.plan import Plan, make_plan
 from dlopt.tracking.callback import MlflowCallback
-from dlopt.tracking.retry import DRAIN_TIMEOUT_S, RetryingClient
-from dlopt.tracking.sqlite import use_wal
 from dlopt.tracking.store import SweepFinished, Tracker, finished_sweep
 from dlopt.tracking.uris import (
     absolute_tracking_uri,
@@ -71,7 +70,8 @@ class SweepResult:
     """What a sweep did, in dlopt's terms, and Ray's own view of it.
 
     `trials` and `best` are dlopt's summaries (status ok | diverged | error, metrics, MLflow
-    run id, checkpoint); `registered` the model versions registered after the sweep.
+    run id, checkpoint); `registered` the model versions registered after the sweep (the
+    chosen one first), each with its test-split metrics.
     `result_grid` is the `ray.tune.ResultGrid` that `Tuner.fit` returned: every trial's
     `ray.tune.Result` (metrics, metrics_dataframe, checkpoint, error, path), for anything
     dlopt's summary leaves out.
@@ -84,7 +84,7 @@ class SweepResult:
     storage_path: str
     trials: list[TrialSummary]
     best: Optional[TrialSummary]
-    registered: list[dict] = field(default_factory=list)
+    registered: list[RegisteredModel] = field(default_factory=list)
     wall_seconds: float = 0.0
     result_grid: Any = None
 
@@ -113,49 +113,57 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     """
     t0 = time.perf_counter()
     address = address or os.environ.get("RAY_ADDRESS")
-    with (environment.scoped(quiet), environment.out_of_job_dir(),
-          ray_compat.propagated_env_vars_restored(), contextlib.ExitStack() as scoped):
-        if quiet:
-            environment.silence_process()
+    # every process-wide change below is undone when the sweep ends (environment.py)
+    with environment.sweep_environment(quiet) as scoped:
         # Every relative location is resolved here, once, before any thread or Ray starts
         # (a Ray job's working directory can be re-unpacked under the driver while it runs).
         tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())
-        use_wal(tracking_uri)  # before any connection: WAL, no fsync per write (tracking.sqlite)
+        scoped.use_store(tracking_uri)  # before any connection: MLflow's URI, HTTP, SQLite WAL
         storage_path = storage_location(storage)
         if in_ray_job():
             check_writable(tracking_uri, storage_path)
         teacher_files = check_before_ray(spec, tracking_uri, address)
         plan = make_plan(spec)
         environment.set_state_period(os.environ, plan.trials)
-        restore_dir = sweep_to_resume(plan, storage_path, tracking_uri) if resume else None
+        plan, restore_dir = sweep_to_resume(plan, storage_path, tracking_uri) if resume \
+            else (plan, None)
         # user, source (the experiment file), git commit, and the command that reproduces it
         source = source_tags(sys.argv, spec_file=source_file)
         environment.leave_job_dir()  # from here nothing reads the job's working directory
         tracker = start_ray_and_open_store(spec, plan, storage_path, tracking_uri, address, verbose)
-        space, tables = to_ray_space(plan)
         tags = {"dlopt.sweep": plan.sweep_name, **source}
         if "://" not in str(storage_path):
             # every queued MLflow write is journaled beside Tune's experiment state, so a
             # killed driver loses none: --resume replays them (dlopt.tracking.journal)
             tracker.open_journal(Path(storage_path) / plan.sweep_name)
-        tracker.start_parent(plan.sweep_name, plan.to_dict(), tags)
-        tracking = MlflowCallback(tracker, plan.spec_json, tables, tags)
-        callbacks = [tracking]
-        if progress:
-            callbacks.append(ProgressCallback(plan, tables,
-                                              stream=sys.stdout if progress is True else progress))
-        dropped = None
-        if "://" not in str(storage_path):
-            # Tune saves its state on its period only; the checkpoints it drops are deleted
-            # once no saved state names them (dlopt.runtime.checkpoints)
-            dropped = DroppedCheckpoints()
-            callbacks.append(dropped)
+        tracker.start_parent(plan, tags)
+        tracking, callbacks, dropped = make_callbacks(plan, tracker, tags, storage_path, progress)
+        if dropped is not None:
             scoped.enter_context(ray_compat.checkpoint_deletes_to(dropped.drop))
-        trainable = make_trainable(plan, tables, str(storage_path), teacher_files)
-        tuner = make_tuner(plan, spec, trainable, space,
-                           run_config(plan, spec, storage_path, callbacks, verbose), restore_dir)
-        return fit_and_finalize(tuner, plan, spec, tracker, tables, space, storage_path,
-                                stop_ray=not address, t0=t0, tracking=tracking, dropped=dropped)
+        trainable = make_trainable(plan, str(storage_path), teacher_files)
+        tuner = make_tuner(plan, trainable, run_config(plan, spec, storage_path, callbacks, verbose),
+                           restore_dir)
+        sweep = Sweep(plan=plan, tracker=tracker, storage_path=str(storage_path), started=t0)
+        return fit_and_finalize(tuner, sweep, stop_ray=not address, tracking=tracking,
+                                dropped=dropped)
+
+
+def make_callbacks(plan: Plan, tracker: Tracker, tags: dict, storage_path,
+                   progress: Union[bool, IO[str]]):
+    """Tune's callbacks for this sweep: the MLflow writer, the live view (unless `progress` is
+    False) and, with local storage, the collector of checkpoints Tune drops; returns
+    (the MLflow callback, every callback, the collector or None)."""
+    tracking = MlflowCallback(tracker, plan, tags)
+    callbacks = [tracking]
+    if progress:
+        callbacks.append(ProgressCallback(plan, stream=sys.stdout if progress is True else progress))
+    dropped = None
+    if "://" not in str(storage_path):
+        # Tune saves its state on its period only; the checkpoints it drops are deleted
+        # once no saved state names them (dlopt.runtime.checkpoints)
+        dropped = DroppedCheckpoints()
+        callbacks.append(dropped)
+    return tracking, callbacks, dropped
 
 
 # ------------------------------------------------------------------ before Ray starts
@@ -183,8 +191,9 @@ def latest_sweep_dir(storage: Path, name: str) -> Optional[Path]:
     return candidates[-1] if candidates else None
 
 
-def sweep_to_resume(plan: Plan, storage_path, tracking_uri: str) -> Optional[Path]:
-    """--resume: the sweep directory to restore, None to start anew; `plan` takes its name.
+def sweep_to_resume(plan: Plan, storage_path, tracking_uri: str) -> tuple[Plan, Optional[Path]]:
+    """--resume: the plan under the resumed sweep's name and the sweep directory to restore,
+    or `plan` as it is and None to start anew.
 
     The same sweep name, so the MLflow parent run (tag dlopt.sweep) and its child runs (tag
     dlopt.trial_id) are found and reused instead of duplicated."""
@@ -195,14 +204,14 @@ def sweep_to_resume(plan: Plan, storage_path, tracking_uri: str) -> Optional[Pat
     if restore_dir is None:
         log.warning("note: no sweep of %r under %s to resume; starting a new one",
                     plan.experiment, storage_path)
-        return None
-    plan.sweep_name = restore_dir.name
+        return plan, None
+    plan = replace(plan, sweep_name=restore_dir.name)
     done = finished_sweep(tracking_uri, plan.tracking_experiment, plan.sweep_name)
     if done:
         raise SweepFinished(f"sweep {plan.sweep_name} already finished (MLflow parent run "
                             f"{done}); nothing to resume")
     log.info("resuming sweep %s", plan.sweep_name)
-    return restore_dir
+    return plan, restore_dir
 
 
 # ------------------------------------------------------------------ Ray start-up
@@ -253,15 +262,14 @@ def start_ray_and_open_store(spec: Experiment, plan: Plan, storage_path, trackin
 
 
 # ------------------------------------------------------------------ the Tuner
-def make_trainable(plan: Plan, tables: dict, storage_path: str, teacher_files: dict):
+def make_trainable(plan: Plan, storage_path: str, teacher_files: dict):
     """The trial function with the resources each trial reserves.
 
     A 1-worker trial reserves its worker's CPU/GPU itself (it runs the loop in-trial); a
     multi-worker trial reserves next to nothing and its TorchTrainer asks for workers."""
     return tune.with_resources(
-        make_trial_fn(plan.spec_json, tables, storage_path, teachers=teacher_files),
-        lambda config: tune.PlacementGroupFactory([trial_resources(
-            trial_spec(plan.spec_json, tables, config))]))
+        make_trial_fn(plan, storage_path, teachers=teacher_files),
+        lambda config: tune.PlacementGroupFactory([trial_resources(plan.trial_spec(config))]))
 
 
 def run_config(plan: Plan, spec: Experiment, storage_path, callbacks: list,
@@ -278,8 +286,9 @@ def run_config(plan: Plan, spec: Experiment, storage_path, callbacks: list,
         failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures if in_trial else 0))
 
 
-def make_tuner(plan: Plan, spec: Experiment, trainable, space: dict, config: tune.RunConfig,
+def make_tuner(plan: Plan, trainable, config: tune.RunConfig,
                restore_dir: Optional[Path]) -> tune.Tuner:
+    space = to_ray_space(plan)
     if restore_dir is not None and tune.Tuner.can_restore(str(restore_dir)):
         tuner = tune.Tuner.restore(str(restore_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=space)
@@ -292,7 +301,7 @@ def make_tuner(plan: Plan, spec: Experiment, trainable, space: dict, config: tun
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode,
-            search_alg=search_algorithm(plan, spec), scheduler=trial_scheduler(plan, spec),
+            search_alg=search_algorithm(plan), scheduler=trial_scheduler(plan),
             num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent_trials,
             # a finished trial's process runs the next one: no new Python, torch, sklearn
             # imports per trial (dlopt.train.loop.fit re-seeds and rebuilds everything)
@@ -302,12 +311,12 @@ def make_tuner(plan: Plan, spec: Experiment, trainable, space: dict, config: tun
 
 
 # ------------------------------------------------------------------ fit, then finalize
-def fit_and_finalize(tuner: tune.Tuner, plan: Plan, spec: Experiment, tracker: Tracker,
-                     tables: dict, space: dict, storage_path, stop_ray: bool,
-                     t0: float, tracking: Optional[MlflowCallback] = None,
+def fit_and_finalize(tuner: tune.Tuner, sweep: Sweep, stop_ray: bool,
+                     tracking: Optional[MlflowCallback] = None,
                      dropped: Optional[DroppedCheckpoints] = None) -> SweepResult:
     """Fit, then select, register and review; the parent run ends FINISHED or FAILED and a
     local Ray stops whatever happens."""
+    plan, tracker = sweep.plan, sweep.tracker
     status = "FAILED"
     try:
         preload()  # torch for registration, on another thread while the trials run
@@ -322,19 +331,19 @@ def fit_and_finalize(tuner: tune.Tuner, plan: Plan, spec: Experiment, tracker: T
         tracker.drain()  # writes buffered during an MLflow outage: written, or a clear error
         # From here the driver writes directly (registry, test report, review): each call
         # retries through an outage, bounded like the drain, instead of failing the sweep.
-        tracker.client = RetryingClient(tracker.client, DRAIN_TIMEOUT_S)
-        trials, best, registered = finalize(grid, plan, spec, tracker, tables, space)
+        tracker.direct_writes()
+        trials, best, registered = finalize(grid, sweep)
         status = "FINISHED"
         return SweepResult(plan=plan, parent_run_id=tracker.parent_id,
                            experiment_id=tracker.experiment_id, tracking_uri=tracker.uri,
-                           storage_path=str(storage_path), trials=trials, best=best,
-                           registered=registered, wall_seconds=time.perf_counter() - t0,
+                           storage_path=sweep.storage_path, trials=trials, best=best,
+                           registered=registered, wall_seconds=time.perf_counter() - sweep.started,
                            result_grid=grid)
     finally:
         tracker.finish_parent(status)
         if not tracker.flush(wait_s=30.0):
             log.error("error: %d MLflow writes could not be made (store unreachable); rerun "
-                      "with --resume once it is back", len(tracker.pending))
+                      "with --resume once it is back", tracker.pending_count)
         tracker.close()  # the journal goes once the store took everything in it
         if stop_ray:
             ray.shutdown()

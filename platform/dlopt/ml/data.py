@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +60,6 @@ def _linear_1d(spec: Data, seed: int):
     return x, y, "regression"
 
 
-# name -> builder returning (x, y, task); torchvision datasets live in dlopt.ml.vision_data.
-DATASETS = {
-    "digits": _digits,
-    "synthetic": _synthetic,
-    "linear_1d": _linear_1d,
-}
 # A built-in dataset's fixed scaling before standardization (part of the saved input
 # transform): digits' pixel values 0..16 -> 0..1.
 DIVISORS = {"digits": 16.0}
@@ -106,48 +102,63 @@ def _built_in(spec: Data, seed: int, builder):
     return x, y, task, train, val, test
 
 
-def load(spec: Data, seed: int, with_test: bool = False) -> Datasets:
-    """Train and validation splits; the test split too only `with_test` (see module doc)."""
-    builder = DATASETS.get(spec.dataset)
-    if builder is None and ":" in spec.dataset:
-        # custom "pkg.module:fn": fn(spec.Data, seed) -> (x, y, "classification"|"regression")
-        builder = import_path(spec.dataset)
-    if builder is None:
-        datasets = vision_data.load(spec, seed)  # its test split is the official one
-        if not with_test:
-            datasets.test = datasets.raw_test = WITHHELD
-        return datasets
-    if spec.dataset in DATASETS:
-        x, y, task, train, val, test = _built_in(spec, seed, builder)
+def from_arrays(arrays, spec: Data, seed: int, cached: bool = True) -> Datasets:
+    """A dataset given as arrays, `arrays(spec, seed) -> (x, y, task)`: split by the seed,
+    classification inputs standardized with training statistics only (no peeking at
+    val/test); the fitted transform is saved with the model (dlopt.ml.transform)."""
+    if cached:
+        x, y, task, train, val, test = _built_in(spec, seed, arrays)
     else:
-        x, y, task = builder(spec, seed)
+        x, y, task = arrays(spec, seed)
         train, val, test = split_indices(y, spec.val_fraction, spec.test_fraction, seed,
                                          task == "classification")
     classification = task == "classification"
     raw = x
     divisor = DIVISORS.get(spec.dataset, 1.0)
-    # Standardize classification inputs with training statistics only (no peeking at
-    # val/test); the fitted transform is saved with the model (dlopt.ml.transform).
     transform = (standardizer(raw[train], divisor) if classification
                  else InputTransform(divisor))
     x = transform.apply(raw)
 
-    def part(i):
-        return Split(torch.from_numpy(x[i]), torch.from_numpy(y[i]))
+    def part(i, source=x):
+        return Split(torch.from_numpy(source[i]), torch.from_numpy(y[i]))
 
-    if not with_test:
-        test_split = raw_test = WITHHELD
-    elif len(test):
-        test_split, raw_test = part(test), Split(torch.from_numpy(raw[test]), torch.from_numpy(y[test]))
-    else:
-        test_split = raw_test = None
+    has_test = len(test) > 0
     return Datasets(
-        train=part(train), val=part(val), test=test_split, task=task,
+        train=part(train), val=part(val), test=part(test) if has_test else None, task=task,
         num_classes=int(y.max()) + 1 if classification else 0,
         input_shape=tuple(x.shape[1:]),
         out_features=int(y.max()) + 1 if classification else y.shape[1],
-        transform=transform, raw_test=raw_test, raw_example=raw[train[:EXAMPLE_ROWS]],
+        transform=transform, raw_test=part(test, raw) if has_test else None,
+        raw_example=raw[train[:EXAMPLE_ROWS]],
     )
+
+
+# The dataset catalog (docs/architecture.md, "Catalogs"): name -> loader(spec.Data, seed)
+# returning every split; `load` withholds the test split. The image datasets' readers live
+# in dlopt.ml.vision_data.
+DATASETS = {
+    "digits": partial(from_arrays, _digits),
+    "synthetic": partial(from_arrays, _synthetic),
+    "linear_1d": partial(from_arrays, _linear_1d),
+    "mnist": partial(vision_data.from_files, vision_data.mnist),
+    "fashion_mnist": partial(vision_data.from_files, vision_data.fashion_mnist),
+    "cifar10": partial(vision_data.from_files, vision_data.cifar10),
+}
+
+
+def load(spec: Data, seed: int, with_test: bool = False) -> Datasets:
+    """Train and validation splits; the test split too only `with_test` (see module doc).
+    A custom dataset is named by import path "pkg.module:fn", with
+    fn(spec.Data, seed) -> (x, y, "classification"|"regression")."""
+    loader = DATASETS.get(spec.dataset)
+    if loader is None and ":" in spec.dataset:
+        loader = partial(from_arrays, import_path(spec.dataset), cached=False)
+    if loader is None:
+        raise ValueError(f"unknown dataset {spec.dataset!r}")
+    datasets = loader(spec, seed)
+    if with_test:
+        return datasets
+    return replace(datasets, test=WITHHELD, raw_test=WITHHELD)
 
 
 def shard_batches(n: int, batch_size: int, rank: int, world: int, seed: int, epoch: int,

@@ -1,11 +1,15 @@
-"""Model catalog: arch name -> builder(spec.Model, input_shape, out_features)."""
+"""The model catalog, `MODELS`: arch name -> builder(spec.Model, input_shape, out_features).
+
+One literal dict for every built-in architecture (docs/architecture.md, "Catalogs"): the
+dense builders live here, the conv nets in `dlopt.ml.vision_models`.
+"""
 from __future__ import annotations
 
 import math
 
 from torch import nn
 
-from dlopt.ml import vision_models  # conv nets live apart from the dense ones
+from dlopt.ml import vision_models
 from dlopt.ml.components import ACTIVATIONS, import_path
 from dlopt.spec import Model
 
@@ -29,12 +33,14 @@ def linear(spec: Model, input_shape, out_features: int) -> nn.Module:
 MODELS = {
     "mlp": mlp,
     "linear": linear,
+    "lenet5": vision_models.lenet5,
+    "cnn": vision_models.cnn,
+    "resnet": vision_models.resnet,
 }
 
 
 def build(spec: Model, input_shape, out_features: int) -> nn.Module:
-    if spec.arch in MODELS:
-        return MODELS[spec.arch](spec, input_shape, out_features)
-    if ":" in spec.arch:
+    """A catalog model, or a custom one named by import path `"pkg.module:attr"`."""
+    if spec.arch not in MODELS and ":" in spec.arch:
         return import_path(spec.arch)(spec, input_shape, out_features)
-    return vision_models.MODELS[spec.arch](spec, input_shape, out_features)
+    return MODELS[spec.arch](spec, input_shape, out_features)

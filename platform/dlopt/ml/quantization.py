@@ -67,14 +67,17 @@ def calibrate(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, torch.
     return {name: obs.calculate_qparams()[0].reshape(1, 1).float() for name, obs in observers.items()}
 
 
+def _is_linear(module: nn.Module, fqn: str) -> bool:
+    return isinstance(module, nn.Linear)
+
+
 def apply(model: nn.Module, quantization: dict,
           act_scales: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Quantize every Linear in place as `quantization` ({"method": ...}) says."""
     q = _ao()
-    is_linear = lambda m, fqn: isinstance(m, nn.Linear)
     if quantization["method"] == "dynamic":
         q.quantize_(model, dynamic_config(quantization.get("act_mapping") == "asymmetric"),
-                    filter_fn=is_linear)
+                    filter_fn=_is_linear)
     elif quantization["method"] == "static":
         for name in linear_names(model):
             cfg = q.Int8StaticActivationInt8WeightConfig(

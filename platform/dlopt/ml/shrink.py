@@ -1,7 +1,7 @@
 """Cut pruned neurons and channels out of a chain network, and rebuild the smaller shapes.
 
 Structured pruning zeroes whole output rows of a Linear (neurons) or Conv (filters) layer and
-their biases (dlopt.stages.prune). Such a unit outputs act(0) whatever the input, so it can be
+their biases (dlopt.stages.pruning). Such a unit outputs act(0) whatever the input, so it can be
 removed: its row leaves the layer, its bias entry goes, and the next Linear/Conv layer loses the
 input columns (channels) that read it; act(0) times those columns moves into the next bias,
 which keeps the output exact for every activation when the next layer is a Linear (a Conv's
@@ -16,6 +16,10 @@ are element-wise, pooling or (un)flattening). Residual nets (`resnet`) are refus
 `remove(model)` shrinks in place and returns the per-layer output widths; `resize(model,
 widths)` gives a freshly built model those shapes before its state dict is loaded
 (dlopt.artifact.files.build_from_dir), so the saved artifact records only `widths` in meta.json.
+
+Why in dlopt.ml and not in the pruning package (dlopt.stages.pruning): loading a saved model
+(dlopt.artifact, below stages in the layers) needs `resize`, and imports only go downward;
+it is plain torch on a module, no stage.
 """
 from __future__ import annotations
 

@@ -40,8 +40,11 @@ class InputTransform:
 
     @classmethod
     def from_json(cls, d: dict) -> "InputTransform":
-        arr = lambda v: None if v is None else np.asarray(v, dtype=np.float32)  # noqa: E731
-        return cls(float(d.get("divisor", 1.0)), arr(d.get("mean")), arr(d.get("std")))
+        return cls(float(d.get("divisor", 1.0)), _array(d.get("mean")), _array(d.get("std")))
+
+
+def _array(values) -> np.ndarray | None:
+    return None if values is None else np.asarray(values, dtype=np.float32)
 
 
 def standardizer(x_train: np.ndarray, divisor: float = 1.0, axis=0,

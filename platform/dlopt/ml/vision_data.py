@@ -1,5 +1,7 @@
 """MNIST, Fashion-MNIST and CIFAR-10 read from a local copy in their standard raw formats.
 
+Catalogued by name in `dlopt.ml.data.DATASETS` (docs/architecture.md, "Catalogs").
+
 Why not torchvision.datasets: torchvision's PyPI wheels do not work with the pinned
 torch 2.13 here, and these formats are simple enough to read with numpy:
 - MNIST / Fashion-MNIST: the IDX files as published (and as torchvision stores them
@@ -92,7 +94,8 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
 
 
-def load_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CIFAR-10's binary batches under `root`."""
     folders = [root / CIFAR_DIR, root]
     for folder in folders:
         if all((folder / f).is_file() for f in CIFAR_TRAIN + CIFAR_TEST):
@@ -108,17 +111,19 @@ def load_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     raise err
 
 
-READERS = {
-    "mnist": lambda root: load_idx_dataset("mnist", root),
-    "fashion_mnist": lambda root: load_idx_dataset("fashion_mnist", root),
-    "cifar10": load_cifar10,
-}
-DATASETS = READERS  # catalog of the names this module serves (tests compare with spec.DATASETS)
+def mnist(root: Path):
+    """MNIST's IDX files under `root` (the reader `DATASETS["mnist"]` uses)."""
+    return load_idx_dataset("mnist", root)
 
 
-def load(spec: Data, seed: int) -> Datasets:
-    if spec.dataset not in READERS:
-        raise ValueError(f"unknown dataset {spec.dataset!r}")
+def fashion_mnist(root: Path):
+    """Fashion-MNIST's IDX files under `root`."""
+    return load_idx_dataset("fashion_mnist", root)
+
+
+def from_files(read, spec: Data, seed: int) -> Datasets:
+    """Every split of an image dataset, `read(root) -> (train_x, train_y, test_x, test_y)`
+    (the loader `dlopt.ml.data.DATASETS` names; its test split is the official one)."""
     if spec.download:
         raise RuntimeError(
             f"data.download=True: dlopt cannot download {spec.dataset} (that needs torchvision, "
@@ -127,7 +132,7 @@ def load(spec: Data, seed: int) -> Datasets:
     if spec.root is None:
         raise DatasetNotFound(f"{spec.dataset}: set data.root to the folder holding the raw files")
     root = Path(spec.root).expanduser().resolve()
-    train_x, train_y, test_x, test_y = READERS[spec.dataset](root)
+    train_x, train_y, test_x, test_y = read(root)
     train, val, _ = split_indices(train_y, spec.val_fraction, 0.0, seed, stratify=True)
     # [0, 1] pixels, then per-channel standardization with training statistics only; the
     # fitted transform is saved with the model (dlopt.ml.transform)
@@ -137,8 +142,9 @@ def load(spec: Data, seed: int) -> Datasets:
         return Split(torch.from_numpy(transform.apply(x)), torch.from_numpy(y))
 
     num_classes = int(train_y.max()) + 1
-    return Datasets(train=part(train_x[train], train_y[train]), val=part(train_x[val], train_y[val]),
+    raw_test = Split(torch.from_numpy(np.array(test_x)), torch.from_numpy(test_y))
+    return Datasets(train=part(train_x[train], train_y[train]),
+                    val=part(train_x[val], train_y[val]),
                     test=part(test_x, test_y), task="classification", num_classes=num_classes,
                     input_shape=tuple(train_x.shape[1:]), out_features=num_classes,
-                    transform=transform, raw_test=Split(torch.from_numpy(np.array(test_x)), torch.from_numpy(test_y)),
-                    raw_example=train_x[train[:2]])
+                    transform=transform, raw_test=raw_test, raw_example=train_x[train[:2]])

@@ -1,6 +1,7 @@
-"""Convolutional model catalog: arch name -> builder(spec.Model, input_shape, out_features).
+"""Convolutional model builders: builder(spec.Model, input_shape, out_features).
 
-Kept apart from the dense models so `dlopt.ml.models` stays small and torch-vision-free.
+Catalogued by name in `dlopt.ml.models.MODELS` (docs/architecture.md, "Catalogs"); kept
+apart from the dense builders so each module stays small.
 Every builder accepts an image shape (C, H, W) or flat features: a flat input of n = s*s
 features is viewed as a 1 x s x s image (sklearn's digits: 64 -> 1x8x8), so the same
 dataset tensors and saved-model metadata serve dense and conv models alike.
@@ -129,9 +130,3 @@ class ResNet(nn.Module):
 def resnet(spec: Model, input_shape, out_features: int) -> nn.Module:
     return ResNet(spec, input_shape, out_features)
 
-
-MODELS = {
-    "lenet5": lenet5,
-    "cnn": cnn,
-    "resnet": resnet,
-}

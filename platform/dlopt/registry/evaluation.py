@@ -19,19 +19,21 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
+from pydantic import ValidationError
 
 from dlopt.artifact.files import META, SPEC, build_inference_model
 from dlopt.ml import data as data_mod
 from dlopt.ml import metrics as metrics_mod
 from dlopt.registry.register import local_copy
+from dlopt.registry.versions import RegisteredModel
 from dlopt.spec import Data, Experiment
 from dlopt.spec.load import SpecError, load
-from dlopt.tracking.retry import DRAIN_TIMEOUT_S, retry_transient
+from dlopt.tracking.retry import drain_timeout_s, retry_transient
 from dlopt.train.loop import predict
 
 PREFIX = "test_"
@@ -97,7 +99,7 @@ def data_override(spec: Experiment, data: Optional[str]) -> tuple[Data, int]:
     merged = {**spec.data.model_dump(mode="json"), "dataset": data}
     try:
         return Data.model_validate(merged), spec.seed
-    except Exception as err:  # pydantic's message names the field
+    except ValidationError as err:  # pydantic's message names the field
         raise EvaluationError(f"--data {data!r}: {err}") from None
 
 
@@ -204,43 +206,59 @@ def tag_version(client, name: str, version: str, report: Report) -> None:
     client.set_model_version_tag(name, version, "dlopt.test_split", report.data)
 
 
-def final_report(tracker, best, registered: list[dict], trials: list) -> list[Report]:
+def final_report(tracker, best, registered: list[RegisteredModel],
+                 trials: list) -> list[RegisteredModel]:
     """Once per sweep, after selection: each registered model (or the best trial's saved
     model when nothing is registered) on the test split, logged on its trial run, on the
-    parent run, and as tags on its model version."""
-    client = tracker.client
+    parent run, and as tags on its model version. Returns `registered`, each with the test
+    metrics measured for it (for the run summary)."""
     by_trial = {t.trial_id: t for t in trials}
-    targets = [(r["trial_id"], r) for r in registered]
+    targets: list[tuple[str, Optional[RegisteredModel]]] = [(r.trial_id, r) for r in registered]
     if not targets and best is not None and best.checkpoint_path:
         targets = [(best.trial_id, None)]
-    reports = []
+    measured: dict[str, dict[str, float]] = {}
     for i, (trial_id, reg) in enumerate(targets):
-        if reg is not None:
-            # the download is the one call here that is not the (retrying) tracker client's:
-            # it retries through an MLflow outage the same bounded way
-            uri = f"models:/{reg['name']}/{reg['version']}"
-            model_dir = retry_transient(lambda: model_dir_from_uri(uri), DRAIN_TIMEOUT_S,
-                                        f"download {reg['name']} v{reg['version']}")
-        else:
-            model_dir = local_copy(by_trial[trial_id].checkpoint_path)
-        model, spec, meta = load_saved(model_dir)
-        try:
-            report = evaluate_model(model, spec.data, spec.seed, meta)
-        except EvaluationError as err:
-            client.set_tag(tracker.parent_id, "dlopt.test_report", f"skipped: {err}")
+        report = evaluate_target(tracker, by_trial, trial_id, reg)
+        if report is None:
             continue
-        report.source = {"trial_id": trial_id, **({"model": f"{reg['name']} v{reg['version']}"}
-                                                  if reg else {})}
-        trial = by_trial.get(trial_id)
-        run_id = (trial.run_id if trial else None) or tracker.children.get(trial_id)
-        if run_id:
-            log_report(client, run_id, report)
-        # the parent shows the chosen model's numbers; further (Pareto) models by trial
-        log_report(client, tracker.parent_id, report,
-                   metric_prefix="" if i == 0 else f"{trial_id}/",
-                   artifact_dir=ARTIFACT_DIR if i == 0 else f"{ARTIFACT_DIR}/{trial_id}")
+        log_target(tracker, by_trial.get(trial_id), trial_id, reg, report, first=i == 0)
         if reg is not None:
-            tag_version(client, reg["name"], reg["version"], report)
-            reg["test_metrics"] = report.metrics  # for the run summary
-        reports.append(report)
-    return reports
+            measured[reg.version] = report.metrics
+    return [replace(r, test_metrics=measured[r.version]) if r.version in measured else r
+            for r in registered]
+
+
+def evaluate_target(tracker, by_trial: dict, trial_id: str,
+                    reg: Optional[RegisteredModel]) -> Optional[Report]:
+    """The test-split report of a registered version (downloaded) or of a trial's saved
+    model; None, tagged on the parent, where the model cannot be evaluated."""
+    if reg is not None:
+        # the download is the one call here that is not the (retrying) tracker client's:
+        # it retries through an MLflow outage the same bounded way
+        model_dir = retry_transient(lambda: model_dir_from_uri(reg.version_uri), drain_timeout_s(),
+                                    f"download {reg.label}")
+    else:
+        model_dir = local_copy(by_trial[trial_id].checkpoint_path)
+    model, spec, meta = load_saved(model_dir)
+    try:
+        report = evaluate_model(model, spec.data, spec.seed, meta)
+    except EvaluationError as err:
+        tracker.client.set_tag(tracker.parent_id, "dlopt.test_report", f"skipped: {err}")
+        return None
+    report.source = {"trial_id": trial_id, **({"model": reg.label} if reg else {})}
+    return report
+
+
+def log_target(tracker, trial, trial_id: str, reg: Optional[RegisteredModel], report: Report,
+               first: bool) -> None:
+    """The report on the trial's run, on the parent (the chosen model's numbers; further
+    Pareto models by trial) and as tags on the model version."""
+    client = tracker.client
+    run_id = (trial.run_id if trial else None) or tracker.run_id_of(trial_id)
+    if run_id:
+        log_report(client, run_id, report)
+    log_report(client, tracker.parent_id, report,
+               metric_prefix="" if first else f"{trial_id}/",
+               artifact_dir=ARTIFACT_DIR if first else f"{ARTIFACT_DIR}/{trial_id}")
+    if reg is not None:
+        tag_version(client, reg.name, reg.version, report)

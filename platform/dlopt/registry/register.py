@@ -84,23 +84,40 @@ def existing_version(client, name: str, source_run: str) -> Optional[str]:
 
 def register(tracker, trial_run_id: str, checkpoint_path: str, name: str, alias: Optional[str],
              tags: dict[str, str]) -> str:
-    """Log the model under the trial's run, create a version of `name`, set `alias`."""
-    import mlflow  # deferred on purpose: MLflow is heavy to import (`import dlopt` stays cheap)
-    from mlflow.tracking import MlflowClient
+    """Log the model under the trial's run, create a version of `name`, set `alias`.
 
-    client = MlflowClient(tracker.uri)
+    Every registry write goes through the Tracker's client (`tracker.client`): secrets are
+    scrubbed from it and, after the Tune loop (`Tracker.direct_writes`), each call retries
+    through a store outage, bounded (docs/architecture.md, "Registration after the sweep")."""
+    client = tracker.client
     done = existing_version(client, name, trial_run_id)
     if done is not None:  # an earlier attempt made it; its reply was lost (retry_transient)
         if alias:
             client.set_registered_model_alias(name, alias, done)
         return done
+    model = log_model(tracker.uri, trial_run_id, checkpoint_path)
+    version = create_version(client, model, name, {**tags, SOURCE_TAG: trial_run_id})
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+def log_model(tracking_uri: str, trial_run_id: str, checkpoint_path: str):
+    """Log the checkpoint as an MLflow pyfunc model under the trial's run; its ModelInfo.
+
+    MLflow's fluent API (the only one that logs a model) writes to the global tracking
+    URI: set to the store's for this call only (dlopt.tracking.scope.tracking_uri_set)."""
+    import mlflow  # deferred on purpose: MLflow is heavy to import (`import dlopt` stays cheap)
+
+    from dlopt.tracking.scope import tracking_uri_set
+
     source = local_copy(checkpoint_path)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tracking_uri_set(tracking_uri):
         model_dir = Path(tmp) / "model_dir"
         shutil.copytree(source, model_dir, ignore=shutil.ignore_patterns("checkpoint.pt", ".*"))
         signature, example = signature_and_example(model_dir)
         with mlflow.start_run(run_id=trial_run_id, nested=True):
-            info = mlflow.pyfunc.log_model(
+            return mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
                 artifacts={"model_dir": str(model_dir)},
@@ -109,10 +126,23 @@ def register(tracker, trial_run_id: str, checkpoint_path: str, name: str, alias:
                 signature=signature,
                 input_example=example,
             )
-    version = mlflow.register_model(info.model_uri, name, tags={**tags, SOURCE_TAG: trial_run_id},
-                                    await_registration_for=60)
-    if alias:
-        client.set_registered_model_alias(name, alias, version.version)
+
+
+def create_version(client, model, name: str, tags: dict[str, str]) -> str:
+    """A new version of the registered model `name` (created when missing) from the logged
+    `model` (its `models:/<model_id>` URI), as `mlflow.register_model` makes one, but through
+    `client`; its version number."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code not in (ErrorCode.Name(RESOURCE_ALREADY_EXISTS),
+                                  ErrorCode.Name(ALREADY_EXISTS)):
+            raise
+    version = client.create_model_version(name, model.model_uri, tags=tags,
+                                          await_creation_for=60, model_id=model.model_id)
     return version.version
 
 

@@ -5,20 +5,33 @@ driver"), so the driver does the registry work before Ray starts: `fetch` finds 
 `Distill.teacher` URI in the spec (search domains included), resolves each alias to one
 model version (pinned for the whole sweep), and reads the saved model files (safetensors +
 spec JSON, a few hundred KB for the models here). An unknown URI is a spec problem, raised
-as `SpecError` naming the field, before Ray starts. The files travel to the workers in the
-TorchTrainer's `train_loop_config`; `install` + `load` (dlopt.artifact.teachers) rebuild
-the teacher there with `dlopt.artifact.files.build_from_dir` (no pickle). Outside Ray (`load` with nothing installed) the
-teacher is read from the registry with the process's own MLflow settings.
+as `SpecError` naming the field, before Ray starts. `fetch` returns them; the driver hands
+them to every trial (dlopt.runtime.trial.make_trial_fn), the trial to its loop and workers,
+the loop to the Distill stage's constructor, and dlopt.artifact.teachers rebuilds the
+teacher there with `build_from_dir` (no pickle). Nothing is kept in module state: the
+registered model's tags name the version the trial reported using (`registry_tags`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from dlopt.artifact.teachers import _installed, resolve_version, version_of
+from dlopt.artifact.teachers import TeacherFiles
+from dlopt.spec.fields import TEACHER_URI
 from dlopt.spec.load import SpecError
 from dlopt.spec.paths import join
 from dlopt.tracking.uris import redact_uri
+
+
+def resolve_version(client, uri: str):
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> the registry's ModelVersion (the one
+    resolver: dlopt.driver.preflight checks with it, `fetch` pins with it)."""
+    m = TEACHER_URI.match(uri)
+    if m is None:
+        raise ValueError(f"{uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+    if m["alias"]:
+        return client.get_model_version_by_alias(m["name"], m["alias"])
+    return client.get_model_version(m["name"], m["version"])
 
 
 def find(spec_json: Any, path: str = "") -> list[tuple[str, str]]:
@@ -38,7 +51,8 @@ def find(spec_json: Any, path: str = "") -> list[tuple[str, str]]:
 
 
 def fetch(spec_json: dict, tracking_uri: str) -> dict[str, dict]:
-    """Driver, before Ray: every teacher URI -> pinned version + its model files."""
+    """Driver, before Ray: every teacher URI -> pinned version + its model files
+    (`TeacherFiles.to_payload()`, what crosses processes)."""
     pairs = find(spec_json)
     if not pairs:
         return {}
@@ -65,21 +79,21 @@ def fetch(spec_json: dict, tracking_uri: str) -> dict[str, dict]:
             problems.append(f"{path}: teacher {uri} (version {version.version}) is not a dlopt "
                             "model (no artifacts/model_dir)")
             continue
-        out[uri] = {"name": version.name, "version": str(version.version),
-                    "files": {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}}
+        files = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+        out[uri] = TeacherFiles(version.name, str(version.version), files).to_payload()
     if problems:
         raise SpecError(problems)
-    _installed.update(out)  # the driver keeps them for registry tags (finalize)
     return out
 
 
-def registry_tags(spec) -> dict[str, str]:
-    """Tags for a registered distilled model: teacher URI and the pinned version."""
+def registry_tags(spec, metrics: dict) -> dict[str, str]:
+    """Tags for a registered distilled model: teacher URI and the version pinned by the
+    driver, as the trial reported it (`distill_teacher_version`, dlopt.stages.distill)."""
     tags = {}
     for stage in spec.compression:
         if stage.stage == "distill":
             tags["dlopt.teacher"] = stage.teacher
-            version = version_of(stage.teacher)
+            version = metrics.get("distill_teacher_version")
             if version is not None:
-                tags["dlopt.teacher_version"] = version
+                tags["dlopt.teacher_version"] = str(int(version))
     return tags

@@ -103,19 +103,25 @@ def train_report_queue():
 
 
 # ------------------------------------------------------------------ driver terminal noise
-def filter_driver_messages(keep: Callable[[dict], Optional[dict]]) -> None:
-    """Pass every message the raylet pushes to this driver through `keep` (None drops it).
+def _nothing() -> None:
+    """The undo of a patch that changed nothing."""
+
+
+def filter_driver_messages(keep: Callable[[dict], Optional[dict]]) -> Callable[[], None]:
+    """Pass every message the raylet pushes to this driver through `keep` (None drops it);
+    returns the undo that puts Ray's own function back.
 
     Ray prints these ("(raylet) WARNING: N PYTHON worker processes have been started ...")
     whatever `log_to_driver` says and has no switch for them. Its listener thread
     (`ray._private.worker.listen_error_messages`) looks `print_to_stdstream` up at each
-    message, so a wrapper put there holds. Installing twice wraps once.
+    message, so a wrapper put there holds. Installing twice wraps once (the second undo
+    does nothing).
     """
     import ray._private.worker as ray_worker
 
     original = ray_worker.print_to_stdstream
     if getattr(original, "dlopt_filtered", False):
-        return
+        return _nothing
 
     def filtered(data, ignore_prefix):
         kept = keep(data)
@@ -124,6 +130,12 @@ def filter_driver_messages(keep: Callable[[dict], Optional[dict]]) -> None:
 
     filtered.dlopt_filtered = True
     ray_worker.print_to_stdstream = filtered
+
+    def undo() -> None:
+        if ray_worker.print_to_stdstream is filtered:
+            ray_worker.print_to_stdstream = original
+
+    return undo
 
 
 class _Stderr:
@@ -148,7 +160,7 @@ class _Discard:
         pass
 
 
-def silence_mlflow_events() -> None:
+def silence_mlflow_events() -> Callable[[], None]:
     """Drop MLflow's event prints ("Successfully registered model ...", "Created version ...")
     while its logger's warnings and errors still reach stderr.
 
@@ -156,14 +168,38 @@ def silence_mlflow_events() -> None:
     the same stream its logger writes to; it has no public switch for the prints alone.
     `disable_logging()` silences both, and MLflow's own context managers call
     `enable_logging()` again on exit. `eprint` looks the stream up at each call, so pointing
-    that name at a sink (and the logger's handler at stderr) holds.
+    that name at a sink (and the logger's handler at stderr) holds. Returns the undo that
+    puts MLflow's stream back, in that name and in its handlers.
     """
     import logging
 
     from mlflow.utils import logging_utils
 
     old = logging_utils.MLFLOW_LOGGING_STREAM
-    for handler in logging.getLogger("mlflow").handlers:
-        if getattr(handler, "stream", None) is old:
-            handler.setStream(_Stderr())
-    logging_utils.MLFLOW_LOGGING_STREAM = _Discard()
+    moved = [h for h in logging.getLogger("mlflow").handlers if getattr(h, "stream", None) is old]
+    for handler in moved:
+        handler.setStream(_Stderr())
+    sink = logging_utils.MLFLOW_LOGGING_STREAM = _Discard()
+
+    def undo() -> None:
+        for handler in moved:
+            if isinstance(handler.stream, _Stderr):
+                handler.setStream(old)
+        if logging_utils.MLFLOW_LOGGING_STREAM is sink:
+            logging_utils.MLFLOW_LOGGING_STREAM = old
+
+    return undo
+
+
+# ------------------------------------------------------------------ MLflow's global URI
+def explicit_tracking_uri() -> Optional[str]:
+    """The tracking URI `mlflow.set_tracking_uri` last set in this process, or None when none
+    was (MLflow then derives one from $MLFLOW_TRACKING_URI or its default at each call).
+
+    `mlflow.get_tracking_uri()` cannot tell the two apart, and setting what it returns would
+    pin a derived default; MLflow has no public reader of the explicit one. Putting back
+    None (`mlflow.set_tracking_uri(None)`) is MLflow's own way to clear it
+    (`mlflow.tracking._tracking_service.utils._use_tracking_uri` does the same)."""
+    from mlflow.tracking._tracking_service import utils
+
+    return utils._tracking_uri

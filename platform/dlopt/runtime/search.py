@@ -1,38 +1,34 @@
 """Plan -> Ray Tune objects: param space, search algorithm, trial scheduler.
 
-Plain plan data comes in; Ray objects go out. Nothing here starts Ray.
+The plan is the only input (its search settings, seed and epochs, filled in by
+dlopt.spec.plan.make_plan); nothing here re-reads the spec. Ray objects go out; nothing
+here starts Ray.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from dlopt.spec import FINAL_METRICS, Experiment
-from dlopt.spec.fields import _points
+from dlopt.spec import FINAL_METRICS
 from dlopt.spec.plan import Plan
+from dlopt.spec.report import EPOCH, FINAL
 
 
 # ------------------------------------------------------------------ plan -> Ray objects
-def is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str))
-
-
-def to_ray_space(plan: Plan) -> tuple[dict, dict[str, list]]:
-    """Tune param space keyed by spec path, plus index tables for non-scalar choices.
+def to_ray_space(plan: Plan) -> dict[str, Any]:
+    """Tune param space keyed by spec path.
 
     Optuna and HyperOpt accept only scalar categories, so lists/dicts (e.g. a choice of
-    compression pipelines) are sampled as an index and mapped back in the trial.
+    compression pipelines) are sampled as an index into `plan.tables` and mapped back by
+    `plan.trial_spec`.
     """
     from ray import tune
 
     space: dict[str, Any] = {}
-    tables: dict[str, list] = {}
+    tables = plan.tables
     for path, dom in plan.domains.items():
         kind = dom["domain"]
         if kind in ("choice", "grid"):
-            values = dom["values"]
-            if not all(is_scalar(v) for v in values):
-                tables[path] = values
-                values = list(range(len(values)))
+            values = list(range(len(dom["values"]))) if path in tables else dom["values"]
             if kind == "grid" or plan.algorithm == "grid":
                 space[path] = tune.grid_search(values)
             else:
@@ -43,7 +39,7 @@ def to_ray_space(plan: Plan) -> tuple[dict, dict[str, list]]:
             space[path] = tune.loguniform(dom["low"], dom["high"])
         elif kind == "randint":
             space[path] = tune.randint(dom["low"], dom["high"])
-    return space, tables
+    return space
 
 
 def reported_at_end(plan: Plan) -> bool:
@@ -60,8 +56,8 @@ def tune_config_metric(plan: Plan) -> tuple[Optional[str], Optional[str]]:
     return plan.metric, plan.mode
 
 
-def search_algorithm(plan: Plan, spec: Experiment):
-    seed = spec.search.seed
+def search_algorithm(plan: Plan):
+    seed = plan.seed
     if plan.algorithm in ("grid", "random"):
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -76,12 +72,12 @@ def search_algorithm(plan: Plan, spec: Experiment):
     if plan.algorithm in ("bayesian", "bayesian_gp"):
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(metric=metric, mode=mode, sampler=optuna_sampler(spec.search))
+        searcher = OptunaSearch(metric=metric, mode=mode, sampler=optuna_sampler(plan))
     elif plan.algorithm == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
 
         searcher = HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed,
-                                  n_initial_points=spec.search.setting("warmup_trials"))
+                                  n_initial_points=plan.setting("warmup_trials"))
     else:
         raise ValueError(plan.algorithm)
     if metric is None:
@@ -93,19 +89,19 @@ def search_algorithm(plan: Plan, spec: Experiment):
     return _EndOfTrialMetrics(searcher)
 
 
-def optuna_sampler(search):
+def optuna_sampler(plan: Plan):
     """The Optuna sampler of a `bayesian`/`bayesian_gp` search, with its warm-up (random
-    trials before the first modelled one) or NSGA-II population from the spec."""
+    trials before the first modelled one) or NSGA-II population from the plan."""
     import optuna
 
-    if search.algorithm == "bayesian_gp":
-        return optuna.samplers.GPSampler(seed=search.seed,
-                                         n_startup_trials=search.setting("warmup_trials"))
-    if search.objectives:  # Optuna's multi-objective evolutionary sampler
-        return optuna.samplers.NSGAIISampler(seed=search.seed,
-                                             population_size=search.setting("population_size"))
-    return optuna.samplers.TPESampler(seed=search.seed,
-                                      n_startup_trials=search.setting("warmup_trials"))
+    if plan.algorithm == "bayesian_gp":
+        return optuna.samplers.GPSampler(seed=plan.seed,
+                                         n_startup_trials=plan.setting("warmup_trials"))
+    if plan.objectives:  # Optuna's multi-objective evolutionary sampler
+        return optuna.samplers.NSGAIISampler(seed=plan.seed,
+                                             population_size=plan.setting("population_size"))
+    return optuna.samplers.TPESampler(seed=plan.seed,
+                                      n_startup_trials=plan.setting("warmup_trials"))
 
 
 def _end_of_trial_metrics_cls():
@@ -129,31 +125,30 @@ def _EndOfTrialMetrics(searcher):
     return _end_of_trial_metrics_cls()(searcher)
 
 
-def trial_scheduler(plan: Plan, spec: Experiment):
+def trial_scheduler(plan: Plan):
     from ray.tune import schedulers
 
-    s = spec.search
-    max_t = int(max(_points(spec.epochs)))  # the longest a trial can run
+    max_t = plan.max_epochs  # the longest a trial can run
     if plan.scheduler == "fifo":
         return schedulers.FIFOScheduler()
     if plan.scheduler == "asha":
-        return schedulers.ASHAScheduler(time_attr="epoch", max_t=max_t,
-                                        grace_period=s.setting("grace_period"),
-                                        reduction_factor=s.setting("reduction_factor"))
+        return schedulers.ASHAScheduler(time_attr=EPOCH, max_t=max_t,
+                                        grace_period=plan.setting("grace_period"),
+                                        reduction_factor=plan.setting("reduction_factor"))
     if plan.scheduler == "hyperband":  # takes no grace period (spec.checks refuses one)
-        return schedulers.HyperBandScheduler(time_attr="epoch", max_t=max_t,
-                                             reduction_factor=s.setting("reduction_factor"))
+        return schedulers.HyperBandScheduler(time_attr=EPOCH, max_t=max_t,
+                                             reduction_factor=plan.setting("reduction_factor"))
     if plan.scheduler == "median":
-        return schedulers.MedianStoppingRule(time_attr="epoch",
-                                             grace_period=s.setting("grace_period"))
+        return schedulers.MedianStoppingRule(time_attr=EPOCH,
+                                             grace_period=plan.setting("grace_period"))
     if plan.scheduler == "pbt":
-        mutations, bounds = pbt_mutations(plan.spec_json["search"].get("pbt_mutations") or {})
-        if s.seed is not None:
-            seed_pbt(s.seed)
+        mutations, bounds = pbt_mutations(plan.pbt_mutations or {})
+        if plan.seed is not None:
+            seed_pbt(plan.seed)
         # Synchronous PBT: every trial pauses at the same epoch, so the checkpoint a trial
         # clones ends at the epoch it left off and its per-epoch history has no gap or repeat.
-        return _make_pbt(max_t, time_attr="epoch",
-                         perturbation_interval=s.setting("perturbation_interval"),
+        return _make_pbt(max_t, time_attr=EPOCH,
+                         perturbation_interval=plan.setting("perturbation_interval"),
                          hyperparam_mutations=mutations, custom_explore_fn=clip_to(bounds),
                          synch=True)
     raise ValueError(plan.scheduler)
@@ -216,7 +211,7 @@ def _make_pbt(max_t: int, **kwargs):
     class DloptPBT(PopulationBasedTraining):
         def on_trial_result(self, tune_controller, trial, result):
             last = trial.config.get("epochs", max_t)
-            if result.get("final") or result.get("epoch", 0) >= last:
+            if result.get(FINAL) or result.get(EPOCH, 0) >= last:
                 return TrialScheduler.CONTINUE
             return super().on_trial_result(tune_controller, trial, result)
 

@@ -1,4 +1,4 @@
-"""One Tune trial: the sampled config becomes a concrete spec (dlopt.spec.plan.trial_spec),
+"""One Tune trial: the sampled config becomes a concrete spec (dlopt.spec.plan.Plan.trial_spec),
 then the training loop runs.
 
 A 1-worker trial runs the loop in the trial's own process (dlopt.runtime.worker.fit_in_trial):
@@ -7,15 +7,19 @@ follows the Ray Train V2 pattern: the Tune function trial builds a TorchTrainer 
 forwards rank 0's reports to Tune through `TuneReportCallback` (under PBT, through a
 `CheckpointForwarder`, which carries the checkpoint too). The trial and its workers get the
 spec as JSON and the teachers' files (docs/architecture.md, "Only JSON crosses processes").
+The trial is the Ray entry point: the one place that reads the test-only fault variables
+(`Faults.from_env`, dlopt.train.faults) and hands the hook down, to its loop or, as JSON,
+to its workers.
 """
 from __future__ import annotations
 
 import time
 from typing import Optional
 
-from dlopt.artifact import teachers as teachers_mod
+from dlopt.artifact.teachers import TeacherPayloads
 from dlopt.runtime import ray_compat
-from dlopt.spec.plan import trial_spec
+from dlopt.spec.plan import Plan
+from dlopt.spec.report import CHECKPOINT_PATH
 
 # Tune refuses a zero-resource trial; a trial that only waits on its TorchTrainer takes this.
 TRIAL_DRIVER_CPU = 0.001
@@ -36,10 +40,9 @@ def trial_resources(spec) -> dict[str, float]:
     return {"CPU": TRIAL_DRIVER_CPU}
 
 
-def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str,
-                  teachers: Optional[dict] = None):
+def make_trial_fn(plan: Plan, storage_path: str, teachers: Optional[TeacherPayloads] = None):
     """The Tune function trial. `teachers`: distillation teachers' files fetched by the driver
-    (dlopt.registry.teachers), installed where this trial's loop finds them."""
+    (dlopt.registry.teachers), handed to this trial's loop (in-trial) or its workers."""
 
     def dlopt_trial(config: dict) -> None:
         from ray import tune
@@ -49,15 +52,17 @@ def make_trial_fn(base_json: dict, tables: dict[str, list], storage_path: str,
 
         # here, in the trial: the driver that builds this function never loads torch for it
         from dlopt.runtime.worker import fit_in_trial, train_loop_per_worker
+        from dlopt.train.faults import Faults
 
-        spec = trial_spec(base_json, tables, config)
-        teachers_mod.install(teachers or {})
+        spec = plan.trial_spec(config)
+        faults = Faults.from_env()  # test-only; None unless a DLOPT_FAULT_* variable is set
         if runs_in_trial(spec):
-            fit_in_trial(spec)
+            fit_in_trial(spec, teachers or {}, faults)
             return
         res = spec.resources
         trial_id = tune.get_context().get_trial_id()
-        loop_config = {"spec": spec.model_dump(mode="json"), "teachers": teachers or {}}
+        loop_config = {"spec": spec.model_dump(mode="json"), "teachers": teachers or {},
+                       "faults": faults.to_json() if faults else None}
         run_name, forward = f"train-{trial_id}", None
         if spec.search.scheduler == "pbt":  # PBT clones Tune checkpoints: see pbt_setup
             loop_config, run_name, forward = pbt_setup(loop_config, run_name)
@@ -145,7 +150,7 @@ class CheckpointForwarder:
 
                 item = dict(metrics[0])
                 if checkpoint is not None:
-                    item["checkpoint_path"] = checkpoint.path  # as TuneReportCallback does
+                    item[CHECKPOINT_PATH] = checkpoint.path  # as TuneReportCallback does
                 # this runs in the Train controller: its own handle lets the trial abort it
                 queue.put((item, checkpoint, ray.get_runtime_context().current_actor))
 

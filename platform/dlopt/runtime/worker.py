@@ -5,6 +5,8 @@ processes"): the worker re-validates the spec. Both entry points run the same `f
 differ only in where `report` sends metrics and checkpoints (Ray Train's controller, or Tune
 directly) and where a restart resumes from. This module runs in trial and worker processes
 only (dlopt.runtime.trial imports it there), so importing torch through the loop is fine.
+What the trial hands down besides the spec: the distillation teachers' files (for the Distill
+stage) and the test-only fault hook (dlopt.train.faults), never read from the environment here.
 """
 from __future__ import annotations
 
@@ -13,29 +15,28 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from dlopt.artifact import teachers
+from dlopt.artifact.teachers import TeacherPayloads
 from dlopt.spec import Experiment
 from dlopt.spec.report import FINAL, REPORT_SECONDS, WORKER_NODES
-from dlopt.train import faults, sharding
-from dlopt.train.loop import CHECKPOINT_FILE, fit, load_checkpoint
+from dlopt.train.faults import Faults
+from dlopt.train.loop import CHECKPOINT_FILE, TrialCheckpoint, fit, load_checkpoint
 
 
-def resume_from(checkpoint) -> Optional[dict]:
-    """The loop's checkpoint dict inside a Ray checkpoint, or None (fresh start)."""
+def resume_from(checkpoint, faults: Optional[Faults] = None) -> Optional[TrialCheckpoint]:
+    """The loop's checkpoint inside a Ray checkpoint, or None (fresh start). FSDP and pipeline:
+    every rank's part, merged by Ray into its dir, is copied out with it (`sharded`)."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
         if (Path(d) / CHECKPOINT_FILE).exists():
             resume = load_checkpoint(Path(d))
-            # FSDP and pipeline: every rank's part, merged by Ray into this dir
-            # (dlopt.train.sharding, dlopt.train.pipeline)
-            resume["sharded"] = sharding.keep_local_copy(Path(d))
-            faults.resumed(resume)
+            if faults is not None:
+                faults.resumed(resume.epoch)
             return resume
     return None
 
 
-def reporter(send: Callable, checkpoint_cls) -> Callable:
+def reporter(send: Callable, checkpoint_cls, faults: Optional[Faults] = None) -> Callable:
     """The loop's `report(metrics, write)` on top of a Ray `send(metrics, checkpoint)`.
 
     Platform overhead made visible: each report carries `REPORT_SECONDS`, how long the
@@ -54,8 +55,8 @@ def reporter(send: Callable, checkpoint_cls) -> Callable:
                 write(Path(d))
                 send(metrics, checkpoint_cls.from_directory(d))
         blocked.append(time.perf_counter() - t0)
-        if write is not None:
-            faults.after_report(metrics, "train")  # test-only SIGKILL hook, off unless env set
+        if write is not None and faults is not None:
+            faults.after_report(metrics, "train")  # test-only SIGKILL hook
 
     return report
 
@@ -79,25 +80,27 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     spec = Experiment.model_validate(config["spec"])
-    teachers.install(config.get("teachers") or {})
+    faults = Faults.from_json(config.get("faults"))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     placed = placement_report(world)
     report = reporter(lambda m, c: ray.train.report({**m, **placed} if m.get(FINAL) else m,
-                                                    checkpoint=c), ray.train.Checkpoint)
+                                                    checkpoint=c), ray.train.Checkpoint, faults)
     device = "cuda" if spec.resources.use_gpu else "cpu"
     wrap = ray.train.torch.prepare_model if world > 1 else (lambda m: m)
     if device == "cuda":
         device = str(ray.train.torch.get_device())
     # This run's own latest checkpoint (a worker-group restart) wins; else, under PBT, the
     # checkpoint the trial continues from, maybe a cloned trial's (dlopt.runtime.trial.pbt_setup).
-    resume = resume_from(ray.train.get_checkpoint())
+    resume = resume_from(ray.train.get_checkpoint(), faults)
     if resume is None and config.get("resume_from"):
-        resume = resume_from(ray.train.Checkpoint(config["resume_from"]))
-    fit(spec, report, rank=rank, world=world, resume=resume, wrap=wrap, device=device)
+        resume = resume_from(ray.train.Checkpoint(config["resume_from"]), faults)
+    fit(spec, report, rank=rank, world=world, resume=resume, wrap=wrap, device=device,
+        teachers=config.get("teachers") or {}, faults=faults)
 
 
-def fit_in_trial(spec) -> None:
+def fit_in_trial(spec, teachers: Optional[TeacherPayloads] = None,
+                 faults: Optional[Faults] = None) -> None:
     """A 1-worker trial: the same loop in the Tune trial's own process, no TorchTrainer.
 
     Why: a TorchTrainer costs a controller actor, a worker actor and a placement group per
@@ -110,6 +113,7 @@ def fit_in_trial(spec) -> None:
     """
     from ray import tune
 
-    report = reporter(lambda m, c: tune.report(m, checkpoint=c), tune.Checkpoint)
+    report = reporter(lambda m, c: tune.report(m, checkpoint=c), tune.Checkpoint, faults)
     device = "cuda" if spec.resources.use_gpu else "cpu"  # Tune sets CUDA_VISIBLE_DEVICES
-    fit(spec, report, rank=0, world=1, resume=resume_from(tune.get_checkpoint()), device=device)
+    fit(spec, report, rank=0, world=1, resume=resume_from(tune.get_checkpoint(), faults),
+        device=device, teachers=teachers, faults=faults)

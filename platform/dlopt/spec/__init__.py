@@ -31,12 +31,13 @@ from dlopt.spec.sections import (
                                Resources,
                                Schedule,
                                Search,
-                               Stage,
+                               StageSpec,
                                Tracking,
 )
 
 __all__ = ["tune", "Experiment", "resolve", "Data", "Distill", "Model", "Optimizer", "Prune",
-           "Quantize", "Regularization", "Resources", "Schedule", "Search", "Stage", "Tracking",
+           "Quantize", "Regularization", "Resources", "Schedule", "Search", "StageSpec",
+           "Tracking",
            "domains", "flatten", "set_path", "FINAL_METRICS", "VAL_METRICS", "ACTIVATIONS",
            "ALGORITHMS", "ARCHS", "DATASETS", "INITS", "LOCAL_DATASETS", "OPTIMIZERS", "SCHEDULERS",
            "SCHEDULES"]

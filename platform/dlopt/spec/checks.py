@@ -11,7 +11,7 @@ from dlopt.spec import tune as _tune
 from dlopt.spec.fields import LOCAL_DATASETS, _points
 from dlopt.spec.metric_names import VAL_METRICS
 from dlopt.spec.paths import domains, set_path, shown
-from dlopt.spec.sections import SCHEDULER_SETTINGS, Stage
+from dlopt.spec.sections import SCHEDULER_SETTINGS, StageSpec
 
 
 def _metric_task_problems(spec) -> list[str]:
@@ -173,7 +173,7 @@ def _strategy_problems(spec) -> list[str]:
         problems.append("resources.strategy: 'fsdp' shards every weight across workers; with "
                         "num_workers=1 there is nothing to shard (use 'ddp' or num_workers >= 2)")
     # L1/L2 penalties, pruning and QAT work on the DTensor shards (dlopt.stages.regularization,
-    # dlopt.stages.prune_sharded, dlopt.train.sharding.shard): nothing more to refuse.
+    # dlopt.stages.pruning.sharded, dlopt.train.sharding.shard): nothing more to refuse.
     return problems
 
 
@@ -211,7 +211,7 @@ def _pipeline_problems(spec) -> list[str]:
 
 def _compression_options(compression) -> list[list]:
     if isinstance(compression, _tune._Domain):
-        return [TypeAdapter(list[Stage]).validate_python(v) for v in compression.points()]
+        return [TypeAdapter(list[StageSpec]).validate_python(v) for v in compression.points()]
     return [compression]
 
 

@@ -22,7 +22,7 @@ from dlopt.spec.sections import (
     Resources,
     Schedule,
     Search,
-    Stage,
+    StageSpec,
     Tracking,
 )
 
@@ -37,7 +37,7 @@ class Experiment(_Base):
     schedule: Schedule = Field(default_factory=Schedule)
     regularization: Regularization = Field(default_factory=Regularization)
     precision: S[Literal["32", "bf16-mixed", "16-mixed"]] = "32"
-    compression: S[list[Stage]] = Field(default_factory=list)
+    compression: S[list[StageSpec]] = Field(default_factory=list)
     search: Search = Field(default_factory=Search)
     resources: Resources = Field(default_factory=Resources)
     tracking: Tracking = Field(default_factory=Tracking)

@@ -1,7 +1,10 @@
 """Spec -> Plan: everything a sweep will do, decided before anything starts.
 
 `dlopt plan` stops here (SkyPilot-style dry run). Pure Python: no ray, no torch;
-`dlopt.runtime.search` turns the plan's plain data into Ray Tune objects.
+`dlopt.runtime.search` turns the plan's plain data into Ray Tune objects. The plan is
+frozen: it is what the sweep runs (search settings, names, each trial's spec through
+`Plan.trial_spec`), and nothing downstream re-reads the spec to decide otherwise
+(docs/architecture.md, "Layers").
 """
 from __future__ import annotations
 
@@ -15,10 +18,14 @@ from dlopt.spec.checks import search_warnings
 from dlopt.spec.experiment import Experiment, resolve
 from dlopt.spec.fields import _points
 from dlopt.spec.paths import domains
+from dlopt.spec.tune import checked, is_domain_dict
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
+    """Everything a sweep will do, decided before it starts; frozen, so what `dlopt plan`
+    shows is what runs (--resume makes a new plan under the resumed sweep's name)."""
+
     experiment: str
     sweep_name: str
     spec_json: dict
@@ -46,13 +53,68 @@ class Plan:
     sampler_detail: str = ""
 
     def to_dict(self) -> dict:
+        """The plan as JSON (`dlopt plan --json`, `plan.json` on the parent run); written
+        out only, never read back."""
         return asdict(self)
 
     @property
     def headline(self) -> tuple[str, str]:
         """(metric, mode) that ranks trials for people: the first objective of a
         multi-objective search, else the searched metric."""
-        return headline(self.to_dict())
+        if self.objectives:
+            return next(iter(self.objectives.items()))
+        return self.metric, self.mode
+
+    # --- what the executor reads instead of the spec
+    @property
+    def seed(self) -> Optional[int]:
+        """`search.seed`: seeds the search algorithm (and PBT's choices)."""
+        return self.spec_json["search"].get("seed")
+
+    @property
+    def alias(self) -> Optional[str]:
+        """`tracking.alias`: what the registered best model is called by (single objective)."""
+        return self.spec_json["tracking"].get("alias")
+
+    def setting(self, name: str):
+        """A search setting the scheduler or algorithm receives, its default filled in
+        (None where the chosen ones do not use it)."""
+        return self.search_settings.get(name)
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs any trial runs (the schedulers' `max_t`)."""
+        return int(max(epoch_points(self.epochs)))
+
+    @property
+    def tables(self) -> dict[str, list]:
+        """Index tables of the non-scalar choices: Optuna and HyperOpt sample only scalar
+        categories, so a choice of lists or dicts (e.g. compression pipelines) is sampled
+        as an index into its table (dlopt.runtime.search.to_ray_space)."""
+        return choice_tables(self.domains)
+
+    # --- config -> trial spec
+    def assignment(self, config: dict) -> dict[str, Any]:
+        """Tune config -> {spec path: value}; non-scalar choices travel as indices into
+        `tables`, mapped back here."""
+        tables = self.tables
+        return {path: (tables[path][value] if path in tables else value)
+                for path, value in config.items()}
+
+    def searched(self, config: dict) -> dict:
+        """The part of a trial's config Tune sampled from the plan's domains."""
+        return {k: v for k, v in (config or {}).items() if k in self.domains}
+
+    def trial_spec(self, config: dict) -> Experiment:
+        """The concrete spec of one trial: the sweep's spec with the trial's sampled values.
+
+        The one place a Tune config becomes a spec (trial, callback, finalize, review, front)."""
+        return resolve(self.spec_json, self.assignment(config))
+
+    def trial_epochs(self, config: dict) -> int:
+        """The epochs the trial with this config runs (its own value where `epochs` is searched)."""
+        value = self.assignment(config).get("epochs", self.epochs)
+        return value if isinstance(value, int) else self.max_epochs
 
     def describe(self) -> str:
         lines = [
@@ -83,6 +145,21 @@ class Plan:
             lines.append(f"  {path:<28} PBT mutation {shown}")
         lines += [f"note         {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def choice_tables(doms: dict[str, dict]) -> dict[str, list]:
+    """spec path -> values, for each choice/grid domain with a non-scalar value."""
+    return {path: dom["values"] for path, dom in doms.items()
+            if dom["domain"] in ("choice", "grid") and not all(is_scalar(v) for v in dom["values"])}
+
+
+def epoch_points(epochs: Any) -> list:
+    """Every value `epochs` can take at its bounds: an int, or a domain as JSON."""
+    return checked(epochs).points() if is_domain_dict(epochs) else [epochs]
 
 
 def _describe_domain(dom: dict) -> str:
@@ -199,24 +276,3 @@ def make_plan(spec: Experiment, cluster_cpus: Optional[float] = None, now: Optio
                          if k != "pbt_mutations"},
         sampler_detail=sampler_detail(spec),
     )
-
-
-def headline(plan: dict) -> tuple[str, str]:
-    """`Plan.headline` for a plan as JSON (the review reads the plan back as a dict)."""
-    if plan.get("objectives"):
-        return next(iter(plan["objectives"].items()))
-    return plan["metric"], plan["mode"]
-
-
-# ------------------------------------------------------------------ config -> trial spec
-def assignment(config: dict, tables: dict[str, list]) -> dict[str, Any]:
-    """Tune config -> {spec path: value}; non-scalar choices travel as indices into `tables`
-    (dlopt.runtime.search.to_ray_space builds them)."""
-    return {path: (tables[path][value] if path in tables else value) for path, value in config.items()}
-
-
-def trial_spec(spec_json: dict, tables: dict[str, list], config: dict) -> Experiment:
-    """The concrete spec of one trial: the sweep's spec with the trial's sampled values.
-
-    The one place a Tune config becomes a spec (trial, callback, finalize, review, front)."""
-    return resolve(spec_json, assignment(config, tables))

@@ -147,7 +147,9 @@ class Distill(_Base):
     alpha: S[float, Field(ge=0, le=1)] = 0.7
 
 
-Stage = Annotated[Union[Prune, Quantize, Distill], Field(discriminator="stage")]
+# One entry of `Experiment.compression`: what a stage is configured with. The object that
+# runs it in the loop is a `dlopt.stages.Stage`.
+StageSpec = Annotated[Union[Prune, Quantize, Distill], Field(discriminator="stage")]
 
 
 # Which Search settings each scheduler and algorithm hands to Ray/Optuna/HyperOpt

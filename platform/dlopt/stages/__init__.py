@@ -7,11 +7,16 @@ function beside it, testable without the loop or Ray. Where each event sits in t
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
+
+from dlopt.artifact.compact import CompactArtifact
+from dlopt.ml.splits import Datasets
+from dlopt.spec import Experiment
 
 
 class Event(str, Enum):
@@ -32,7 +37,7 @@ class Event(str, Enum):
             EPOCH_END         state.metrics is this epoch's: early stopping, QAT switch-on
             report metrics (+ checkpoint) when the cadence says so
         gather the full model onto rank 0
-        FIT_END           compress the trained model into state.artifact
+        FIT_END           compress the trained model into state.compression
         final report
 
     Under the pipeline strategy one schedule call runs forward and backward of every
@@ -48,33 +53,69 @@ class Event(str, Enum):
     FIT_END = "fit_end"
 
 
+@dataclass(frozen=True)
+class DenseMeasures:
+    """The dense model's size, measured once on a fresh CPU build of the spec's architecture
+    (dlopt.stages.compression.dense_measures): what the compressed model is compared with."""
+
+    param_count: int
+    flops: int
+    weights: int  # Linear/Conv weights, what `sparsity` counts against
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """What the compression stages produce at FIT_END: the artifact the loop saves (None:
+    save the dense model) and the entries they add to the final report (`metrics`, e.g.
+    `compressed_val_accuracy`, `prune_sparsity`, `dense_bytes`). Each stage hands on a new
+    one (`with_metrics`, `with_artifact`); the worker turns the last into the final report
+    (dlopt.train.loop.final_metrics)."""
+
+    artifact: Optional[CompactArtifact] = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_metrics(self, entries: Mapping[str, Any]) -> "CompressionResult":
+        return dataclasses.replace(self, metrics={**self.metrics, **entries})
+
+    def with_artifact(self, artifact: Optional[CompactArtifact]) -> "CompressionResult":
+        return dataclasses.replace(self, artifact=artifact)
+
+
 @dataclass
 class State:
     """What stages may read and change; the loop owns it."""
 
-    spec: Any
+    spec: Experiment
     model: torch.nn.Module  # the bare module (unwrapped from DDP)
     optimizer: Optional[torch.optim.Optimizer] = None
-    datasets: Any = None
+    datasets: Optional[Datasets] = None
     rank: int = 0
     world: int = 1
     device: str = "cpu"
     epoch: int = 0  # 0-based index of the current epoch
     step: int = 0  # optimizer steps taken so far
     steps_per_epoch: int = 1
-    batch: Any = None  # (x, y) of the current step
+    batch: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (x, y) of the current step
     outputs: Optional[torch.Tensor] = None
     loss: Optional[torch.Tensor] = None
     metrics: dict = field(default_factory=dict)  # last epoch's metrics
     stop: bool = False
-    report: dict = field(default_factory=dict)  # final compression report entries
-    dense: dict = field(default_factory=dict)  # the dense model's measures taken at setup
-    artifact: Any = None  # what fit_end stages produce for saving (see dlopt.artifact)
-    evaluate: Optional[Callable] = None  # evaluate(model) -> metrics on validation
+    compression: CompressionResult = field(default_factory=CompressionResult)
+    # final-report entries about the run itself: divergence, how the model was spread
+    run_entries: dict = field(default_factory=dict)
+    dense: Optional[DenseMeasures] = None  # taken at the first fit_end that needs them
+    evaluate: Optional[Callable[[torch.nn.Module], dict]] = None  # metrics on validation
+
+    def add_compression_metrics(self, entries: Mapping[str, Any]) -> None:
+        self.compression = self.compression.with_metrics(entries)
 
 
 class Stage:
-    """Base: override the events you need. `state_dict`/`load_state_dict` survive restarts."""
+    """Base: override the events you need. `state_dict`/`load_state_dict` survive restarts.
+
+    One name per meaning: this is the object that runs in the loop; what the spec configures
+    is a `dlopt.spec.StageSpec`, and a pipeline rank's slice of the model is a
+    `dlopt.train.pipeline.PipelinePart`."""
 
     name = "stage"
 
@@ -88,6 +129,25 @@ class Stage:
 
     def load_state_dict(self, data: dict) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """What a compression stage leaves for its artifact after its fit_end (read by
+    dlopt.stages.compression.record): torchao quantization settings, the widths left by
+    structured removal, the ONNX Runtime int8 model and its meta."""
+
+    quantization: Optional[dict] = None
+    widths: Mapping[str, int] = field(default_factory=dict)
+    onnx: Optional[bytes] = None
+    onnx_meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+class CompressionStage(Stage):
+    """A stage that compresses the model at FIT_END (prune, quantize, distill)."""
+
+    def output(self) -> StageOutput:
+        return StageOutput()
 
 
 def run_event(stages: list[Stage], event: Union[Event, str], state: State) -> None:

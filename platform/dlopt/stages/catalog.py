@@ -1,12 +1,19 @@
-"""Spec -> ordered list of stages: regularization first, then compression in spec order."""
+"""Spec -> ordered list of stages: regularization first, then compression in spec order.
+
+`teachers`: the distillation teachers' files the driver resolved (dlopt.registry.teachers),
+handed to the Distill stage's constructor.
+"""
 from __future__ import annotations
 
+from typing import Optional
+
+from dlopt.artifact.teachers import TeacherPayloads
 from dlopt.spec import Experiment
 from dlopt.stages import Stage, compression
 from dlopt.stages.regularization import EarlyStopping, GradClip, Penalty
 
 
-def build(spec: Experiment) -> list[Stage]:
+def build(spec: Experiment, teachers: Optional[TeacherPayloads] = None) -> list[Stage]:
     reg = spec.regularization
     stages: list[Stage] = []
     if reg.l1 or reg.l2:
@@ -17,5 +24,5 @@ def build(spec: Experiment) -> list[Stage]:
         metric = spec.search.metric if spec.search.objectives is None else "val_loss"
         mode = spec.search.mode if spec.search.objectives is None else "min"
         stages.append(EarlyStopping(metric, mode, reg.early_stopping_patience))
-    stages += [compression.STAGES[s.stage](s, spec) for s in spec.compression]
+    stages += [compression.build(s, spec, teachers) for s in spec.compression]
     return stages

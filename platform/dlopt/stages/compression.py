@@ -1,12 +1,13 @@
 """Compression stages (prune, quantize, distill) and the compact artifact they produce.
 
-`STAGES` maps a spec stage name to a builder `(stage_spec, experiment) -> Stage`; the
-catalog builds them in spec order. Each stage is wrapped so that, after its own
-`fit_end`, the model is measured as it stands: validation metrics, sparsity, parameter
-count, CPU batch-1 latency and the bytes of its compact artifact. Those entries go to
-the final report twice: prefixed by the stage (`prune_sparsity`, ...) and unprefixed
-(`compressed_val_accuracy`, `sparsity`, ...), where the last stage wins. The last
-stage's `CompactArtifact` is what the loop saves and measures on disk.
+`build(stage_spec, experiment, teachers)` makes the stage a spec entry names; the catalog
+builds them in spec order. Each stage is wrapped so that, after its own `fit_end`, the model
+is measured as it stands: validation metrics, sparsity, parameter count, CPU batch-1 latency
+and the bytes of its compact artifact. Those entries go into `state.compression`
+(a `CompressionResult`) twice: prefixed by the stage (`prune_sparsity`, ...) and unprefixed
+(`compressed_val_accuracy`, `sparsity`, ...), where the last stage wins. The last stage's
+`CompactArtifact` is what the loop saves and measures on disk. What a stage leaves for its
+artifact it says in `output()` (a `StageOutput`).
 
 `load_compressed` rebuilds a saved compact artifact: architecture from the spec,
 tensors from safetensors, quantization re-applied with torchao and its int8 data and
@@ -21,13 +22,15 @@ import time
 import torch
 from torch import nn
 
+from typing import Optional
+
 from dlopt.artifact import compact
 from dlopt.artifact import files as artifact_mod
+from dlopt.artifact.teachers import TeacherPayloads
 from dlopt.ml import models, onnx_int8, shrink
-from dlopt.stages import Event, Stage, State
+from dlopt.stages import CompressionStage, DenseMeasures, Event, Stage, State, StageOutput
 from dlopt.stages.distill import Distill
-from dlopt.stages.prune import Prune
-from dlopt.stages.pruning import PRUNABLE
+from dlopt.stages.pruning import PRUNABLE, Prune
 from dlopt.stages.quantize import Quantize
 
 
@@ -82,14 +85,14 @@ def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 30, warmu
 class Measured(Stage):
     """Runs a compression stage; after its fit_end, measures and records the model."""
 
-    def __init__(self, inner: Stage):
+    def __init__(self, inner: CompressionStage):
         self.inner = inner
         self.name = inner.name
 
     def run(self, event: str, state: State) -> None:
-        if event == Event.SETUP and "dense_bytes" not in state.report:
+        if event == Event.SETUP and "dense_bytes" not in state.compression.metrics:
             # the fp32 baseline, measured before any stage reparametrizes the model
-            state.report["dense_bytes"] = artifact_mod.dense_bytes(state.model)
+            state.add_compression_metrics({"dense_bytes": artifact_mod.dense_bytes(state.model)})
         self.inner.run(event, state)
         if event == Event.FIT_END:
             record(state, self.inner)
@@ -105,16 +108,32 @@ def _example(state: State) -> torch.Tensor:
     return state.datasets.val.x[:1].to(next(state.model.parameters()).device)
 
 
-def dense_measures(state: State) -> None:
+def dense_measures(state: State) -> DenseMeasures:
     """Parameters, FLOPs and Linear/Conv weights of the dense model, from a fresh CPU build of
-    the spec's architecture: the trained model may be sharded at setup and shrunk by now."""
-    if "dense_flops" in state.report:
-        return
-    dense = models.build(state.spec.model, state.datasets.input_shape,
-                         state.datasets.out_features)
-    state.report["dense_param_count"] = param_counts(dense)[0]
-    state.report["dense_flops"] = shrink.flops(dense, state.datasets.val.x[:1].cpu())
-    state.dense["weights"] = layer_weights(dense)
+    the spec's architecture: the trained model may be sharded at setup and shrunk by now.
+    Measured once (state.dense) and added to the final report."""
+    if state.dense is None:
+        dense = models.build(state.spec.model, state.datasets.input_shape,
+                             state.datasets.out_features)
+        state.dense = DenseMeasures(
+            param_count=param_counts(dense)[0],
+            flops=shrink.flops(dense, state.datasets.val.x[:1].cpu()),
+            weights=layer_weights(dense))
+        state.add_compression_metrics({"dense_param_count": state.dense.param_count,
+                                       "dense_flops": state.dense.flops})
+    return state.dense
+
+
+@torch.no_grad()
+def _onnx_latency_ms(sess, x1) -> float:
+    for _ in range(5):
+        onnx_int8.run(sess, x1)
+    times = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        onnx_int8.run(sess, x1)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -129,15 +148,8 @@ def onnx_entries(state: State, onnx: bytes) -> dict:
     model.train(was)
     sess = onnx_int8.session(onnx)
     theirs = torch.from_numpy(onnx_int8.run(sess, val.x))
-    x1 = val.x[:1].float().cpu().numpy()
-    for _ in range(5):
-        onnx_int8.run(sess, x1)
-    times = []
-    for _ in range(30):
-        t0 = time.perf_counter()
-        onnx_int8.run(sess, x1)
-        times.append((time.perf_counter() - t0) * 1000)
-    out = {"onnx_bytes": len(onnx), "onnx_latency_ms": statistics.median(times),
+    latency = _onnx_latency_ms(sess, val.x[:1].float().cpu().numpy())
+    out = {"onnx_bytes": len(onnx), "onnx_latency_ms": latency,
            "onnx_max_abs_diff": (ours - theirs).abs().max().item() if len(ours) else 0.0}
     if state.datasets.task == "classification":
         out["onnx_agreement"] = (ours.argmax(1) == theirs.argmax(1)).float().mean().item()
@@ -145,42 +157,62 @@ def onnx_entries(state: State, onnx: bytes) -> dict:
     return out
 
 
-def record(state: State, stage: Stage) -> None:
+def artifact_of(state: State, output: StageOutput) -> compact.CompactArtifact:
+    """The model as it stands, packed with what this stage and the ones before it left."""
+    previous = state.compression.artifact
+    quantization = output.quantization or (previous.quantization if previous else None)
+    extra_meta = dict(previous.extra_meta) if previous else {}
+    files = dict(previous.files) if previous else {}
+    if output.widths:
+        extra_meta["widths"] = dict(output.widths)
+    if output.onnx is not None:
+        files[onnx_int8.FILE] = output.onnx
+        extra_meta["onnx"] = {"file": onnx_int8.FILE, **output.onnx_meta}
+    return compact.CompactArtifact(state.model, quantization, extra_meta, files)
+
+
+def measured_entries(state: State, output: StageOutput) -> dict:
+    """Validation metrics, sparsity, sizes, FLOPs and latency of the model as it stands."""
     model = state.model
     on_cpu = next(model.parameters()).device.type == "cpu"
-    previous = state.artifact
-    quantization = getattr(stage, "quantization", None) or \
-        getattr(previous, "quantization", None)
-    extra_meta = dict(getattr(previous, "extra_meta", {}) or {})
-    files = dict(getattr(previous, "files", {}) or {})
-    if getattr(stage, "widths", None):
-        extra_meta["widths"] = stage.widths
-    onnx = getattr(stage, "onnx", None)
-    if onnx is not None:
-        files[onnx_int8.FILE] = onnx
-        extra_meta["onnx"] = {"file": onnx_int8.FILE, **stage.onnx_meta}
-    dense_measures(state)
-    art = compact.CompactArtifact(model, quantization, extra_meta, files)
-    state.artifact = art
-    nbytes = art.nbytes()
     total, nonzero = param_counts(model)
     entries = {f"compressed_{k}": v for k, v in state.evaluate(model).items()}
-    entries.update({"sparsity": weight_sparsity(model, state.dense.get("weights")),
+    entries.update({"sparsity": weight_sparsity(model, dense_measures(state).weights),
                     "param_count": total, "nonzero_params": nonzero,
                     "flops": shrink.flops(model, _example(state))})
-    if onnx is not None:
-        entries.update(onnx_entries(state, onnx))
+    if output.onnx is not None:
+        entries.update(onnx_entries(state, output.onnx))
     if on_cpu:
         entries["latency_ms"] = latency_ms(model, state.datasets.val.x)
-    state.report.update(entries)  # the loop adds model_bytes/compression_ratio from disk
+    return entries
+
+
+def record(state: State, stage: CompressionStage) -> None:
+    output = stage.output()
+    dense_measures(state)
+    art = artifact_of(state, output)
+    nbytes = art.nbytes()
+    entries = measured_entries(state, output)
+    # the loop adds model_bytes/compression_ratio from disk
+    state.compression = state.compression.with_artifact(art).with_metrics(entries)
     per_stage = {k.removeprefix("compressed_"): v for k, v in entries.items()}
-    per_stage.update({"model_bytes": nbytes,
-                      "compression_ratio": state.report.get("dense_bytes", nbytes) / nbytes})
-    state.report.update({f"{stage.name}_{k}": v for k, v in per_stage.items()})
+    per_stage.update({"model_bytes": nbytes, "compression_ratio":
+                      state.compression.metrics.get("dense_bytes", nbytes) / nbytes})
+    state.add_compression_metrics({f"{stage.name}_{k}": v for k, v in per_stage.items()})
 
 
+# The compression-stage catalog (docs/architecture.md, "Catalogs"): the spec's `stage`
+# name -> the stage's class, built with (stage_spec, experiment).
 STAGES = {
-    "prune": lambda stage_spec, spec: Measured(Prune(stage_spec, spec)),
-    "quantize": lambda stage_spec, spec: Measured(Quantize(stage_spec, spec)),
-    "distill": lambda stage_spec, spec: Measured(Distill(stage_spec, spec)),
+    "prune": Prune,
+    "quantize": Quantize,
+    "distill": Distill,
 }
+
+
+def build(stage_spec, experiment, teachers: Optional[TeacherPayloads] = None) -> Stage:
+    """The measured stage a `compression` entry of the spec names (its `stage` field);
+    Distill alone also takes the teachers the driver resolved."""
+    if stage_spec.stage == "distill":
+        return Measured(Distill(stage_spec, experiment, teachers))
+    return Measured(STAGES[stage_spec.stage](stage_spec, experiment))

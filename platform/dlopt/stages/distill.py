@@ -3,17 +3,21 @@
 loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)
 
 The T^2 factor keeps the soft-target gradients on the scale of the hard-target ones
-when T changes. The teacher comes from `dlopt.registry.teachers` (resolved and pinned to one
-registry version by the driver before the sweep) and runs in eval mode, without
-gradients, on every worker.
+when T changes. The teacher is resolved and pinned to one registry version once, by the
+driver before the sweep (dlopt.registry.teachers.fetch); its files reach this stage's
+constructor through the trial and the loop (`teachers`, dlopt.stages.catalog.build), and it
+runs in eval mode, without gradients, on every worker.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from dlopt.artifact import teachers
-from dlopt.stages import Stage, State
+from typing import Optional
+
+from dlopt.artifact import teachers as teachers_mod
+from dlopt.artifact.teachers import TeacherPayloads
+from dlopt.stages import CompressionStage, State
 
 
 def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
@@ -31,18 +35,17 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
     return alpha * soft_loss(student_logits, teacher_logits, temperature) + (1 - alpha) * hard
 
 
-class Distill(Stage):
+class Distill(CompressionStage):
     name = "distill"
 
-    def __init__(self, spec, experiment):
+    def __init__(self, spec, experiment, teachers: Optional[TeacherPayloads] = None):
         self.spec = spec
         self.label_smoothing = experiment.regularization.label_smoothing
+        self.files = teachers_mod.pinned(teachers, spec.teacher)  # fails here, not mid-run
         self.teacher = None
-        self.teacher_version = None
 
     def setup(self, state: State) -> None:
-        self.teacher, info = teachers.load(self.spec.teacher, state.device)
-        self.teacher_version = info.get("version")
+        self.teacher = teachers_mod.load(self.files, state.device)
 
     def loss(self, state: State) -> None:
         """Swap the loop's hard loss term for the KD mix; other terms (penalties) stay."""
@@ -64,8 +67,8 @@ class Distill(Stage):
 
     def fit_end(self, state: State) -> None:
         val = state.datasets.val
-        state.report["distill_teacher_agreement"] = self.agreement(
-            state.model, type(val)(val.x.to(state.device), val.y))
-        if self.teacher_version is not None:
-            state.report["distill_teacher_version"] = int(self.teacher_version)
+        state.add_compression_metrics({
+            "distill_teacher_agreement": self.agreement(
+                state.model, type(val)(val.x.to(state.device), val.y)),
+            "distill_teacher_version": int(self.files.version)})
         self.teacher = None  # free it before compression and saving

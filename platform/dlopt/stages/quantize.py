@@ -23,11 +23,11 @@ from dlopt.ml.quantization import (
     qat_prepare,
     set_fake_quant,
 )
-from dlopt.stages import Stage, State
-from dlopt.stages.pruning import make_permanent
+from dlopt.stages import CompressionStage, State, StageOutput
+from dlopt.stages.pruning.masks import make_permanent
 
 
-class Quantize(Stage):
+class Quantize(CompressionStage):
     name = "quantize"
 
     def __init__(self, spec, experiment):
@@ -104,6 +104,10 @@ class Quantize(Stage):
         if float_layers:
             quantization["pytorch_float_layers"] = float_layers
         self.quantization = quantization
+
+    def output(self) -> StageOutput:
+        return StageOutput(quantization=self.quantization, onnx=self.onnx,
+                           onnx_meta=self.onnx_meta)
 
     def state_dict(self) -> dict:
         return {"fake_quant": self.fake_quant}

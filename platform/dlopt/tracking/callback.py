@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from ray.tune import Callback
 
 from dlopt.spec import flatten
-from dlopt.spec.plan import assignment, trial_spec
+from dlopt.spec.plan import Plan
 from dlopt.spec.report import CHECKPOINT_PATH
 from dlopt.tracking.names import trial_run_name
 from dlopt.tracking.perturbations import PerturbationLog
@@ -37,11 +37,9 @@ HOLD_WRITES = 64
 class MlflowCallback(Callback):
     """Tune callback on the driver: trial events -> (writer thread) -> the Tracker."""
 
-    def __init__(self, tracker: Tracker, base_json: dict, tables: dict[str, list], tags: dict,
-                 background: bool = True):
+    def __init__(self, tracker: Tracker, plan: Plan, tags: dict, background: bool = True):
         self.tracker = tracker
-        self.base_json = base_json
-        self.tables = tables
+        self.plan = plan  # each trial's spec: plan.trial_spec(config)
         self.tags = {k: scrub_value(v) for k, v in tags.items()}  # also pickled in tuner.pkl
         self.order: dict[str, int] = {}
         self.pbt = PerturbationLog(tracker)  # PBT config changes: params cannot change
@@ -77,12 +75,12 @@ class MlflowCallback(Callback):
             if self._error is not None:
                 continue  # after a failure: no further writes (close() raises it)
             # writes wait while more events do, and go together (dlopt.tracking.coalesce)
-            self.tracker.hold = HOLD_WRITES
+            self.tracker.hold_writes(HOLD_WRITES)
             try:
                 fn()
                 if self._queue.empty():
                     self.tracker.flush()
-            except BaseException as err:  # noqa: BLE001 - re-raised on the driver thread by close()
+            except BaseException as err:  # re-raised on the driver thread by close()
                 log.debug("MLflow writer failed", exc_info=True)
                 self._error = err
 
@@ -93,19 +91,20 @@ class MlflowCallback(Callback):
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-            self.tracker.hold = 1  # from here the driver thread writes, each at once
-            self.tracker.flush()  # what the last events held (still queued if MLflow is down)
+            # from here the driver thread writes, each at once; what the last events held
+            # is flushed now (still queued if MLflow is down)
+            self.tracker.write_at_once()
         if self._error is not None:
             err, self._error = self._error, None
             raise err
 
     # --- events (run on the writer thread)
     def _ensure_child(self, trial_id: str, config: dict) -> Optional[str]:
-        if trial_id in self.tracker.known:
-            return self.tracker.children.get(trial_id)
-        assigned = assignment(config, self.tables)
-        self.order.setdefault(trial_id, len(self.tracker.known) + 1)  # created or queued
-        spec = trial_spec(self.base_json, self.tables, config)
+        if self.tracker.has_trial(trial_id):
+            return self.tracker.run_id_of(trial_id)
+        assigned = self.plan.assignment(config)
+        self.order.setdefault(trial_id, self.tracker.trial_count + 1)  # created or queued
+        spec = self.plan.trial_spec(config)
         spec_json = spec.model_dump(mode="json")
         return self.tracker.child(
             trial_id, trial_run_name(self.order[trial_id], assigned),

@@ -71,7 +71,7 @@ class PerturbationLog:
             return None  # a plain pause/resume of the same trial
         epoch = max(int(result.get(EPOCH, 1)) - 1, 0)  # the cloned checkpoint's epoch
         entry = {"epoch": epoch, "cloned_trial": donor.trial_id if cloned else None,
-                 "cloned_run": self.tracker.children.get(donor.trial_id) if cloned else None,
+                 "cloned_run": self.tracker.run_id_of(donor.trial_id) if cloned else None,
                  "changes": diff, "time": time.time()}
         self.config[tid] = dict(trial.config)
         self.history.setdefault(tid, []).append(entry)

@@ -19,8 +19,16 @@ _TRANSIENT = ("failed with exception", "timeout", "timed out", "connection", "ma
               "database is locked", "temporarily unavailable", "502", "503", "504",
               "remote end closed", "bad gateway", "service unavailable")
 # Each write is tried once per Tune event while the server is away; at the end of the sweep
-# the driver waits this long (bounded retry) before failing with the count of unwritten ones.
-DRAIN_TIMEOUT_S = float(os.environ.get("DLOPT_TRACKING_RETRY_S", "300"))
+# the driver waits `drain_timeout_s()` (bounded retry) before failing with the count of
+# unwritten ones: $DLOPT_TRACKING_RETRY_S, else this default.
+RETRY_ENV = "DLOPT_TRACKING_RETRY_S"
+DEFAULT_DRAIN_TIMEOUT_S = 300.0
+
+
+def drain_timeout_s() -> float:
+    """How long the driver retries an unreachable store, read when it is needed (a caller
+    or test that sets $DLOPT_TRACKING_RETRY_S after import is heard)."""
+    return float(os.environ.get(RETRY_ENV, DEFAULT_DRAIN_TIMEOUT_S))
 
 
 class TrackingUnavailable(RuntimeError):
@@ -42,7 +50,7 @@ def retry_transient(fn, timeout_s: float, what: str = "MLflow call"):
     while True:
         try:
             return fn()
-        except Exception as err:  # noqa: BLE001 - only transient errors are retried
+        except Exception as err:  # only transient errors are retried (re-raised below)
             if not is_transient(err):
                 raise
             if time.monotonic() >= deadline:

@@ -79,8 +79,7 @@ class ScrubbingClient:
         secrets = secret_values()
         params = [Param(p.key, scrub(p.value, secrets)) for p in params]
         tags = [RunTag(t.key, scrub(t.value, secrets)) for t in tags]
-        return self._client.log_batch(run_id, metrics=list(metrics), params=params, tags=tags,
-                                      *args, **kwargs)
+        return self._client.log_batch(run_id, list(metrics), params, tags, *args, **kwargs)
 
     def log_text(self, run_id, text, artifact_file):
         return self._client.log_text(run_id, scrub(text), artifact_file)

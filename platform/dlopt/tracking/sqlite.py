@@ -13,22 +13,17 @@ caller's own) are left alone. WAL needs a local file system (not NFS): a path gi
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Optional
+from typing import Iterator
+
+from dlopt.tracking.uris import sqlite_path
 
 log = logging.getLogger(__name__)
 
 _FILES: set[str] = set()
 _LISTENING = False
-
-
-def sqlite_path(uri: str) -> Optional[str]:
-    """The database file of a `sqlite:///PATH` URI (None for anything else, or in-memory)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return os.path.realpath("/" + path.lstrip("/")) if path and path != ":memory:" else None
 
 
 def _on_connect(dbapi_conn, record) -> None:
@@ -46,12 +41,12 @@ def _on_connect(dbapi_conn, record) -> None:
 
 def use_wal(uri: str) -> bool:
     """Connections opened from now on to the SQLite file of `uri` use WAL + synchronous=NORMAL;
-    False (nothing changed) for any other store."""
+    False (nothing changed) for any other store. Process-wide until `wal_restored` ends."""
     global _LISTENING
-    path = sqlite_path(uri)
-    if path is None:
+    db = sqlite_path(uri)
+    if db is None:
         return False
-    _FILES.add(path)
+    _FILES.add(os.path.realpath(db))
     if not _LISTENING:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
@@ -59,3 +54,30 @@ def use_wal(uri: str) -> bool:
         event.listen(Engine, "connect", _on_connect)
         _LISTENING = True
     return True
+
+
+@contextlib.contextmanager
+def wal_restored() -> Iterator[None]:
+    """Inside the block `use_wal` may add files and SQLAlchemy's process-wide "connect"
+    listener; after it the files named and the listener are as before (the listener removed
+    when the block added it), so a sweep leaves no hook in the caller's process
+    (docs/architecture.md, "Logging and the terminal": `dlopt.run()` leaves the process as
+    found). Connections already open keep their journal mode."""
+    global _LISTENING
+    files, listening = set(_FILES), _LISTENING
+    try:
+        yield
+    finally:
+        _FILES.clear()
+        _FILES.update(files)
+        if _LISTENING and not listening:
+            from sqlalchemy import event
+            from sqlalchemy.engine import Engine
+
+            event.remove(Engine, "connect", _on_connect)
+            _LISTENING = False
+
+
+def listening() -> bool:
+    """The "connect" listener is installed (for tests of `wal_restored`)."""
+    return _LISTENING

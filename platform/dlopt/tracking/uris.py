@@ -51,16 +51,24 @@ def default_storage() -> Path:
 
 
 def sqlite_path(uri: str) -> Optional[Path]:
-    """The database file of a `sqlite:///` URI (relative to the working directory unless
-    it starts with a fourth slash), else None."""
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    """The database file of a `sqlite:///PATH[?query]` URI, as written (relative to the
+    working directory unless PATH starts with a slash: `sqlite:////abs/mlflow.db`); None for
+    any other URI and for an in-memory database. dlopt's one parser of SQLite URIs (the
+    WAL listener, preflight and `dlopt ui` call it too)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
 
 
 def absolute_tracking_uri(uri: str) -> str:
     """A SQLite URI with its path made absolute (resolved once, against today's working
-    directory); any other URI as given."""
+    directory; a `?query` kept); any other URI as given."""
     db = sqlite_path(uri)
-    return f"sqlite:///{db.expanduser().resolve()}" if db is not None else uri
+    if db is None:
+        return uri
+    query = uri.partition("?")[2]
+    return f"sqlite:///{db.expanduser().resolve()}" + (f"?{query}" if query else "")
 
 
 def artifact_root(tracking_uri: str) -> Optional[Path]:
@@ -127,7 +135,8 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
         return
     # urllib cannot take user:password@ in the host; send it as basic auth, as requests does
     parts = urlsplit(tracking_uri)
-    request = urllib.request.Request(redact_uri(tracking_uri).rstrip("/") + "/health")
+    # http(s) only (checked above)
+    request = urllib.request.Request(redact_uri(tracking_uri).rstrip("/") + "/health")  # noqa: S310
     if parts.username is not None:
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())

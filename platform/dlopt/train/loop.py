@@ -6,12 +6,17 @@ It knows nothing of Ray or MLflow. The caller passes:
   `write_checkpoint` writes this rank's part of a checkpoint into a directory (None where the
   rank has nothing to write); a report carries the unreported epochs before it under
   `spec.report.HISTORY` (docs/architecture.md, "Report protocol");
-- `resume`: the checkpoint dict to continue from, or None;
-- `wrap`: turns the model into its DDP form (Ray's prepare_model under Ray Train, identity alone).
+- `resume`: the `TrialCheckpoint` to continue from, or None;
+- `wrap`: turns the model into its DDP form (Ray's prepare_model under Ray Train, identity alone);
+- `teachers`: the distillation teachers' files the driver resolved (dlopt.registry.teachers),
+  handed to the Distill stage;
+- `faults`: a test-only fault-injection hook (dlopt.train.faults), None in production: the
+  loop itself reads no environment variable.
 What differs between DDP, FSDP and pipeline (how the model is split, how a batch runs, how
 the full model is gathered, what a checkpoint holds) is the strategy's (dlopt.train.strategies).
 Stages hook in at named events (dlopt.stages.Event; docs/architecture.md, "The training loop
-and its events").
+and its events"). `fit` reads top to bottom: `set_up`, `restore`, then per epoch
+`train_epoch` and `report_epoch`, then `finish` (compress and save).
 """
 from __future__ import annotations
 
@@ -19,25 +24,29 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 from dlopt.artifact import files as artifact
+from dlopt.artifact.teachers import TeacherPayloads
 from dlopt.ml import data as data_mod
 from dlopt.ml import init as init_mod
 from dlopt.ml import models, optim, schedules
 from dlopt.spec import Experiment
 from dlopt.spec.report import DIVERGED, END_TIME, EPOCH, EPOCH_SECONDS, FINAL, HISTORY
-from dlopt.stages import Event, State, catalog, run_event
+from dlopt.stages import Event, Stage, State, catalog, run_event
 from dlopt.train import cadence as cadence_mod
-from dlopt.train import faults, strategies
-from dlopt.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from dlopt.train import strategies
+from dlopt.train.checkpoint import CHECKPOINT_FILE, TrialCheckpoint, load_checkpoint
+from dlopt.train.faults import Faults
 from dlopt.train.steps import batch_size_for, evaluate, loss_function, predict
 
-__all__ = ["CHECKPOINT_FILE", "Report", "batch_size_for", "evaluate", "final_metrics", "fit",
-           "load_checkpoint", "loss_function", "predict", "save_final_model"]
+__all__ = ["CHECKPOINT_FILE", "Report", "TrialCheckpoint", "batch_size_for", "evaluate",
+           "final_metrics", "fit", "load_checkpoint", "loss_function", "predict",
+           "save_final_model"]
 
 Report = Callable[[dict, Optional[Callable[[Path], None]]], None]
 
@@ -59,11 +68,64 @@ def _any_rank(flag: bool, world: int) -> bool:
     return bool(t.item())
 
 
+@dataclass
+class Run:
+    """What `set_up` builds once and every later step of `fit` uses."""
+
+    spec: Experiment
+    strategy: strategies.Strategy
+    state: State
+    stages: list[Stage]
+    trained: torch.nn.Module  # the module this rank trains (and optimizes)
+    optimizer: torch.optim.Optimizer
+    scheduler: object  # torch LR scheduler
+    sched_every: str  # "step" | "epoch"
+    batch_size: int
+    loss_fn: Callable
+
+    def events(self, event: Event) -> None:
+        run_event(self.stages, event, self.state)
+
+
 def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
-        resume: Optional[dict] = None, wrap: Callable = lambda m: m, device: str = "cpu") -> State:
+        resume: Optional[TrialCheckpoint] = None, wrap: Callable = lambda m: m,
+        device: str = "cpu", teachers: Optional[TeacherPayloads] = None,
+        faults: Optional[Faults] = None) -> State:
     strategy = strategies.pick(spec, rank, world, device, wrap)
-    # --- setup: data, model, optimizer, schedule, stages (identical on every rank, except
-    # the part of the model a pipeline rank trains)
+    run = set_up(spec, strategy, rank, world, device, teachers)
+    state = run.state
+    start_epoch = restore(run, resume) if resume is not None else 0
+    strategy.start(run.optimizer, run.loss_fn)
+    cadence = cadence_mod.Cadence(spec.tracking.report_every, spec.epochs,
+                                  cadence_mod.scheduler_epochs(spec.search, spec.epochs))
+    unreported: list[dict] = []  # epochs since the last report, oldest first
+
+    # --- train
+    for epoch in range(start_epoch, spec.epochs):
+        t0 = time.perf_counter()
+        metrics = train_epoch(run, epoch, t0)
+        if not all(math.isfinite(v) for k, v in metrics.items() if k in ("train_loss", "val_loss")):
+            report({**metrics, DIVERGED: 1, HISTORY: unreported}, None)
+            state.stop = True
+            state.run_entries[DIVERGED] = 1
+            return state
+        run.events(Event.EPOCH_END)
+        if faults is not None:
+            faults.slow_epoch()  # test-only
+        if not _any_rank(cadence.due(epoch + 1, time.perf_counter() - t0, state.stop), world):
+            unreported.append(metrics)
+            continue
+        cadence.reported(report_epoch(run, report, epoch, metrics, unreported))
+        unreported = []
+        if state.stop:
+            break
+    return finish(run, report, rank)
+
+
+def set_up(spec: Experiment, strategy: strategies.Strategy, rank: int, world: int,
+           device: str, teachers: Optional[TeacherPayloads]) -> Run:
+    """Data, model, optimizer, schedule, stages (identical on every rank, except the part of
+    the model a pipeline rank trains); ends with the SETUP event on the whole model."""
     torch.manual_seed(spec.seed)
     datasets = data_mod.load(spec.data, spec.seed)
 
@@ -73,102 +135,101 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
     model = build()
     init_mod.apply(model, spec.model.init)
     model.to(device)
-    trained = strategy.prepare(model, build)  # the module this rank trains (and optimizes)
+    trained = strategy.prepare(model, build)
     optimizer = optim.build(spec.optimizer, trained.parameters())
     shard = math.ceil(len(datasets.train) / strategy.data_world)
     batch_size = batch_size_for(spec, shard)
     steps_per_epoch = math.ceil(shard / batch_size)
     scheduler, sched_every = schedules.build(spec.schedule, optimizer, spec.epochs, steps_per_epoch)
-    loss_fn = loss_function(datasets.task, spec.regularization.label_smoothing)
-    stages = catalog.build(spec)
     state = State(spec=spec, model=model, optimizer=optimizer, datasets=datasets, rank=rank,
                   world=world, device=device, steps_per_epoch=steps_per_epoch,
                   evaluate=lambda m: evaluate(m, datasets.val, datasets.task, spec.precision, device))
-
-    def events(event: Event) -> None:
-        run_event(stages, event, state)
-
-    events(Event.SETUP)  # on the whole model: the dense baseline is measured there
+    run = Run(spec, strategy, state, catalog.build(spec, teachers), trained, optimizer,
+              scheduler, sched_every, batch_size,
+              loss_function(datasets.task, spec.regularization.label_smoothing))
+    run.events(Event.SETUP)  # on the whole model: the dense baseline is measured there
     state.model = trained
-    start_epoch = 0
-    if resume is not None:
-        strategy.load(resume, optimizer)
-        scheduler.load_state_dict(resume["scheduler"])
-        # The saved optimizer state carries the old lr/momentum/weight decay; this run's spec
-        # wins (PBT resumes a cloned checkpoint with perturbed values). No-op on a plain restart.
-        optim.apply_spec(optimizer, spec.optimizer, scheduler)
-        for stage, saved in zip(stages, resume.get("stages", [])):
-            stage.load_state_dict(saved)
-        start_epoch, state.step = resume["epoch"], resume["step"]
-        # a run resumed after its last epoch still needs that epoch's metrics in the final report
-        state.metrics = dict(resume.get("metrics", {}))
-    strategy.start(optimizer, loss_fn)
-    cadence = cadence_mod.Cadence(spec.tracking.report_every, spec.epochs,
-                                  cadence_mod.scheduler_epochs(spec.search, spec.epochs))
-    unreported: list[dict] = []  # epochs since the last report, oldest first
+    return run
 
-    # --- train
-    for epoch in range(start_epoch, spec.epochs):
-        state.epoch = epoch
-        t0 = time.perf_counter()
-        trained.train()
-        total, count = 0.0, 0
-        # DDP/FSDP: this rank's share of the epoch's batches; pipeline: every batch
-        for idx in data_mod.shard_batches(len(datasets.train), batch_size, strategy.data_rank,
-                                          strategy.data_world, spec.seed, epoch):
-            x, y = datasets.train.x[idx].to(device), datasets.train.y[idx].to(device)
-            state.batch = (x, y)
-            loss = strategy.train_step(state, x, y, events)  # forward, backward, optimizer step
-            state.step += 1
-            events(Event.AFTER_STEP)
-            lr = optimizer.param_groups[0]["lr"]  # the lr this step used (reported per epoch)
-            if sched_every == "step":
-                scheduler.step()
-            total += loss * len(y)
-            count += len(y)
-        if sched_every == "epoch":
-            scheduler.step()
 
-        train_loss = _mean_across_ranks(total / max(count, 1), strategy.data_world)
-        metrics = {EPOCH: epoch + 1, "train_loss": train_loss, "lr": lr,
-                   **state.evaluate(strategy.eval_model()), EPOCH_SECONDS: time.perf_counter() - t0,
-                   END_TIME: time.time()}
-        state.metrics = metrics
-        if not all(math.isfinite(v) for k, v in metrics.items() if k in ("train_loss", "val_loss")):
-            report({**metrics, DIVERGED: 1, HISTORY: unreported}, None)
-            state.stop = True
-            state.report[DIVERGED] = 1
-            return state
-        events(Event.EPOCH_END)
-        faults.slow_epoch()  # test-only, off unless its env variable is set
-        if not _any_rank(cadence.due(epoch + 1, time.perf_counter() - t0, state.stop), world):
-            unreported.append(metrics)
-            continue
-        saved = {"scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": state.step,
-                 "stages": [s.state_dict() for s in stages], "metrics": metrics}
-        write = strategy.checkpoint(saved)
-        t_report = time.perf_counter()
-        report({**metrics, HISTORY: unreported} if unreported else metrics, write)
-        cadence.reported(time.perf_counter() - t_report)
-        unreported = []
-        if state.stop:
-            break
+def restore(run: Run, resume: TrialCheckpoint) -> int:
+    """Model, optimizer, schedule and stage state from the checkpoint; the epoch to go on at."""
+    run.strategy.load(resume, run.optimizer)
+    run.scheduler.load_state_dict(resume.scheduler)
+    # The saved optimizer state carries the old lr/momentum/weight decay; this run's spec
+    # wins (PBT resumes a cloned checkpoint with perturbed values). No-op on a plain restart.
+    optim.apply_spec(run.optimizer, run.spec.optimizer, run.scheduler)
+    for stage, saved in zip(run.stages, resume.stages):
+        stage.load_state_dict(saved)
+    run.state.step = resume.step
+    # a run resumed after its last epoch still needs that epoch's metrics in the final report
+    run.state.metrics = dict(resume.metrics)
+    return resume.epoch
 
-    # --- compress and save the final model (gathered onto rank 0 by FSDP and pipeline)
-    model = strategy.final_model(state)
+
+def train_epoch(run: Run, epoch: int, t0: float) -> dict:
+    """One epoch: this rank's batches (DDP/FSDP: its share; pipeline: every batch), each
+    forward, backward, optimizer step with the stage events between; then validation."""
+    spec, strategy, state = run.spec, run.strategy, run.state
+    train, device = state.datasets.train, state.device
+    state.epoch = epoch
+    run.trained.train()
+    total, count = 0.0, 0
+    for idx in data_mod.shard_batches(len(train), run.batch_size, strategy.data_rank,
+                                      strategy.data_world, spec.seed, epoch):
+        x, y = train.x[idx].to(device), train.y[idx].to(device)
+        state.batch = (x, y)
+        loss = strategy.train_step(state, x, y, run.events)  # forward, backward, step
+        state.step += 1
+        run.events(Event.AFTER_STEP)
+        lr = run.optimizer.param_groups[0]["lr"]  # the lr this step used (reported per epoch)
+        if run.sched_every == "step":
+            run.scheduler.step()
+        total += loss * len(y)
+        count += len(y)
+    if run.sched_every == "epoch":
+        run.scheduler.step()
+    train_loss = _mean_across_ranks(total / max(count, 1), strategy.data_world)
+    state.metrics = {EPOCH: epoch + 1, "train_loss": train_loss, "lr": lr,
+                     **state.evaluate(strategy.eval_model()),
+                     EPOCH_SECONDS: time.perf_counter() - t0, END_TIME: time.time()}
+    return state.metrics
+
+
+def report_epoch(run: Run, report: Report, epoch: int, metrics: dict,
+                 unreported: list[dict]) -> float:
+    """Report the epoch (carrying the unreported ones before it) with its checkpoint;
+    returns how long the report took (what dlopt.train.cadence weighs)."""
+    saved = TrialCheckpoint(epoch=epoch + 1, step=run.state.step,
+                            scheduler=run.scheduler.state_dict(),
+                            stages=[s.state_dict() for s in run.stages], metrics=metrics)
+    write = run.strategy.checkpoint(saved)
+    t0 = time.perf_counter()
+    report({**metrics, HISTORY: unreported} if unreported else metrics, write)
+    return time.perf_counter() - t0
+
+
+def finish(run: Run, report: Report, rank: int) -> State:
+    """Compress and save the final model (gathered onto rank 0 by FSDP and pipeline), and
+    send the final report."""
+    state = run.state
+    model = run.strategy.final_model(state)
     if model is None:  # a rank with nothing left to compress or save
-        report({**state.metrics, **state.report, FINAL: 1}, None)
+        report({**state.metrics, **state.run_entries, **state.compression.metrics, FINAL: 1},
+               None)
         return state
-    state.model, state.artifact = model, None
-    events(Event.FIT_END)
+    state.model = model
+    state.compression = state.compression.with_artifact(None)
+    run.events(Event.FIT_END)
     final = final_metrics(state, model)
     report(final, save_final_model(final, state, model) if rank == 0 else None)
     return state
 
 
 def final_metrics(state: State, model: torch.nn.Module) -> dict:
-    """The final report's metrics: the last epoch's, the stages' entries, `FINAL: 1`."""
-    final = {**state.metrics, **state.report, FINAL: 1}
+    """The final report's metrics: the last epoch's, the run's and the compression's entries
+    (state.compression, a CompressionResult), `FINAL: 1`."""
+    final = {**state.metrics, **state.run_entries, **state.compression.metrics, FINAL: 1}
     spec = state.spec
     named = {spec.search.metric, *(spec.search.objectives or {})}
     # Only metrics that apply: compressed_val_accuracy where there is a compression stage (or
@@ -191,8 +252,8 @@ def save_final_model(final: dict, state: State, model: torch.nn.Module) -> Calla
             "task": datasets.task}
     if datasets.transform is not None:  # raw inputs -> what it trained on (dlopt.ml.transform)
         meta["input_transform"] = datasets.transform.to_json()
-    if state.artifact is not None:
-        state.artifact.save(saved_dir, spec.model_dump(mode="json"), meta)
+    if state.compression.artifact is not None:
+        state.compression.artifact.save(saved_dir, spec.model_dump(mode="json"), meta)
     else:
         artifact.save_dense(model, spec.model_dump(mode="json"), meta, saved_dir)
     if datasets.raw_example is not None:
@@ -201,4 +262,3 @@ def save_final_model(final: dict, state: State, model: torch.nn.Module) -> Calla
     if "dense_bytes" in final:  # with compression stages (final_metrics)
         final["compression_ratio"] = final["dense_bytes"] / max(final["model_bytes"], 1)
     return lambda d: shutil.copytree(saved_dir, d, dirs_exist_ok=True)
-

@@ -1,7 +1,7 @@
 """Pipeline model parallelism for sequential models (`Resources.strategy == "pipeline"`).
 
 Why: data parallelism (DDP, FSDP) splits the batches; a pipeline splits the model into
-consecutive stages, one per worker, and streams microbatches through them, so each worker
+consecutive parts, one per worker, and streams microbatches through them, so each worker
 holds and computes only its own layers. torch.distributed.pipelining runs on CPU with gloo
 (torch 2.13, measured: GPipe over 2 ranks gives the single-process losses to the last digit).
 
@@ -12,7 +12,12 @@ across the ranks (rank 0 feeds inputs, the last rank computes the loss), so the 
 rank walks all batches: the model is split, not the data), optimizer, LR schedule, report
 cadence, per-epoch metrics, checkpoints and the same final report and artifact.
 
-- `split`: cut points of an nn.Sequential into `world` contiguous stages, balanced by
+Naming: torch calls each rank's slice a "stage"; here it is a `PipelinePart`, since a
+`Stage` in dlopt is a training technique (dlopt.stages). Only the file name
+`stage{rank}.pt` and the metric `stage_fraction_max` keep torch's word (on-disk and
+reported names stay as they were).
+
+- `split`: cut points of an nn.Sequential into `world` contiguous parts, balanced by
   parameter count, each with at least one layer that has weights.
 - A batch of n samples goes through as the largest divisor of n up to `MICROBATCHES`
   equal microbatches: a PipelineStage fixes its buffer shapes at its first step, so unequal
@@ -20,11 +25,11 @@ cadence, per-epoch metrics, checkpoints and the same final report and artifact.
   (5)"); one schedule per batch size is kept. Equal microbatches also make the mean of
   their losses the batch mean, so losses and gradients equal single-process training.
 - Validation metrics and the final model come from the full weights gathered onto every
-  rank (`all_gather_object` of each stage's state dict; the models here are small).
-- Checkpoints: each rank writes its stage's model and optimizer state dicts as
-  `sharded/stage{rank}.pt` (`save_stage`); Ray Train merges every worker's files into one
+  rank (`all_gather_object` of each part's state dict; the models here are small).
+- Checkpoints: each rank writes its part's model and optimizer state dicts as
+  `sharded/stage{rank}.pt` (`save_part`); Ray Train merges every worker's files into one
   checkpoint dir (as for FSDP's shards) and a restart reads its own file back
-  (`load_stage`). Not torch.distributed.checkpoint as for FSDP: with different keys on each
+  (`load_part`). Not torch.distributed.checkpoint as for FSDP: with different keys on each
   rank, the resumed optimizer lost its param-group settings (measured: KeyError 'lr' right
   after `set_state_dict`).
 Stages that act during training on all weights at once (L1/L2 penalty, grad-norm clipping,
@@ -40,30 +45,33 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dlopt.train.sharding import SHARDED_DIR
+from dlopt.train.checkpoint import SHARDED_DIR
 
 MICROBATCHES = 4
 
+# one rank's consecutive slice of the model (torch.distributed.pipelining's "stage")
+PipelinePart = nn.Sequential
+
 
 def split(model: nn.Sequential, world: int) -> list[int]:
-    """Start index of each stage after the first (len == world - 1)."""
+    """Start index of each part after the first (len == world - 1)."""
     sizes = [sum(p.numel() for p in m.parameters()) for m in model]
     weighted = [i for i, n in enumerate(sizes) if n]
     if len(weighted) < world:
-        raise ValueError(f"{len(weighted)} layers with weights cannot fill {world} stages")
+        raise ValueError(f"{len(weighted)} layers with weights cannot fill {world} pipeline parts")
     total, acc, cuts = sum(sizes), 0, []
     for j, i in enumerate(weighted):
-        stages_left = world - 1 - len(cuts)
-        if j and stages_left and (acc >= total * (len(cuts) + 1) / world
-                                  or len(weighted) - j <= stages_left):
+        parts_left = world - 1 - len(cuts)
+        if j and parts_left and (acc >= total * (len(cuts) + 1) / world
+                                 or len(weighted) - j <= parts_left):
             cuts.append(i)
         acc += sizes[i]
     return cuts
 
 
-def part(model: nn.Sequential, cuts: list[int], rank: int) -> nn.Sequential:
-    """This rank's stage: a slice of the Sequential that keeps the full model's layer names,
-    so stage state dicts merge back into the full model's."""
+def part(model: nn.Sequential, cuts: list[int], rank: int) -> PipelinePart:
+    """This rank's part: a slice of the Sequential that keeps the full model's layer names,
+    so the parts' state dicts merge back into the full model's."""
     bounds = [0, *cuts, len(model)]
     items = list(model._modules.items())[bounds[rank]:bounds[rank + 1]]
     return nn.Sequential(OrderedDict(items))
@@ -73,22 +81,22 @@ def microbatches(n: int) -> int:
     return max(d for d in range(1, MICROBATCHES + 1) if n % d == 0)
 
 
-def gather_full(stage: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
-    """A plain full model with every stage's current weights, on every rank (collective)."""
+def gather_full(own: PipelinePart, build: Callable[[], nn.Module]) -> nn.Module:
+    """A plain full model with every part's current weights, on every rank (collective)."""
     world = torch.distributed.get_world_size()
     parts: list = [None] * world
     torch.distributed.all_gather_object(
-        parts, {k: v.detach().cpu() for k, v in stage.state_dict().items()})
+        parts, {k: v.detach().cpu() for k, v in own.state_dict().items()})
     full = build()
     full.load_state_dict({k: v for p in parts for k, v in p.items()})
     return full
 
 
 class Pipe:
-    """GPipe over this rank's stage; `step(x, y)` trains one batch, returns its mean loss."""
+    """GPipe over this rank's part; `step(x, y)` trains one batch, returns its mean loss."""
 
-    def __init__(self, stage: nn.Module, rank: int, world: int, device: str, loss_fn):
-        self.stage, self.rank, self.world, self.device = stage, rank, world, device
+    def __init__(self, part: PipelinePart, rank: int, world: int, device: str, loss_fn):
+        self.part, self.rank, self.world, self.device = part, rank, world, device
         self.loss_fn = loss_fn
         self.schedules: dict[int, object] = {}
 
@@ -96,7 +104,7 @@ class Pipe:
         from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
         if n not in self.schedules:
-            st = PipelineStage(self.stage, self.rank, self.world, torch.device(self.device))
+            st = PipelineStage(self.part, self.rank, self.world, torch.device(self.device))
             self.schedules[n] = ScheduleGPipe(st, n_microbatches=microbatches(n),
                                               loss_fn=self.loss_fn)
         return self.schedules[n]
@@ -116,26 +124,26 @@ class Pipe:
         return mean.item()
 
 
-def max_stage_fraction(stage: nn.Module, full: nn.Module) -> float:
+def max_part_fraction(own: PipelinePart, full: nn.Module) -> float:
     """The largest share of the model's weights one rank held (collective)."""
-    held = torch.tensor([sum(p.numel() for p in stage.parameters())
+    held = torch.tensor([sum(p.numel() for p in own.parameters())
                          / sum(p.numel() for p in full.parameters())], dtype=torch.float64)
     torch.distributed.all_reduce(held, op=torch.distributed.ReduceOp.MAX)
     return held.item()
 
 
-def save_stage(stage: nn.Module, optimizer: torch.optim.Optimizer, directory: Path,
-               rank: int) -> None:
-    """This rank's stage and optimizer state, as `directory/sharded/stage{rank}.pt`."""
+def save_part(own: PipelinePart, optimizer: torch.optim.Optimizer, directory: Path,
+              rank: int) -> None:
+    """This rank's part and optimizer state, as `directory/sharded/stage{rank}.pt`."""
     (Path(directory) / SHARDED_DIR).mkdir(exist_ok=True)
-    torch.save({"model": stage.state_dict(), "optimizer": optimizer.state_dict()},
+    torch.save({"model": own.state_dict(), "optimizer": optimizer.state_dict()},
                Path(directory) / SHARDED_DIR / f"stage{rank}.pt")
 
 
-def load_stage(stage: nn.Module, optimizer: torch.optim.Optimizer, sharded_dir: str,
-               rank: int) -> None:
-    """Read back what `save_stage` wrote for this rank (`sharded_dir` is the merged
-    checkpoint's `sharded` dir, copied out by dlopt.train.sharding.keep_local_copy)."""
-    own = torch.load(Path(sharded_dir) / f"stage{rank}.pt", weights_only=True)
-    stage.load_state_dict(own["model"])
-    optimizer.load_state_dict(own["optimizer"])
+def load_part(own: PipelinePart, optimizer: torch.optim.Optimizer, sharded_dir: str,
+              rank: int) -> None:
+    """Read back what `save_part` wrote for this rank (`sharded_dir` is the merged
+    checkpoint's `sharded` dir, copied out by dlopt.train.checkpoint.keep_local_copy)."""
+    saved = torch.load(Path(sharded_dir) / f"stage{rank}.pt", weights_only=True)
+    own.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])

@@ -23,8 +23,6 @@ How it fits the loop (dlopt.train.loop through dlopt.train.strategies.FullyShard
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,8 +30,7 @@ import torch
 from torch import nn
 
 from dlopt.ml.quantization import qat_prepare
-
-SHARDED_DIR = "sharded"
+from dlopt.train.checkpoint import SHARDED_DIR
 
 
 def policy(precision: str):
@@ -109,17 +106,6 @@ def load(model: nn.Module, optimizer: torch.optim.Optimizer, directory: str) -> 
     dcp.load(state, checkpoint_id=str(directory))
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optimizer"])
-
-
-def keep_local_copy(checkpoint_dir: Path) -> Optional[str]:
-    """Copy a checkpoint's sharded part out of Ray's `as_directory()` (which may be a temp
-    download deleted on exit) so the loop can load it after setup; None when absent."""
-    src = Path(checkpoint_dir) / SHARDED_DIR
-    if not src.is_dir():
-        return None
-    dst = Path(tempfile.mkdtemp(prefix="dlopt-sharded-")) / SHARDED_DIR
-    shutil.copytree(src, dst)
-    return str(dst)
 
 
 # ------------------------------------------------------------------ back to one full model

@@ -3,13 +3,13 @@
 
 dlopt.train.loop.fit is the one loop for every strategy. It asks its strategy, in order:
 - `prepare(model, build)`: the module this rank trains, before the optimizer exists
-  (DDP: the model; FSDP: the model sharded in place; pipeline: this rank's stage);
-- `load(resume, optimizer)`: that module's and the optimizer's state from a checkpoint;
+  (DDP: the model; FSDP: the model sharded in place; pipeline: this rank's `PipelinePart`);
+- `load(resume, optimizer)`: that module's and the optimizer's state from a `TrialCheckpoint`;
 - `start(optimizer, loss_fn)`: what must follow loading (DDP wraps the model here);
 - `train_step(state, x, y, run)`: one batch's forward, backward and optimizer step, with
   the stage events in between (`run(event)`); returns the batch's mean loss;
 - `eval_model()`: the module validation runs on, after each epoch;
-- `checkpoint(saved)`: the writer of this rank's part of an epoch checkpoint, or None;
+- `checkpoint(saved)`: the writer of this rank's part of an epoch's `TrialCheckpoint`, or None;
 - `final_model(state)`: the plain full model the final stages compress (None on a rank
   with nothing left to do; that rank sends the final metrics without a model).
 `data_rank`/`data_world` say how batches are dealt: DDP and FSDP split each epoch's
@@ -27,6 +27,7 @@ from torch import nn
 from dlopt.spec import Experiment
 from dlopt.stages import Event, State
 from dlopt.train import checkpoint, pipeline, sharding
+from dlopt.train.checkpoint import TrialCheckpoint
 from dlopt.train.steps import autocast
 
 Writer = Callable[[Path], None]
@@ -39,7 +40,7 @@ class Strategy(Protocol):
 
     def prepare(self, model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module: ...
 
-    def load(self, resume: dict, optimizer: torch.optim.Optimizer) -> None: ...
+    def load(self, resume: TrialCheckpoint, optimizer: torch.optim.Optimizer) -> None: ...
 
     def start(self, optimizer: torch.optim.Optimizer, loss_fn: Callable) -> None: ...
 
@@ -48,7 +49,7 @@ class Strategy(Protocol):
 
     def eval_model(self) -> nn.Module: ...
 
-    def checkpoint(self, saved: dict) -> Optional[Writer]: ...
+    def checkpoint(self, saved: TrialCheckpoint) -> Optional[Writer]: ...
 
     def final_model(self, state: State) -> Optional[nn.Module]: ...
 
@@ -77,9 +78,9 @@ class DataParallel:
         self.model, self.build = model, build
         return model
 
-    def load(self, resume: dict, optimizer: torch.optim.Optimizer) -> None:
-        self.model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+    def load(self, resume: TrialCheckpoint, optimizer: torch.optim.Optimizer) -> None:
+        self.model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
 
     def start(self, optimizer: torch.optim.Optimizer, loss_fn: Callable) -> None:
         self.optimizer, self.loss_fn = optimizer, loss_fn
@@ -106,8 +107,8 @@ class DataParallel:
     def eval_model(self) -> nn.Module:
         return self.model
 
-    def checkpoint(self, saved: dict) -> Optional[Writer]:
-        saved.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict())
+    def checkpoint(self, saved: TrialCheckpoint) -> Optional[Writer]:
+        saved = saved.with_weights(self.model.state_dict(), self.optimizer.state_dict())
         if self.rank != 0:  # every rank holds the same weights: rank 0 writes them
             return None
         return lambda d: checkpoint.save(saved, d)
@@ -125,14 +126,14 @@ class FullySharded(DataParallel):
         sharding.shard(model, self.spec.precision, self.spec.compression)
         return super().prepare(model, build)
 
-    def load(self, resume: dict, optimizer: torch.optim.Optimizer) -> None:
-        sharding.load(self.model, optimizer, resume["sharded"])  # each rank its own shards
+    def load(self, resume: TrialCheckpoint, optimizer: torch.optim.Optimizer) -> None:
+        sharding.load(self.model, optimizer, resume.sharded)  # each rank its own shards
 
     def start(self, optimizer: torch.optim.Optimizer, loss_fn: Callable) -> None:
         self.optimizer, self.loss_fn = optimizer, loss_fn
         self.forward = self.model  # already sharded: no DDP wrapper
 
-    def checkpoint(self, saved: dict) -> Optional[Writer]:
+    def checkpoint(self, saved: TrialCheckpoint) -> Optional[Writer]:
         def write(d: Path) -> None:  # every rank writes its shard; rank 0 also the rest
             sharding.save(self.model, self.optimizer, d)
             if self.rank == 0:
@@ -141,13 +142,13 @@ class FullySharded(DataParallel):
 
     def final_model(self, state: State) -> Optional[nn.Module]:
         """The full weights gathered into a plain model on rank 0 (collective)."""
-        state.report["shard_fraction_max"] = sharding.max_shard_fraction(self.model)
+        state.run_entries["shard_fraction_max"] = sharding.max_shard_fraction(self.model)
         return sharding.full_model(self.model, self.build, self.rank)
 
 
 class Pipelined:
-    """GPipe over consecutive stages of an nn.Sequential, one per rank (dlopt.train.pipeline):
-    each rank trains only its stage, on every batch of the epoch."""
+    """GPipe over consecutive parts of an nn.Sequential, one per rank (dlopt.train.pipeline):
+    each rank trains only its `PipelinePart`, on every batch of the epoch."""
 
     def __init__(self, spec: Experiment, rank: int, world: int, device: str):
         self.rank, self.world, self.device = rank, world, device
@@ -155,15 +156,15 @@ class Pipelined:
 
     def prepare(self, model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
         self.build = build
-        self.stage = pipeline.part(model, pipeline.split(model, self.world), self.rank)
-        return self.stage
+        self.part = pipeline.part(model, pipeline.split(model, self.world), self.rank)
+        return self.part
 
-    def load(self, resume: dict, optimizer: torch.optim.Optimizer) -> None:
-        pipeline.load_stage(self.stage, optimizer, resume["sharded"], self.rank)
+    def load(self, resume: TrialCheckpoint, optimizer: torch.optim.Optimizer) -> None:
+        pipeline.load_part(self.part, optimizer, resume.sharded, self.rank)
 
     def start(self, optimizer: torch.optim.Optimizer, loss_fn: Callable) -> None:
         self.optimizer = optimizer
-        self.pipe = pipeline.Pipe(self.stage, self.rank, self.world, self.device, loss_fn)
+        self.pipe = pipeline.Pipe(self.part, self.rank, self.world, self.device, loss_fn)
 
     def train_step(self, state: State, x: torch.Tensor, y: torch.Tensor, run: Events) -> float:
         self.optimizer.zero_grad(set_to_none=True)
@@ -174,17 +175,17 @@ class Pipelined:
         return loss
 
     def eval_model(self) -> nn.Module:
-        return pipeline.gather_full(self.stage, self.build)  # collective
+        return pipeline.gather_full(self.part, self.build)  # collective
 
-    def checkpoint(self, saved: dict) -> Optional[Writer]:
-        def write(d: Path) -> None:  # every rank writes its stage; rank 0 also the rest
-            pipeline.save_stage(self.stage, self.optimizer, d, self.rank)
+    def checkpoint(self, saved: TrialCheckpoint) -> Optional[Writer]:
+        def write(d: Path) -> None:  # every rank writes its part; rank 0 also the rest
+            pipeline.save_part(self.part, self.optimizer, d, self.rank)
             if self.rank == 0:
                 checkpoint.save(saved, d)
         return write
 
     def final_model(self, state: State) -> Optional[nn.Module]:
         """The gathered full model on rank 0 (collective)."""
-        full = pipeline.gather_full(self.stage, self.build)
-        state.report["stage_fraction_max"] = pipeline.max_stage_fraction(self.stage, full)
+        full = pipeline.gather_full(self.part, self.build)
+        state.run_entries["stage_fraction_max"] = pipeline.max_part_fraction(self.part, full)
         return full if self.rank == 0 else None

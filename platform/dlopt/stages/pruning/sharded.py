@@ -1,6 +1,6 @@
 """Pruning masks for FSDP-sharded weights: DTensor masks placed exactly like their weights.
 
-Why not torch's pruning reparametrization (what dlopt.stages.prune uses for DDP): on an
+Why not torch's pruning reparametrization (what dlopt.stages.pruning.stage uses for DDP): on an
 FSDP2 module `prune.identity` fails at the next forward (measured, torch 2.13:
 "TypeError: cannot assign 'torch.FloatTensor' as parameter 'weight' (torch.nn.Parameter or
 None expected)"): FSDP2 re-registers the unsharded weight as the module's Parameter around
@@ -9,7 +9,7 @@ each forward, and the pruning pre-hook assigns a plain tensor to that same name.
 What happens instead (the Prune stage calls these when the model is sharded):
 - `compute`: at a mask update every rank gathers the full weights (`full_tensor()`, one
   all-gather per pruned layer, only at update steps) and runs the same torch `compute_mask`
-  code as DDP (`prune.masks_from`), so global scope sees every weight; all ranks get the same
+  code as DDP (`masks.masks_from`), so global scope sees every weight; all ranks get the same
   full masks, and each keeps only its own shard of them (`distribute_tensor` with
   `src_data_rank=None`: no communication, each rank slices what it owns). A mask shard has
   the placement of its weight shard, so 1/N of the mask memory is held per rank.
@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlopt.stages import pruning as prune_mod
+from dlopt.stages.pruning import masks
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -77,8 +77,8 @@ class ShardedMasks:
         current = ([_full(k) for k in self.masks] if self.masks is not None
                    else [torch.ones_like(w) for w in full_w])
         importance = [w * c for w, c in zip(full_w, current)]
-        full_masks = prune_mod.masks_from(importance, current, sparsity, scope, structured, norm)
-        agree = prune_mod.tensors_agree(full_masks, world)
+        full_masks = masks.masks_from(importance, current, sparsity, scope, structured, norm)
+        agree = masks.tensors_agree(full_masks, world)
         self.masks = [_like(k, m.weight) for k, m in zip(full_masks, mods)]
         self.zero_pruned(mods)
         return agree

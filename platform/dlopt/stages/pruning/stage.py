@@ -15,7 +15,7 @@ How it stays correct under training, DDP and restarts:
 - Every DDP rank holds the same weights after the gradient all-reduce and runs the same
   deterministic mask computation; `masks_agree` checks that across ranks.
 - Under FSDP (weights are DTensor shards) torch's reparametrization cannot be installed;
-  the masks are DTensor shards placed like the weights instead (dlopt.stages.prune_sharded),
+  the masks are DTensor shards placed like the weights instead (dlopt.stages.pruning.sharded),
   computed by the same `masks_from` on the gathered weights.
 
 Schedules: "one_shot" prunes to the target at `start_epoch` (then training fine-tunes);
@@ -32,8 +32,9 @@ from __future__ import annotations
 from torch import nn
 
 from dlopt.ml import shrink
-from dlopt.stages import Stage, State, prune_sharded
-from dlopt.stages.pruning import (
+from dlopt.stages import CompressionStage, State, StageOutput
+from dlopt.stages.pruning import sharded as prune_sharded
+from dlopt.stages.pruning.masks import (
     apply_masks,
     attach,
     compute_masks,
@@ -47,7 +48,7 @@ from dlopt.stages.pruning import (
 )
 
 
-class Prune(Stage):
+class Prune(CompressionStage):
     name = "prune"
 
     def __init__(self, spec, experiment):
@@ -57,7 +58,7 @@ class Prune(Stage):
         self.rank_mismatches = 0
         self.updates = 0
         self.forced_at_end = 0
-        self.sharded = None  # ShardedMasks when the model is FSDP-sharded (see prune_sharded)
+        self.sharded = None  # ShardedMasks when the model is FSDP-sharded (pruning.sharded)
         self.widths: dict[str, int] = {}  # structured: output widths left after removal
 
     def _window(self, steps_per_epoch: int) -> tuple[int, int]:
@@ -154,9 +155,12 @@ class Prune(Stage):
             names = [name for name, _ in targets(state.model, True)]
             zero_dead_biases([m for _, m in targets(state.model, True)])
             self.widths = shrink.remove(state.model, names)
-        state.report.update({"prune_rank_mask_mismatches": self.rank_mismatches,
-                             "prune_mask_updates": self.updates,
-                             "prune_forced_at_end": self.forced_at_end})
+        state.add_compression_metrics({"prune_rank_mask_mismatches": self.rank_mismatches,
+                                       "prune_mask_updates": self.updates,
+                                       "prune_forced_at_end": self.forced_at_end})
+
+    def output(self) -> StageOutput:
+        return StageOutput(widths=self.widths)
 
     def state_dict(self) -> dict:
         return {"sparsity": self.sparsity, "rank_mismatches": self.rank_mismatches,

@@ -1,6 +1,7 @@
 """Magnitude pruning as pure functions on torch.nn.utils.prune: schedules, masks, agreement.
 
-The Prune stage (dlopt.stages.prune) and the FSDP masks (dlopt.stages.prune_sharded) both use them.
+The Prune stage (dlopt.stages.pruning.stage) and the FSDP masks (dlopt.stages.pruning.sharded)
+both use them. No stage, no loop, no Ray: testable on a bare module.
 """
 from __future__ import annotations
 
