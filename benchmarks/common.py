@@ -51,6 +51,20 @@ def machine() -> dict:
             "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
+def disk_sync_ms(directory: str, writes: int = 200) -> float:
+    """Milliseconds per synchronous 4 KiB write in `directory` (`dd oflag=dsync`): what each
+    fsync of a state save or a SQLite commit costs on this disk."""
+    import subprocess
+    import tempfile
+    import time
+
+    with tempfile.NamedTemporaryFile(dir=directory) as f:
+        t0 = time.perf_counter()
+        subprocess.run(["dd", "if=/dev/zero", f"of={f.name}", "bs=4k", f"count={writes}",
+                        "oflag=dsync"], check=True, capture_output=True)
+        return round((time.perf_counter() - t0) * 1000 / writes, 3)
+
+
 def command() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 

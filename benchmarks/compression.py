@@ -20,7 +20,14 @@ the way serving rebuilds it.
    for the LeNet-300-100-shaped MLP, a wider 64-1024-1024-10 MLP (dynamic int8) and the
    `cnn` (static QDQ int8; ONNX Runtime's dynamic ConvInteger is timed beside it).
 
+3. `--sharing` (alone): Deep Compression's full recipe on a 784-input LeNet-300-100 (the
+   IDX files of MNIST under `--mnist-root` when given, else sklearn's digits upsampled to
+   28x28 and written as IDX files, said in the output): gradual global pruning + weight sharing
+   (k-means, `--bits`, centroids fine-tuned) + entropy-coded indices, against the same spec
+   dense, per seed; bytes are the saved compact artifact's.
+
     python benchmarks/compression.py [--seeds 5] [--repeats 200] [--latency-only]
+    python benchmarks/compression.py --sharing [--seeds 5] [--bits 5] [--mnist-root DIR]
 """
 from __future__ import annotations
 
@@ -187,14 +194,102 @@ def latency(epochs: int, repeats: int, work: Path) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------ part 3: weight sharing
+def digits_as_mnist(root: Path) -> Path:
+    """No MNIST here: sklearn's 8x8 digits upsampled (bilinear) to 28x28, 0..255, written as
+    MNIST's IDX files under root/MNIST/raw (1,437 train / 360 test rows), read back by
+    dlopt's own IDX reader: 784 inputs of real handwritten digits."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.nn.functional.interpolate(torch.from_numpy(bunch.images).float()[:, None],
+                                        size=(28, 28), mode="bilinear", align_corners=True)
+    x = (x[:, 0] * 255 / 16).round().clamp(0, 255).numpy().astype(np.uint8)
+    y = bunch.target.astype(np.uint8)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+
+    def idx(path, a):
+        head = bytes([0, 0, 8, a.ndim]) + np.asarray(a.shape, dtype=">i4").tobytes()
+        (raw / path).write_bytes(head + a.tobytes())
+    n = 1437
+    idx("train-images-idx3-ubyte", x[:n])
+    idx("train-labels-idx1-ubyte", y[:n])
+    idx("t10k-images-idx3-ubyte", x[n:])
+    idx("t10k-labels-idx1-ubyte", y[n:])
+    return root
+
+
+def sharing_spec(seed: int, compressed: bool, bits: int, mnist_root: str, epochs: int):
+    from dlopt import Data, Experiment, Model, Optimizer, Prune, Schedule, Share
+
+    data = Data(dataset="mnist", root=mnist_root, batch_size=64, val_fraction=0.2)
+    prune_end = epochs - 8
+    compression = [Prune(scope="global", sparsity=0.95, schedule="gradual", start_epoch=2,
+                         end_epoch=prune_end, frequency=10),
+                   Share(bits=bits, finetune_epochs=4)] if compressed else []
+    return Experiment(name="bench-share", seed=seed, epochs=epochs, data=data,
+                      model=Model(hidden=[300, 100], init="kaiming_uniform"),
+                      optimizer=Optimizer(name="sgd", lr=0.05, momentum=0.9, nesterov=True),
+                      schedule=Schedule(name="cosine"), compression=compression)
+
+
+def sharing_seeds(args, work: Path) -> None:
+    rows = []
+    root = args.mnist_root or str(digits_as_mnist(work / "digits28"))
+    for seed in range(args.seeds):
+        d, _ = train(sharing_spec(seed, False, args.bits, root, args.epochs), work)
+        c, _ = train(sharing_spec(seed, True, args.bits, root, args.epochs), work)
+        row = {"seed": seed, "dense_acc": d["val_accuracy"], "acc": c["compressed_val_accuracy"],
+               "pruned_acc": c["prune_val_accuracy"], "sparsity": c["sparsity"],
+               "dense_bytes": c["dense_bytes"], "pruned_bytes": c["prune_model_bytes"],
+               "model_bytes": c["model_bytes"]}
+        row["ratio"] = row["dense_bytes"] / row["model_bytes"]
+        row["drop_points"] = (row["dense_acc"] - row["acc"]) * 100
+        rows.append(row)
+        print(common.table([row], list(row)), flush=True)
+    mean = {k: statistics.mean(r[k] for r in rows) for k in ("ratio", "drop_points", "acc",
+                                                            "dense_acc", "model_bytes")}
+    std = {k: statistics.stdev(r[k] for r in rows) if len(rows) > 1 else 0.0
+           for k in ("ratio", "drop_points")}
+    data = (f"MNIST IDX files under {args.mnist_root}" if args.mnist_root else
+            "no MNIST on this machine: sklearn's digits upsampled to 28x28 and written as "
+            "MNIST IDX files (1,437 train rows, of which 20% validation; accuracy on those "
+            f"{round(0.2 * 1437)} validation rows, so one row is "
+            f"{100 / round(0.2 * 1437):.2f} points)")
+    md = (f"LeNet-300-100 (784-300-100-10), {args.epochs} epochs, {len(rows)} seeds; data: "
+          f"{data}. Compressed: gradual global pruning to 95% (epochs 2-{args.epochs - 8}), "
+          f"then k-means weight sharing, {args.bits} bits, centroids fine-tuned the last 4 "
+          "epochs; bytes: the saved compact artifact (codebook + zlib/LZMA-coded indices).\n\n"
+          + common.table(rows, list(rows[0])) + "\n\n"
+          f"- size: {mean['ratio']:.1f} +- {std['ratio']:.1f}x (target {TARGET_SIZE}x): "
+          f"{'met' if mean['ratio'] >= TARGET_SIZE else 'not met'}\n"
+          f"- accuracy drop: {mean['drop_points']:.2f} +- {std['drop_points']:.2f} points "
+          f"(target <= {TARGET_DROP_POINTS}): "
+          f"{'met' if mean['drop_points'] <= TARGET_DROP_POINTS else 'not met'}\n")
+    common.write("compression_sharing", "Compression: weight sharing on LeNet-300-100",
+                 {"seeds": rows, "mean": mean, "std": std, "data": data, "args": vars(args)}, md)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--latency-epochs", type=int, default=3)
     ap.add_argument("--latency-only", action="store_true")
+    ap.add_argument("--sharing", action="store_true", help="part 3 only")
+    ap.add_argument("--bits", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--mnist-root", default=None)
     args = ap.parse_args()
     import os
+
+    if args.sharing:
+        with tempfile.TemporaryDirectory(prefix="dlopt-bench-") as d:
+            sharing_seeds(args, Path(d))
+        return
 
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="dlopt-bench-") as d:

@@ -14,7 +14,15 @@ process, timed from its start to its exit (imports, Ray start and shutdown inclu
 Then every epoch of every trial is checked in MLflow: each child run's `train_loss` history
 has steps 1..epochs exactly once. marginal_s: seconds per extra trial between two sizes.
 
-    python benchmarks/sweep_scale.py [--sizes 100 300 1000] [--epochs 2]
+Where the driver's time goes (`--phases`, issue 30): the largest size's dlopt side runs once
+more under py-spy (`record --nonblocking --threads`, active samples only: CPU, not waiting),
+and each sample of the driver process is put in a phase by its stack (PHASES): Tune's event
+loop, the MLflow writer, Tune's state saves, checkpoint copies, the live view, the review
+and registration after the loop, Ray's start, imports. With the machine's CPU and disk facts
+(nproc, load, `dd oflag=dsync` latency: common.disk_sync_ms), a run on another machine says
+why its ratio differs.
+
+    python benchmarks/sweep_scale.py [--sizes 100 300 1000] [--epochs 2] [--phases]
 """
 from __future__ import annotations
 
@@ -157,10 +165,52 @@ def fixed_costs(env: dict, epochs: int) -> dict:
             "total_s": t_exit - t0}
 
 
+# (phase, substrings of a sample's thread name or frames), first match wins
+PHASES = (
+    ("imports", ("_find_and_load",)),
+    ("mlflow_writer", ("dlopt-mlflow-writer", "tracking/store.py", "tracking/callback.py")),
+    ("tune_state_saves", ("experiment_state", "save_to_dir", "_save_experiment")),
+    ("checkpoint_copies", ("copy_files", "_persist", "checkpoint_manager", "storage.py")),
+    ("review_and_registration", ("driver/finalize.py", "registry/", "driver/description.py",
+                                 "driver/plots.py", "driver/publish.py", "driver/pareto.py")),
+    ("live_view", ("driver/progress.py", "driver/tables.py")),
+    ("ray_start", ("init_ray", "ray/_private/node.py", "ray/_private/services.py")),
+    ("tune_event_loop", ("tune_controller.py", "ray/tune/", "ray/train/", "fit_and_finalize")),
+)
+
+
+def phase_of(stack: str) -> str:
+    return next((name for name, parts in PHASES if any(p in stack for p in parts)), "other")
+
+
+def profile_phases(n: int, epochs: int, env: dict, rate: int = 25) -> dict:
+    """The dlopt side of `n` trials under py-spy: wall seconds, and the driver's CPU seconds
+    by phase (samples / rate)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    with tempfile.TemporaryDirectory(prefix="dlopt-phases-") as work:
+        spec = Path(work) / "scale.py"
+        spec.write_text(SPEC.format(epochs=epochs, trials=n))
+        raw = Path(work) / "driver.txt"
+        wall, _, _ = timed([str(spy), "record", "--rate", str(rate), "--format", "raw",
+                            "--threads", "--nonblocking", "-o", str(raw), "--", sys.executable,
+                            "-m", "dlopt", "run", str(spec), "--tracking-uri",
+                            f"sqlite:///{work}/mlflow.db", "--storage", f"{work}/ray"], env)
+        cpu: dict[str, float] = {name: 0.0 for name, _ in PHASES}
+        cpu["other"] = 0.0
+        for line in raw.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            cpu[phase_of(stack)] += int(count) / rate
+    total = sum(cpu.values())
+    return {"trials": n, "wall_s": wall, "driver_cpu_s": total,
+            **{f"{k}_s": round(v, 1) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])}}
+
+
 def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--phases", action="store_true",
+                    help="profile the largest size's dlopt side with py-spy: the driver's CPU by phase")
     ap.add_argument("--side", choices=["bare"], help=argparse.SUPPRESS)
     ap.add_argument("--trials", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--storage", help=argparse.SUPPRESS)
@@ -227,6 +277,9 @@ def main() -> None:
 
     env = {**os.environ, "PYTHONPATH": str(common.ROOT / "platform") + os.pathsep
            + os.environ.get("PYTHONPATH", ""), "RAY_AIR_NEW_OUTPUT": "0"}
+    facts = {"nproc": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()],
+             "dsync_write_ms": common.disk_sync_ms(tempfile.gettempdir())}
+    print(f"machine: {facts}", flush=True)
     fixed = [{"side": "bare", **bare_fixed_costs(env, args.epochs)},
              {"side": "dlopt", **fixed_costs(env, args.epochs)}]
     print(common.table(fixed, list(fixed[0])), flush=True)
@@ -240,9 +293,17 @@ def main() -> None:
             "stdout_lines", "child_runs", "every_epoch_once", "tune_state_bytes"]
     text = common.table(rows, cols)
     print(text)
+    phases = [profile_phases(args.sizes[-1], args.epochs, env)] if args.phases else []
+    md = _markdown(args.epochs, rows, fixed, text)
+    if phases:
+        text = common.table(phases, list(phases[0]))
+        print(text)
+        md += ("\nThe driver's CPU by phase (py-spy, active samples, one more dlopt run of "
+               f"{args.sizes[-1]} trials): \n\n" + text + "\n")
+    md += f"\nMachine facts: {facts}\n"
     common.write("sweep_scale", "Sweep scale", {"rows": rows, "fixed_costs": fixed,
-                                                "args": vars(args)},
-                 _markdown(args.epochs, rows, fixed, text))
+                                                "phases": phases, "facts": facts,
+                                                "args": vars(args)}, md)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_summary_prints_each_registered_version_by_alias_or_by_version(capsys):
                   RegisteredModel(name="m", version="2", alias=None, run_id="r2", trial_id="t2")]
     result = SimpleNamespace(plan=make_plan(Experiment(name="s")), trials=[], wall_seconds=1.0,
                              best=None, registered=registered, tracking_uri="sqlite:///m.db",
-                             parent_run_id="p", experiment_id="1")
+                             parent_run_id="p", experiment_id="1", stop_reason="")
     print_summary(result)
     out = capsys.readouterr().out
     assert "registered models:/m@most-accurate (version 1)\n  test    test_accuracy=0.9\n" in out

@@ -4,12 +4,15 @@
 - the Ray cluster launcher YAMLs validate against the schema the installed Ray ships
   (ray/autoscaler/ray-schema.json), the same check `ray up` does first;
 - the KubeRay manifests carry the fields their CRDs (ray.io/v1) require;
+- every node runs a Python that pyproject's `requires-python` accepts (the launcher YAMLs'
+  uv-made venv, the KubeRay image's tag) and the Ray that pyproject pins;
 - the job's working_dir upload, packaged by Ray's own packager with dlopt's excludes,
   leaves out VCS data, environments, tracking stores and results.
 No Ray cluster is started here.
 """
 import json
 import os
+import re
 import socket
 import zipfile
 from pathlib import Path
@@ -63,6 +66,89 @@ def test_launcher_schema_check_is_real(ray_schema):
     broken["available_node_types"]["head"]["resources"] = {"GPU": "none"}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, ray_schema)
+
+
+# ------------------------------------------------------------------ Python and Ray versions
+def pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def requires_python():
+    from packaging.specifiers import SpecifierSet
+
+    return SpecifierSet(pyproject()["project"]["requires-python"])
+
+
+def pinned_ray() -> str:
+    (pin,) = [d for d in pyproject()["project"]["optional-dependencies"]["run"]
+              if d.startswith("ray[")]
+    return pin.split("==")[1]
+
+
+def image_python(config: dict) -> str:
+    """The Python of a node's image where its name says it (GCP families `-py310`); the AWS
+    Deep Learning Base AMI (Ubuntu 22.04) ships /usr/bin/python3.10."""
+    images = [t["node_config"].get("ImageId") or
+              t["node_config"]["disks"][0]["initializeParams"]["sourceImage"]
+              for t in config["available_node_types"].values()]
+    found = {re.search(r"py3(\d+)$", i) for i in images}
+    tags = {f"3.{m.group(1)}" for m in found if m}
+    return tags.pop() if tags else "3.10"
+
+
+def node_python(config: dict) -> str:
+    """The Python dlopt and Ray run under on a launcher node: the venv the setup commands make
+    (`uv venv --python X.Y`) if every Ray command runs from it, else the image's own."""
+    made = [m.group(1) for c in config["setup_commands"]
+            for m in [re.search(r"uv venv --python (\d+\.\d+)\S* .*?(\S+venv\S*)$", c)] if m]
+    ray_cmds = [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
+                for c in config[key] if re.search(r"\bray (start|stop)\b", c)]
+    if made and all("dlopt-venv/bin/ray " in c for c in ray_cmds):
+        return made[0]
+    return image_python(config)
+
+
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: p.parent.name)
+def test_launcher_nodes_run_a_python_pyproject_accepts(path):
+    config = yaml.safe_load(path.read_text())
+    version = node_python(config)
+    assert version in requires_python(), (path.name, version, str(requires_python()))
+    # the project is installed into that venv, not the image's python3
+    installs = [c for c in config["setup_commands"] if "pip install" in c]
+    assert installs and all("--python $HOME/dlopt-venv/bin/python" in c for c in installs)
+    assert not any(re.search(r"\bpython3 -m pip\b", c) for c in config["setup_commands"])
+
+
+def test_python_check_is_real():
+    """The same configs with the image's python (what they had before) fail the check."""
+    config = yaml.safe_load(LAUNCHER_YAMLS[0].read_text())
+    config["head_start_ray_commands"] = ["ray stop", "ray start --head"]
+    assert node_python(config) == "3.10" and "3.10" not in requires_python()
+
+
+def dockerfile_image() -> tuple[str, str]:
+    """(Ray version, Python) of the KubeRay Dockerfile's base image."""
+    base = re.search(r"^FROM rayproject/ray:(\S+)-py3(\d+)(-\S+)?$",
+                     (CLUSTERS / "kuberay" / "Dockerfile").read_text(), re.M)
+    assert base, "the Dockerfile's FROM is not a rayproject/ray:VERSION-py3XX image"
+    return base.group(1), f"3.{base.group(2)}"
+
+
+def test_kuberay_image_python_and_ray_match_pyproject():
+    ray_version, python = dockerfile_image()
+    assert python in requires_python(), python
+    assert ray_version == pinned_ray()
+    # every Ray container of the manifests runs the image that Dockerfile builds
+    for kind in ("RayCluster", "RayJob"):
+        for d in by_kind()[kind]:
+            spec = d["spec"] if kind == "RayCluster" else d["spec"]["rayClusterSpec"]
+            templates = [spec["headGroupSpec"]["template"]] + [
+                g["template"] for g in spec["workerGroupSpecs"]]
+            for t in templates:
+                for c in t["spec"]["containers"]:
+                    assert c["image"].endswith("/dlopt:" + pyproject()["project"]["version"]), c
 
 
 # Required fields of the KubeRay v1 CRDs (ray-operator/apis/ray/v1/raycluster_types.go: fields

@@ -307,15 +307,14 @@ def test_multi_objective_uses_optuna_with_metric_and_mode_lists():
     # Tune's per-result metric check does not see the objectives (they come in the final
     # report); the Optuna searcher inside has them, and TuneConfig gets no metric.
     assert alg.metric is None and tune_config_metric(plan) == (None, None)
-    inner = alg.searcher
-    inner = getattr(inner, "searcher", inner)  # inside a ConcurrencyLimiter when one is set
-    assert isinstance(inner, OptunaSearch)
-    assert inner.metric == ["compressed_val_accuracy", "model_bytes"] and inner.mode == ["max", "min"]
+    found = inner(alg)  # inside the Steered wrapper and a ConcurrencyLimiter when one is set
+    assert isinstance(found, OptunaSearch)
+    assert found.metric == ["compressed_val_accuracy", "model_bytes"] and found.mode == ["max", "min"]
     # a single metric reported every epoch goes to TuneConfig as usual
     spec = make(optimizer=Optimizer(lr=tune.loguniform(1e-3, 1e-1)), search=Search(algorithm="bayesian"))
     plan = make_plan(spec)
     assert tune_config_metric(plan) == ("val_accuracy", "max")
-    assert isinstance(search_algorithm(plan), OptunaSearch)
+    assert isinstance(inner(search_algorithm(plan)), OptunaSearch)
 
 
 def test_plan_describes_scheduler_domains_and_concurrency():

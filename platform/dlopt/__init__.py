@@ -15,11 +15,12 @@ from dlopt.spec import (
     Resources,
     Schedule,
     Search,
+    Share,
     Tracking,
 )
 
 __all__ = ["Experiment", "Data", "Model", "Optimizer", "Schedule", "Regularization", "Prune",
-           "Quantize", "Distill", "Search", "Resources", "Tracking", "tune", "run", "load_model"]
+           "Quantize", "Share", "Distill", "Search", "Resources", "Tracking", "tune", "run", "load_model"]
 
 
 def run(experiment: Experiment, **kwargs):

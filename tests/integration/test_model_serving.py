@@ -131,8 +131,11 @@ def test_logged_model_follows_mlflow_conventions(champion):
     mlflow.set_tracking_uri(uri)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{NAME}/{version.version}"))
     meta = MlflowModel.load(str(local / "MLmodel"))
-    inputs = meta.signature.inputs.to_dict()
-    assert list(inputs[0]["tensor-spec"]["shape"]) == [-1, 64], inputs
+    # no input schema (MLflow would refuse float32 rows of a float64 model); the input is
+    # declared in the metadata and enforced by the pyfunc (dlopt.registry.serving.InputContract)
+    assert meta.signature.inputs is None
+    assert meta.metadata["dlopt.input"]["shape"] == [-1, 64], meta.metadata
+    assert meta.metadata["dlopt.input"]["dtype"] == "float64", meta.metadata
     assert meta.signature.params.to_dict()[0]["name"] == "output"
     example = json.loads((local / "serving_input_example.json").read_text())
     assert np.asarray(example["inputs"]).shape[1] == 64 and np.asarray(example["inputs"]).max() > 1
@@ -148,6 +151,34 @@ def test_logged_model_follows_mlflow_conventions(champion):
     assert dataset.name == "digits"
     experiment = client.get_experiment(result.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+          "uint8", "uint16", "uint32", "uint64")
+
+
+def test_pyfunc_takes_every_numeric_dtype_and_names_the_contract(champion):
+    _, _, _, work, uri = champion
+    out = fresh(LOAD + f"""
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model({MODEL!r})
+base = model.predict(x)
+same = {{d: bool((model.predict(x.astype(d)) == base).all()) for d in {DTYPES!r}}}
+same["dataframe"] = bool((model.predict(pd.DataFrame(x.astype("float32"))) == base).all())
+same["bool"] = bool((model.predict(x > 8) == model.predict((x > 8).astype("float64"))).all())
+errors = []
+for bad in (x[:2, :10], x[:2].astype(str), x[:2].astype(complex)):
+    try:
+        model.predict(bad)
+        errors.append("accepted")
+    except Exception as err:
+        errors.append(str(err))
+print(json.dumps({{"same": same, "errors": errors}}))
+""", uri, work)
+    got = json.loads(out.splitlines()[-1])
+    assert all(got["same"].values()) and len(got["same"]) == len(DTYPES) + 2, got["same"]
+    for message in got["errors"]:
+        assert "(-1, 64)" in message and "float64" in message, message
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:
@@ -194,11 +225,26 @@ def test_mlflow_models_serve_answers_raw_rows_with_the_tagged_accuracy(champion)
         status, body = post(base + "/invocations", {"inputs": x[:3].tolist(),
                                                     "params": {"output": "probabilities"}})
         assert status == 200 and np.asarray(body["predictions"]).shape == (3, 10), body
-        # rows of the wrong width: MLflow's schema error, not a torch traceback
-        status, body = post(base + "/invocations", {"inputs": x[:2, :10].tolist()})
-        assert status == 400, body
-        message = body.get("message", "")
-        assert "shape" in message.lower() and "Traceback" not in message and "torch" not in message, body
+        # the same rows as ints and bools, in each JSON format: the same answers as floats
+        ints = x.astype(np.int64)
+        for payload in ({"inputs": ints.tolist()}, {"instances": ints.tolist()},
+                        {"dataframe_split": {"columns": [str(i) for i in range(64)],
+                                             "data": ints.tolist()}},
+                        {"dataframe_split": {"data": x.astype(np.float32).tolist()}}):
+            status, body = post(base + "/invocations", payload)
+            assert status == 200, (list(payload), body)
+            assert (np.asarray(body["predictions"]) == y).mean() == pytest.approx(tag, abs=1e-12)
+        flags = (x > 8)
+        answers = [post(base + "/invocations", {"inputs": rows})
+                   for rows in (flags.tolist(), flags.astype(np.float64).tolist())]
+        assert answers[0][0] == 200 and answers[0] == answers[1], answers
+        # rows of the wrong width or not numbers: a schema error naming the contract, no traceback
+        for rows in (x[:2, :10].tolist(), [["a"] * 64]):
+            status, body = post(base + "/invocations", {"inputs": rows})
+            assert status == 400, body
+            message = body.get("message", "")
+            assert "(-1, 64)" in message and "float64" in message, body
+            assert "Traceback" not in message and "torch" not in message, body
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the session started above, nothing else
         try:

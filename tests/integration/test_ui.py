@@ -103,7 +103,12 @@ def server(tmp_path_factory):
     127.0.0.1 over the default local store, ./mlflow.db (SQLite), artifacts in ./mlartifacts."""
     work = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # its own HOME: `dlopt ui` prefers ~/dlopt/mlflow.db when one exists (a sweep run as a
+    # Ray job leaves it there), and this test is about the folder's own store
+    home = work / "home"
+    home.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+           "HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "dlopt.cli", "ui", "--port", str(port)],
                             cwd=work, env=env, stdout=open(work / "server.log", "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -186,7 +191,10 @@ def test_rest_parent_child_names_tags_and_artifacts(sweep, server):
         assert f"[{name}](" in note
 
     listed = {f["path"] for f in api(server, f"artifacts/list?run_id={pid}&path=review")["files"]}
-    assert listed == {"review/results.csv", "review/results.html", "review/learning_curves.png"}
+    # 2 trials: parallel coordinates, but too few for importance (dlopt.driver.importance)
+    assert listed == {"review/results.csv", "review/results.html", "review/learning_curves.png",
+                      "review/parallel_coordinates.png", "review/parallel_coordinates.html"}
+    assert "**Stopped:** all 2 trials ran." in note
     table = list(csv.DictReader(io.StringIO(artifact_text(server, pid, "review/results.csv"))))
     assert sorted(r["trial"] for r in table) == names
     assert all(float(r["val_accuracy"]) > 0.8 for r in table)
@@ -305,6 +313,31 @@ def test_browser_parent_run_shows_description_and_learning_curves(sweep, server,
         assert f"/runs/{next(c['info']['run_id'] for c in sweep['children'] if c['info']['run_name'] == name)}" \
             in link.get_attribute("href")
     browser.save_screenshot(str(SHOTS / "parent-run-curves.png"))
+
+
+def test_browser_shows_parallel_coordinates(sweep, server, browser):
+    """The review's parallel-coordinates plot inline in the description (the HTML page is
+    checked in tests/test_importance.py; the UI's artifact route does not render it)."""
+    server = server["url"]
+    from selenium.webdriver.common.by import By
+
+    pid = sweep["parent"]["info"]["run_id"]
+    browser.get(f"{server}/#/experiments/{sweep['exp_id']}/runs/{pid}?workflowType=machine_learning")
+    wait_for(browser, lambda d: "trials ok" in visible_text(d), "the run description")
+    close_assistant(browser)
+    more = [b for b in browser.find_elements(By.XPATH, "//*[normalize-space()='Show more']")
+            if b.is_displayed()]
+    if more:  # the browser may keep the description expanded from the test before
+        more[0].click()
+    image = wait_for(
+        browser, lambda d: next((i for i in d.find_elements(By.TAG_NAME, "img")
+                                 if "parallel_coordinates.png" in (i.get_attribute("src") or "")
+                                 and d.execute_script("return arguments[0].complete && "
+                                                      "arguments[0].naturalWidth", i)), None),
+        "the parallel-coordinates image")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", image)
+    assert image.is_displayed() and image.size["width"] > 300
+    browser.save_screenshot(str(SHOTS / "parent-run-parallel.png"))
 
 
 def test_dlopt_ui_serves_local_store_on_loopback(server):

@@ -38,7 +38,7 @@ def cmd_validate(args) -> int:
 def cmd_plan(args) -> int:
     from dlopt.spec.plan import make_plan
 
-    plan = make_plan(load_spec(args), cluster_cpus=args.cpus)
+    plan = make_plan(load_spec(args), cluster_cpus=args.cpus, cluster_gpus=args.gpus)
     print(json.dumps(plan.to_dict(), indent=1) if args.json else plan.describe())
     return 0
 
@@ -99,6 +99,8 @@ def print_summary(result) -> None:
     ok = sum(t.status == "ok" for t in result.trials)
     print(f"\nsweep {plan.sweep_name}: {ok}/{len(result.trials)} trials ok in "
           f"{result.wall_seconds:.0f} s")
+    if result.stop_reason:
+        print(f"stopped: {result.stop_reason}")
     metric = plan.headline[0]
     best = result.best
     if best is None:
@@ -198,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = spec_cmd("plan", "show what a run would do; starts nothing")
     s.add_argument("--json", action="store_true")
     s.add_argument("--cpus", type=float, default=None, help="cluster CPUs to plan for")
+    s.add_argument("--gpus", type=float, default=None,
+                   help="cluster GPUs to plan for (default: not counted; `dlopt run` counts them)")
     s.set_defaults(fn=cmd_plan)
     s = spec_cmd("run", "run the sweep")
     s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")

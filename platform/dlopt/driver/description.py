@@ -35,7 +35,9 @@ def ui_links(experiment_id: str) -> dict[str, Callable[..., str]]:
 def description(*, plan: Plan, rows: list[dict], best_id: Optional[str],
                 registered: list[RegisteredModel], experiment_id: str, parent_run_id: str,
                 command: Optional[str], commit: Optional[str], source: Optional[str],
-                artifacts: Sequence[str], compression: bool = False) -> str:
+                artifacts: Sequence[str], compression: bool = False,
+                stopped: Optional[str] = None,
+                importances: Optional[dict[str, float]] = None) -> str:
     """The parent run's markdown description.
 
     The UI shows the first lines before "Show more": the outcome comes first (trials ok, the
@@ -45,6 +47,8 @@ def description(*, plan: Plan, rows: list[dict], best_id: Optional[str],
     link = ui_links(experiment_id)
     by_id = {r["trial_id"]: r for r in rows}
     out = _outcome(plan, rows, by_id.get(best_id) if best_id else None, source, link)
+    if stopped:  # why the sweep ended (dlopt.driver.finalize.stop_reason)
+        out += [f"**Stopped:** {stopped}.", ""]
     for reg in registered:
         out += [_registered_line(reg, by_id, link), ""]
     out += _trials(plan, rows, link)
@@ -52,6 +56,7 @@ def description(*, plan: Plan, rows: list[dict], best_id: Optional[str],
         out.append(f"### {Path(png).stem.replace('_', ' ').capitalize()}")
         out.append(f"![{Path(png).stem}]({link['artifact'](parent_run_id, png)})")
         out.append("")
+    out += _mattered(importances, parent_run_id, artifacts, link)
     out += _search(plan, compression)
     if artifacts:
         out.append("### Artifacts")
@@ -113,6 +118,21 @@ def _trials(plan: Plan, rows: list[dict], link) -> list[str]:
                    f"`{ARTIFACT_DIR}/results.html`.")
     out.append("")
     return out
+
+
+def _mattered(importances: Optional[dict[str, float]], parent_run_id: str,
+              artifacts: Sequence[str], link) -> list[str]:
+    """The searched fields by importance (dlopt.driver.importance), most important first."""
+    if not importances:
+        return []
+    page = f"{ARTIFACT_DIR}/parallel_coordinates.html"
+    out = ["### What mattered",
+           "Importance (Optuna PED-ANOVA over the healthy trials): "
+           + ", ".join(f"`{p}` {v:.2f}" for p, v in importances.items()) + "."]
+    if page in artifacts:
+        out.append(f"Parallel coordinates in the browser: [{Path(page).name}]"
+                   f"({link['artifact'](parent_run_id, page)}).")
+    return out + [""]
 
 
 def _search(plan: Plan, compression: bool) -> list[str]:

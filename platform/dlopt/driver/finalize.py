@@ -90,14 +90,44 @@ def preload() -> None:
     threading.Thread(target=load, name="dlopt-preload", daemon=True).start()
 
 
-def finalize(grid, sweep: Sweep) -> tuple[list[TrialSummary], Optional[TrialSummary],
-                                          list[RegisteredModel]]:
-    """Collect, select, register, report on the test split, review: in that order."""
+def stop_reason(plan, results: list[dict], fit_seconds: float) -> str:
+    """Why the sweep ended, in one line (CLI summary, the parent's description and its
+    `dlopt.stop_reason` tag): every trial ran, or which sweep-level stop ended it
+    (dlopt.runtime.steer.sweep_stopper, TuneConfig.time_budget_s)."""
+    if not plan.stops:
+        return f"all {plan.trials} trials ran"
+    results = [r for r in results if r]  # a trial a stop left pending reported nothing
+    ran = f"{len(results)} of {plan.trials} trials"
+    healthy = [r for r in results if not r.get(DIVERGED)]
+    for name, goal in (plan.stops.get("stop_when") or {}).items():
+        mode = (plan.objectives or {plan.metric: plan.mode})[name]
+        hits = [r[name] for r in healthy if isinstance(r.get(name), (int, float))
+                and (r[name] >= goal if mode == "max" else r[name] <= goal)]
+        if hits:
+            return (f"stop_when: {name} reached {goal:g} ({max(hits) if mode == 'max' else min(hits):.4g}); "
+                    f"{ran} ran")
+    budget = plan.stops.get("time_budget_s")
+    if len(results) >= plan.trials:
+        return f"all {plan.trials} trials ran"
+    if budget is not None and fit_seconds >= budget:
+        return f"time_budget_s: {budget:g} s spent; {ran} ran"
+    if plan.stops.get("stop_on_plateau") is not None:
+        return f"stop_on_plateau: the top {plan.stops['stop_on_plateau']} results plateaued; {ran} ran"
+    return f"stopped early; {ran} ran"
+
+
+def finalize(grid, sweep: Sweep, stopped: str = "") -> tuple[list[TrialSummary],
+                                                            Optional[TrialSummary],
+                                                            list[RegisteredModel]]:
+    """Collect, select, register, report on the test split, review: in that order.
+    `stopped`: why the sweep ended (stop_reason), tagged on the parent for the review."""
     from dlopt.driver.front import register_front
 
     plan, tracker = sweep.plan, sweep.tracker
     metric, mode = plan.headline
     trials = collect(grid, tracker)
+    if stopped:
+        tracker.client.set_tag(tracker.parent_id, "dlopt.stop_reason", stopped)
     best = pick_best(trials, metric, mode)
     if best is not None:
         tracker.client.set_tag(tracker.parent_id, "dlopt.best_trial", best.trial_id)

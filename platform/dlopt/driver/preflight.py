@@ -43,6 +43,12 @@ def local_capacity(count_gpus: bool = True) -> dict[str, float]:
     return {"CPU": float((os.cpu_count() or 1) * MAX_LOCAL_OVERSUBSCRIPTION), "GPU": float(gpus)}
 
 
+def local_gpus(spec: Experiment) -> Optional[float]:
+    """GPUs a local run's trials can use (torch.cuda.device_count()); None for a CPU spec,
+    which counts none (and loads no torch for it)."""
+    return local_capacity(True)["GPU"] if spec.resources.use_gpu else None
+
+
 def placement_problems(spec: Experiment, capacity: dict[str, float], where: str) -> list[str]:
     """One trial's bundle (num_workers x resources per worker) against what `where` has."""
     res = spec.resources
@@ -55,10 +61,26 @@ def placement_problems(spec: Experiment, capacity: dict[str, float], where: str)
         problems.append(f"resources.num_workers: {res.num_workers} workers x {res.cpus_per_worker:g} "
                         f"CPUs = {cpus:g} CPUs per trial, but {where} can offer at most "
                         f"{capacity.get('CPU', 0):g}; no trial could ever start")
-    if res.use_gpu and res.num_workers > capacity.get("GPU", 0):
-        problems.append(f"resources.use_gpu: {res.num_workers} workers need {res.num_workers} GPUs, "
-                        f"but {where} has {capacity.get('GPU', 0):g}")
-    return problems
+    return problems + gpu_placement_problems(res, capacity.get("GPU", 0.0), where)
+
+
+def gpu_placement_problems(res, gpus: float, where: str) -> list[str]:
+    """One trial's GPUs (num_workers x gpus_per_worker) against the GPUs `where` has.
+
+    Sums over the machine: a worker's GPUs must be on one node, which a local run (one node)
+    meets whenever the sum fits."""
+    if not res.use_gpu:
+        return []
+    if gpus <= 0:
+        return [f"resources.use_gpu: trials need GPUs, but {where} has none"]
+    need = res.num_workers * res.worker_gpus
+    if res.worker_gpus > gpus:
+        return [f"resources.gpus_per_worker: {res.worker_gpus:g} GPUs per worker, but {where} "
+                f"has {gpus:g}"]
+    if need > gpus + 1e-9:
+        return [f"resources.num_workers: {res.num_workers} workers x {res.worker_gpus:g} GPU(s) "
+                f"= {need:g} GPUs per trial, but {where} has {gpus:g}"]
+    return []
 
 
 def teacher_problems(spec: Experiment, tracking_uri: str) -> list[str]:

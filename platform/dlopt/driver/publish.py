@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+from dlopt.driver import importance
 from dlopt.driver.context import Sweep
 from dlopt.driver.description import ARTIFACT_DIR, description
 from dlopt.driver.plots import CURVE_METRICS, PLOTS
@@ -84,7 +85,7 @@ def publish(sweep: Sweep, trials, best, registered: list[RegisteredModel]) -> di
                                       for trial_id, config in configs.items()})
     best_id = best.trial_id if best else None
     tags = client.get_run(parent_id).data.tags
-    written = write_review(client, parent_id, plan, rows, best_id)
+    written, importances = write_review(client, parent_id, plan, rows, best_id)
     for r in rows:  # each child: its compression report and checkpoint reference
         if r["run_id"]:
             update_child(tracker, plan, r, configs.get(r["trial_id"], {}),
@@ -93,13 +94,16 @@ def publish(sweep: Sweep, trials, best, registered: list[RegisteredModel]) -> di
                        experiment_id=tracker.experiment_id, parent_run_id=parent_id,
                        command=tags.get("dlopt.command"), commit=tags.get("mlflow.source.git.commit"),
                        source=tags.get("mlflow.source.name"), artifacts=written,
+                       stopped=tags.get("dlopt.stop_reason"), importances=importances,
                        compression=bool(plan.spec_json.get("compression")))
     client.set_tag(parent_id, "mlflow.note.content", text)
     return {"rows": rows, "artifacts": written, "description": text}
 
 
-def write_review(client, parent_id: str, plan, rows: list[dict], best_id: Optional[str]) -> list[str]:
-    """The review's files (tables, plots) on the parent run; returns their artifact paths."""
+def write_review(client, parent_id: str, plan, rows: list[dict],
+                 best_id: Optional[str]) -> tuple[list[str], dict[str, float]]:
+    """The review's files (tables, plots, what mattered) on the parent run; returns their
+    artifact paths and the searched fields' importances (dlopt.driver.importance)."""
     metric, mode = plan.headline
     compression = bool(plan.spec_json.get("compression"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,9 +122,10 @@ def write_review(client, parent_id: str, plan, rows: list[dict], best_id: Option
             if name == "compression.png" and not compression:
                 continue
             build(rows, histories, d / name, metric, mode, best_id)
+        importances = importance.write(plan, rows, d)
         written = sorted(f"{ARTIFACT_DIR}/{p.name}" for p in d.iterdir())
         client.log_artifacts(parent_id, str(d), ARTIFACT_DIR)
-    return written
+    return written, importances
 
 
 def update_child(tracker, plan, row: dict, config: dict, run) -> None:

@@ -18,22 +18,25 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Optional, Union
+from typing import IO, Any, Optional, Sequence, Union
 
 import ray
 from ray import tune
 
 from dlopt.driver import environment, preflight
 from dlopt.driver.context import Sweep
-from dlopt.driver.finalize import TrialSummary, finalize, preload
+from dlopt.driver.finalize import TrialSummary, finalize, preload, stop_reason
 from dlopt.driver.progress import ProgressCallback
 from dlopt.driver.provenance import source_tags
+from dlopt.driver.warmstart import earlier_trials
 from dlopt.registry import teachers
 from dlopt.registry.versions import RegisteredModel
 from dlopt.runtime import ray_compat
 from dlopt.runtime.checkpoints import DroppedCheckpoints
 from dlopt.runtime.search import (
+    WarmTrial,
     search_algorithm,
+    sweep_stopper,
     to_ray_space,
     trial_scheduler,
     tune_config_metric,
@@ -87,6 +90,7 @@ class SweepResult:
     registered: list[RegisteredModel] = field(default_factory=list)
     wall_seconds: float = 0.0
     result_grid: Any = None
+    stop_reason: str = ""  # why the sweep ended (dlopt.driver.finalize.stop_reason)
 
 
 def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
@@ -123,14 +127,17 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         if in_ray_job():
             check_writable(tracking_uri, storage_path)
         teacher_files = check_before_ray(spec, tracking_uri, address)
-        plan = make_plan(spec)
+        plan = make_plan(spec, cluster_gpus=None if address else preflight.local_gpus(spec))
         environment.set_state_period(os.environ, plan.trials)
         plan, restore_dir = sweep_to_resume(plan, storage_path, tracking_uri) if resume \
             else (plan, None)
+        # an earlier sweep's trials for the sampler, read before Ray starts (a restored
+        # sweep's searcher already holds them)
+        warm = earlier_trials(plan, tracking_uri) if restore_dir is None else []
         # user, source (the experiment file), git commit, and the command that reproduces it
         source = source_tags(sys.argv, spec_file=source_file)
         environment.leave_job_dir()  # from here nothing reads the job's working directory
-        tracker = start_ray_and_open_store(spec, plan, storage_path, tracking_uri, address, verbose)
+        tracker, plan = start_ray_and_store(spec, plan, storage_path, tracking_uri, address, verbose)
         tags = {"dlopt.sweep": plan.sweep_name, **source}
         if "://" not in str(storage_path):
             # every queued MLflow write is journaled beside Tune's experiment state, so a
@@ -142,7 +149,7 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
             scoped.enter_context(ray_compat.checkpoint_deletes_to(dropped.drop))
         trainable = make_trainable(plan, str(storage_path), teacher_files)
         tuner = make_tuner(plan, trainable, run_config(plan, spec, storage_path, callbacks, verbose),
-                           restore_dir)
+                           restore_dir, warm)
         sweep = Sweep(plan=plan, tracker=tracker, storage_path=str(storage_path), started=t0)
         return fit_and_finalize(tuner, sweep, stop_ray=not address, tracking=tracking,
                                 dropped=dropped)
@@ -220,6 +227,14 @@ def local_cpus_needed(plan: Plan) -> int:
     return max(os.cpu_count() or 1, math.ceil(per_trial * plan.max_concurrent_trials))
 
 
+def cluster_plan(plan: Plan) -> Plan:
+    """With --address: the plan's concurrency from the cluster's CPUs and GPUs as Ray counts
+    them now, not this driver's (the plan is frozen: a new one, before the Tuner is built).
+    A local run's plan counts this machine's GPUs (preflight.local_gpus) from the start."""
+    now = ray.cluster_resources()
+    return plan.on_cluster(now.get("CPU", 0.0), now.get("GPU", 0.0))
+
+
 def init_ray(plan: Plan, address: Optional[str], verbose: bool) -> None:
     kwargs = dict(runtime_env=environment.runtime_env(), log_to_driver=verbose,
                   logging_level=logging.INFO if verbose else logging.ERROR,
@@ -230,9 +245,10 @@ def init_ray(plan: Plan, address: Optional[str], verbose: bool) -> None:
         ray.init(num_cpus=local_cpus_needed(plan), include_dashboard=False, **kwargs)
 
 
-def start_ray_and_open_store(spec: Experiment, plan: Plan, storage_path, tracking_uri: str,
-                             address: Optional[str], verbose: bool) -> Tracker:
-    """Start (or join) Ray while the MLflow store opens: opening it (a new SQLite file runs
+def start_ray_and_store(spec: Experiment, plan: Plan, storage_path, tracking_uri: str,
+                        address: Optional[str], verbose: bool) -> tuple[Tracker, Plan]:
+    """Start (or join) Ray while the MLflow store opens; returns the Tracker and the plan (with
+    --address, its concurrency from the cluster's resources: cluster_plan). Opening it (a new SQLite file runs
     its schema migrations, ~2-3 s of CPU) overlaps Ray's start-up, which mostly waits on
     its own processes.
 
@@ -258,7 +274,8 @@ def start_ray_and_open_store(spec: Experiment, plan: Plan, storage_path, trackin
     if address:
         for line in preflight.cluster_warnings(spec):
             log.warning(line)
-    return tracker
+        plan = cluster_plan(plan)
+    return tracker, plan
 
 
 # ------------------------------------------------------------------ the Tuner
@@ -279,7 +296,7 @@ def run_config(plan: Plan, spec: Experiment, storage_path, callbacks: list,
     in_trial = runs_in_trial(spec)
     return tune.RunConfig(
         name=plan.sweep_name, storage_path=str(storage_path), callbacks=callbacks,
-        verbose=1 if verbose else 0,
+        verbose=1 if verbose else 0, stop=sweep_stopper(plan),  # stop_when, stop_on_plateau
         # PBT clones another trial's checkpoint some time after it was reported: keep them all
         # (small models) so a clone never finds its source checkpoint deleted.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None if plan.scheduler == "pbt" else 2),
@@ -287,7 +304,7 @@ def run_config(plan: Plan, spec: Experiment, storage_path, callbacks: list,
 
 
 def make_tuner(plan: Plan, trainable, config: tune.RunConfig,
-               restore_dir: Optional[Path]) -> tune.Tuner:
+               restore_dir: Optional[Path], warm: Sequence[WarmTrial] = ()) -> tune.Tuner:
     space = to_ray_space(plan)
     if restore_dir is not None and tune.Tuner.can_restore(str(restore_dir)):
         tuner = tune.Tuner.restore(str(restore_dir), trainable=trainable, resume_unfinished=True,
@@ -301,7 +318,8 @@ def make_tuner(plan: Plan, trainable, config: tune.RunConfig,
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode,
-            search_alg=search_algorithm(plan), scheduler=trial_scheduler(plan),
+            search_alg=search_algorithm(plan, warm), scheduler=trial_scheduler(plan),
+            time_budget_s=plan.stops.get("time_budget_s"),
             num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent_trials,
             # a finished trial's process runs the next one: no new Python, torch, sklearn
             # imports per trial (dlopt.train.loop.fit re-seeds and rebuilds everything)
@@ -321,8 +339,11 @@ def fit_and_finalize(tuner: tune.Tuner, sweep: Sweep, stop_ray: bool,
     try:
         preload()  # torch for registration, on another thread while the trials run
         try:
+            fit_started = time.perf_counter()
             with environment.quick_thread_switches():  # Tune's loop vs the MLflow writer
                 grid = tuner.fit()
+            stopped = stop_reason(plan, [r.metrics or {} for r in grid],
+                                  time.perf_counter() - fit_started)
             if dropped is not None:  # fit's last state save was forced and waited for
                 dropped.delete_all()
         finally:
@@ -332,13 +353,13 @@ def fit_and_finalize(tuner: tune.Tuner, sweep: Sweep, stop_ray: bool,
         # From here the driver writes directly (registry, test report, review): each call
         # retries through an outage, bounded like the drain, instead of failing the sweep.
         tracker.direct_writes()
-        trials, best, registered = finalize(grid, sweep)
+        trials, best, registered = finalize(grid, sweep, stopped)
         status = "FINISHED"
         return SweepResult(plan=plan, parent_run_id=tracker.parent_id,
                            experiment_id=tracker.experiment_id, tracking_uri=tracker.uri,
                            storage_path=sweep.storage_path, trials=trials, best=best,
                            registered=registered, wall_seconds=time.perf_counter() - sweep.started,
-                           result_grid=grid)
+                           result_grid=grid, stop_reason=stopped)
     finally:
         tracker.finish_parent(status)
         if not tracker.flush(wait_s=30.0):

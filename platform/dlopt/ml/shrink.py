@@ -103,7 +103,7 @@ def _columns(prev_width: int, layer: nn.Module, keep: torch.Tensor) -> torch.Ten
     """Input columns of `layer` fed by the kept units of a layer `prev_width` wide."""
     if isinstance(layer, nn.Linear) and layer.in_features != prev_width:
         per = layer.in_features // prev_width  # a flattened conv map: channel-major blocks
-        return (keep[:, None] * per + torch.arange(per)[None, :]).reshape(-1)
+        return (keep[:, None] * per + torch.arange(per, device=keep.device)[None, :]).reshape(-1)
     return keep
 
 
@@ -114,7 +114,7 @@ def _shrink_in(layer: nn.Module, prev_width: int, keep: torch.Tensor, constant: 
     if constant != 0.0:  # removed units output act(0): fold it into the bias
         if not isinstance(layer, nn.Linear):
             raise ValueError("removed channels output a non-zero constant before a conv layer")
-        gone = torch.ones(w.shape[1], dtype=torch.bool)
+        gone = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
         gone[cols] = False
         shift = constant * w[:, gone].sum(dim=1)
         if layer.bias is None:
@@ -142,7 +142,7 @@ def remove(model: nn.Module, names: list[str] | None = None) -> dict[str, int]:
         if len(keep) == width:
             continue
         if len(keep) == 0:  # a layer with no unit left would cut the network: keep one
-            keep = torch.zeros(1, dtype=torch.long)
+            keep = torch.zeros(1, dtype=torch.long, device=layer.weight.device)
         _shrink_in(nxt, width, keep, _act_at_zero(between))
         _shrink_out(layer, keep)
         widths[name] = len(keep)
@@ -155,7 +155,7 @@ def resize(model: nn.Module, widths: dict[str, int]) -> nn.Module:
     for (name, layer, _), (_, nxt, _) in zip(layers, layers[1:]):
         if name in widths:
             width = layer.weight.shape[0]
-            keep = torch.arange(widths[name])
+            keep = torch.arange(widths[name], device=layer.weight.device)
             _shrink_in(nxt, width, keep, 0.0)
             _shrink_out(layer, keep)
     return model

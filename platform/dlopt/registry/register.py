@@ -38,22 +38,29 @@ def staged_code(into: Path) -> Path:
 
 
 def signature_and_example(model_dir: Path):
-    """The model's MLflow signature (raw input rows -> labels or values, `params.output`)
-    and its input example (raw training rows saved with it), or (None, None) for a model
-    saved without an example."""
+    """The model's MLflow signature (outputs: labels or values; `params.output`), its input
+    example (raw training rows saved with it) and its declared input (MLmodel metadata
+    `dlopt.input`: row shape, training dtype, the dtypes it accepts), or (None, None, declared)
+    for a model saved without an example.
+
+    The signature has no input schema on purpose: MLflow enforces a tensor schema's dtype
+    exactly, so float32 rows would be refused by a float64 model; the pyfunc enforces the
+    declared input instead, casting every numeric dtype (dlopt.registry.serving.InputContract)."""
     from types import SimpleNamespace
 
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
 
     from dlopt.registry.serving import DEFAULT_PARAMS, DloptModel
 
-    example = load_example(model_dir)
-    if example is None:
-        return None, None
     wrapper = DloptModel()
     wrapper.load_context(SimpleNamespace(artifacts={"model_dir": str(model_dir)}))
+    declared = {"dlopt.input": wrapper.contract.describe()}
+    example = load_example(model_dir)
+    if example is None:
+        return None, None, declared
     params = DEFAULT_PARAMS if wrapper.task == "classification" else None
-    return infer_signature(example, wrapper.predict(None, example), params=params), example
+    inferred = infer_signature(example, wrapper.predict(None, example), params=params)
+    return ModelSignature(outputs=inferred.outputs, params=inferred.params), example, declared
 
 
 def local_copy(checkpoint_path: str) -> Path:
@@ -115,7 +122,7 @@ def log_model(tracking_uri: str, trial_run_id: str, checkpoint_path: str):
     with tempfile.TemporaryDirectory() as tmp, tracking_uri_set(tracking_uri):
         model_dir = Path(tmp) / "model_dir"
         shutil.copytree(source, model_dir, ignore=shutil.ignore_patterns("checkpoint.pt", ".*"))
-        signature, example = signature_and_example(model_dir)
+        signature, example, declared = signature_and_example(model_dir)
         with mlflow.start_run(run_id=trial_run_id, nested=True):
             return mlflow.pyfunc.log_model(
                 name="model",
@@ -125,6 +132,7 @@ def log_model(tracking_uri: str, trial_run_id: str, checkpoint_path: str):
                 pip_requirements=pip_requirements(onnx=any(model_dir.glob("*.onnx"))),
                 signature=signature,
                 input_example=example,
+                metadata=declared,
             )
 
 

@@ -6,11 +6,14 @@ here starts Ray.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+from dlopt.runtime.steer import WarmTrial, steered, sweep_stopper
 from dlopt.spec import FINAL_METRICS
 from dlopt.spec.plan import Plan
 from dlopt.spec.report import EPOCH, FINAL
+
+__all__ = ["WarmTrial", "search_algorithm", "sweep_stopper", "to_ray_space", "trial_scheduler"]
 
 
 # ------------------------------------------------------------------ plan -> Ray objects
@@ -56,14 +59,18 @@ def tune_config_metric(plan: Plan) -> tuple[Optional[str], Optional[str]]:
     return plan.metric, plan.mode
 
 
-def search_algorithm(plan: Plan):
+def search_algorithm(plan: Plan, warm: Sequence[WarmTrial] = ()):
+    """The plan's search algorithm; `warm`: an earlier sweep's trials (plan.warm_start,
+    fetched on the driver by dlopt.driver.warmstart), told to the sampler before it suggests."""
     seed = plan.seed
+    points = [dict(p) for p in plan.start_points] or None
     if plan.algorithm in ("grid", "random"):
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in (it only
         # wraps Searchers in a ConcurrencyLimiter), so the limit goes to the generator itself.
-        return BasicVariantGenerator(random_state=seed, max_concurrent=plan.max_concurrent_trials)
+        return BasicVariantGenerator(random_state=seed, max_concurrent=plan.max_concurrent_trials,
+                                     points_to_evaluate=points)
     # A model-based searcher gets its metric(s) here when Tune is not told them (see above).
     if plan.objectives:
         metric, mode = list(plan.objectives), list(plan.objectives.values())
@@ -72,14 +79,19 @@ def search_algorithm(plan: Plan):
     if plan.algorithm in ("bayesian", "bayesian_gp"):
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(metric=metric, mode=mode, sampler=optuna_sampler(plan))
+        searcher = OptunaSearch(metric=metric, mode=mode, sampler=optuna_sampler(plan),
+                                points_to_evaluate=points)
     elif plan.algorithm == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
 
         searcher = HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed,
-                                  n_initial_points=plan.setting("warmup_trials"))
+                                  n_initial_points=plan.setting("warmup_trials"),
+                                  points_to_evaluate=points)
     else:
         raise ValueError(plan.algorithm)
+    # diverged trials reach the sampler as the worst value seen, the earlier sweep's trials
+    # before the first suggestion (dlopt.runtime.steer)
+    searcher = steered(searcher, dict(plan.objectives or {plan.metric: plan.mode}), warm)
     if metric is None:
         return searcher
     from ray.tune.search import ConcurrencyLimiter

@@ -32,12 +32,29 @@ def runs_in_trial(spec) -> bool:
     return spec.resources.num_workers == 1 and spec.resources.in_trial
 
 
+def worker_resources(spec) -> dict[str, float]:
+    """One worker's bundle: its CPUs, and `resources.gpus_per_worker` GPUs (1 when unset) with
+    use_gpu. A fraction lets Ray pack several 1-worker trials on one GPU (Ray sets each
+    trial's CUDA_VISIBLE_DEVICES to the shared GPU); docs/architecture.md, "GPU resources"."""
+    res = spec.resources
+    return {"CPU": res.cpus_per_worker, **({"GPU": res.worker_gpus} if res.use_gpu else {})}
+
+
 def trial_resources(spec) -> dict[str, float]:
     """What the Tune trial itself reserves: the worker's share in-trial, else next to nothing."""
-    res = spec.resources
     if runs_in_trial(spec):
-        return {"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})}
+        return worker_resources(spec)
     return {"CPU": TRIAL_DRIVER_CPU}
+
+
+def scaling_config(spec):
+    """The TorchTrainer's workers of a multi-worker (or in_trial=False) trial."""
+    from ray.train import ScalingConfig
+
+    res = spec.resources
+    return ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                         resources_per_worker=worker_resources(spec),
+                         placement_strategy="SPREAD" if res.placement == "spread" else "PACK")
 
 
 def make_trial_fn(plan: Plan, storage_path: str, teachers: Optional[TeacherPayloads] = None):
@@ -46,7 +63,7 @@ def make_trial_fn(plan: Plan, storage_path: str, teachers: Optional[TeacherPaylo
 
     def dlopt_trial(config: dict) -> None:
         from ray import tune
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig
         from ray.train.torch import TorchTrainer
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -69,11 +86,7 @@ def make_trial_fn(plan: Plan, storage_path: str, teachers: Optional[TeacherPaylo
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,
-            scaling_config=ScalingConfig(
-                num_workers=res.num_workers, use_gpu=res.use_gpu,
-                resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})},
-                placement_strategy="SPREAD" if res.placement == "spread" else "PACK",
-            ),
+            scaling_config=scaling_config(spec),
             run_config=RunConfig(
                 name=run_name,
                 storage_path=storage_path,

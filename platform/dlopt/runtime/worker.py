@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from dlopt.artifact.teachers import TeacherPayloads
+from dlopt.ml import collectives
 from dlopt.spec import Experiment
 from dlopt.spec.report import FINAL, REPORT_SECONDS, WORKER_NODES
 from dlopt.train.faults import Faults
@@ -68,9 +69,7 @@ def placement_report(world: int) -> dict:
 
     nodes = [ray.get_runtime_context().get_node_id()] * world
     if world > 1:
-        import torch.distributed as dist
-
-        dist.all_gather_object(nodes, nodes[0])
+        nodes = collectives.gather_objects(nodes[0])
     return {WORKER_NODES: ",".join(nodes), "num_nodes": len(set(nodes))}
 
 

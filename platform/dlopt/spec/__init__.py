@@ -31,13 +31,14 @@ from dlopt.spec.sections import (
                                Resources,
                                Schedule,
                                Search,
+                               Share,
                                StageSpec,
                                Tracking,
 )
 
 __all__ = ["tune", "Experiment", "resolve", "Data", "Distill", "Model", "Optimizer", "Prune",
-           "Quantize", "Regularization", "Resources", "Schedule", "Search", "StageSpec",
-           "Tracking",
+           "Quantize", "Regularization", "Resources", "Schedule", "Search", "Share",
+           "StageSpec", "Tracking",
            "domains", "flatten", "set_path", "FINAL_METRICS", "VAL_METRICS", "ACTIVATIONS",
            "ALGORITHMS", "ARCHS", "DATASETS", "INITS", "LOCAL_DATASETS", "OPTIMIZERS", "SCHEDULERS",
            "SCHEDULES"]

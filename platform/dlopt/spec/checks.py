@@ -12,6 +12,7 @@ from dlopt.spec.fields import LOCAL_DATASETS, _points
 from dlopt.spec.metric_names import VAL_METRICS
 from dlopt.spec.paths import domains, set_path, shown
 from dlopt.spec.sections import SCHEDULER_SETTINGS, StageSpec
+from dlopt.spec.start_points import start_problems
 
 
 def _metric_task_problems(spec) -> list[str]:
@@ -161,6 +162,27 @@ def _pbt_mutation_problems(spec, doms: dict) -> list[str]:
 
 
 
+def _gpu_problems(res) -> list[str]:
+    """resources.gpus_per_worker against use_gpu, Ray's fractions and NCCL."""
+    g = res.gpus_per_worker
+    if g is None:
+        return []
+    if not res.use_gpu:
+        return ["resources.gpus_per_worker: only meaningful with resources.use_gpu=True "
+                "(a CPU trial reserves no GPU)"]
+    if g > 1 and g != int(g):
+        return [f"resources.gpus_per_worker: {g:g} GPUs; above 1 Ray places whole GPUs only "
+                f"(use {int(g)} or {int(g) + 1}, or a fraction below 1)"]
+    if g < 1 and res.num_workers > 1:
+        # Ray may pack two workers of one trial onto the same GPU, and NCCL refuses two ranks
+        # on one device ("Duplicate GPU detected"): fractions share a GPU between trials only.
+        return [f"resources.gpus_per_worker: {g:g} of a GPU with num_workers={res.num_workers}: "
+                "Ray may place two ranks of one trial on the same GPU, which NCCL refuses; "
+                "fractions are for 1-worker trials (use a whole GPU per worker for DDP/FSDP/"
+                "pipeline)"]
+    return []
+
+
 def _strategy_problems(spec) -> list[str]:
     """Combinations with resources.strategy that cannot work, each with the reason."""
     strategy = spec.resources.strategy
@@ -173,7 +195,13 @@ def _strategy_problems(spec) -> list[str]:
         problems.append("resources.strategy: 'fsdp' shards every weight across workers; with "
                         "num_workers=1 there is nothing to shard (use 'ddp' or num_workers >= 2)")
     # L1/L2 penalties, pruning and QAT work on the DTensor shards (dlopt.stages.regularization,
-    # dlopt.stages.pruning.sharded, dlopt.train.sharding.shard): nothing more to refuse.
+    # dlopt.stages.pruning.sharded, dlopt.train.sharding.shard); weight sharing clusters whole
+    # weights (dlopt.stages.sharing), not shards.
+    for options in _compression_options(spec.compression):
+        for i, s in enumerate(options):
+            if s.stage == "share":
+                problems.append(f"compression[{i}]: share clusters each layer's whole weight; "
+                                "not implemented on FSDP shards (use strategy 'ddp')")
     return problems
 
 
@@ -201,7 +229,7 @@ def _pipeline_problems(spec) -> list[str]:
                         "grad_clip_value")
     for options in _compression_options(spec.compression):
         for i, s in enumerate(options):
-            if s.stage in ("prune", "distill") or (s.stage == "quantize"
+            if s.stage in ("prune", "distill", "share") or (s.stage == "quantize"
                                                    and "qat" in _points(s.method)):
                 problems.append(f"compression[{i}]: {s.stage} acts during training on every "
                                 f"layer at once, not implemented {why}; post-training "
@@ -223,14 +251,42 @@ def _check_stage_order(stages: list, epochs: int) -> list[str]:
                         "is not supported, list prune first")
     if "distill" in kinds and kinds.index("distill") != 0:
         problems.append("compression: distill trains the student and must come first")
-    if kinds.count("quantize") > 1 or kinds.count("prune") > 1 or kinds.count("distill") > 1:
+    if any(kinds.count(k) > 1 for k in set(kinds)):
         problems.append("compression: each stage kind may appear once")
+    problems += _share_problems(stages, epochs)
     for i, s in enumerate(stages):
         if s.stage == "prune":
             end = s.end_epoch if s.end_epoch is not None else s.start_epoch + 1
             if end > epochs or s.start_epoch >= epochs:
                 problems.append(f"compression[{i}].end_epoch: pruning window ends at epoch {end} "
                                 f"but the run has {epochs} epochs")
+    return problems
+
+
+def _share_problems(stages: list, epochs: int) -> list[str]:
+    """Weight sharing (dlopt.stages.sharing) ties each weight to a centroid for the last
+    finetune_epochs: pruning must be over by then, and int8 would replace the codebook."""
+    kinds = [s.stage for s in stages]
+    if "share" not in kinds:
+        return []
+    i = kinds.index("share")
+    share, problems = stages[i], []
+    if "quantize" in kinds:
+        problems.append(f"compression[{i}]: share stores each weight as a codebook index; "
+                        "quantize would replace the codebook with int8 weights; list one of them")
+    if "prune" in kinds and kinds.index("prune") > i:
+        problems.append("compression: share is listed before prune; list prune first")
+    if share.finetune_epochs > epochs:
+        problems.append(f"compression[{i}].finetune_epochs: {share.finetune_epochs} fine-tuning "
+                        f"epochs but the run has {epochs} epochs")
+    start = max(epochs - share.finetune_epochs, 0)
+    for s in stages:
+        if s.stage == "prune":
+            end = s.end_epoch if s.end_epoch is not None else s.start_epoch + 1
+            if end > start:
+                problems.append(f"compression[{i}].finetune_epochs: weight sharing starts at epoch "
+                                f"{start} but pruning goes on until epoch {end}; end pruning "
+                                "first (prune end_epoch) or fine-tune fewer epochs")
     return problems
 
 
@@ -299,6 +355,8 @@ def cross_field_problems(spec) -> list[str]:
         problems.append(f"search.algorithm: {spec.search.algorithm!r} cannot expand "
                         "tune.grid domains; use tune.choice or algorithm='grid'/'random'")
     problems += _search_problems(spec)
+    problems += start_problems(spec, domains(spec))  # points, warm start, stops
     problems += _strategy_problems(spec)
+    problems += _gpu_problems(spec.resources)
     problems += _export_problems(spec)
     return problems

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -51,6 +51,16 @@ class Plan:
     # Settings the scheduler/algorithm receive, defaults filled in (Search.setting).
     search_settings: dict = field(default_factory=dict)
     sampler_detail: str = ""
+    # GPUs the concurrency was computed for (None: not counted; trials take no GPU or
+    # `dlopt plan` was not told, see trial_concurrency).
+    cluster_gpus: Optional[float] = None
+    # Configurations tried first, as Tune configs (non-scalar choices as table indices), and
+    # the earlier sweep whose trials the sampler learns from first (fetched by the driver:
+    # dlopt.driver.warmstart; docs/architecture.md, "Typed boundaries").
+    start_points: list[dict] = field(default_factory=list)
+    warm_start: Optional[str] = None
+    # Sweep-level stops set in the spec (time_budget_s, stop_when, stop_on_plateau).
+    stops: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The plan as JSON (`dlopt plan --json`, `plan.json` on the parent run); written
@@ -116,6 +126,15 @@ class Plan:
         value = self.assignment(config).get("epochs", self.epochs)
         return value if isinstance(value, int) else self.max_epochs
 
+    def on_cluster(self, cpus: float, gpus: float) -> "Plan":
+        """This plan with its concurrency computed from a cluster's resources (`--address`:
+        `ray.cluster_resources()` once connected, before the Tuner is built)."""
+        concurrency, notes = trial_concurrency(
+            self.resources_per_trial, self.trials, self.spec_json["search"]["max_concurrent_trials"],
+            cpus, gpus, local=False)
+        return replace(self, max_concurrent_trials=concurrency, cluster_cpus=float(cpus),
+                       cluster_gpus=float(gpus), notes=[*self.notes, *notes])
+
     def describe(self) -> str:
         lines = [
             f"experiment   {self.experiment}  (sweep {self.sweep_name})",
@@ -130,7 +149,8 @@ class Plan:
             f"epochs       {self.epochs}",
             "per trial    " + ", ".join(f"{k} {v:g}" for k, v in self.resources_per_trial.items())
             + f" ({self.workers_per_trial} worker{'s' if self.workers_per_trial > 1 else ''})",
-            f"concurrency  {self.max_concurrent_trials} trial(s) at once on {self.cluster_cpus:g} CPUs",
+            f"concurrency  {self.max_concurrent_trials} trial(s) at once on {self.cluster_cpus:g} CPUs"
+            + (f", {self.cluster_gpus:g} GPUs" if self.cluster_gpus is not None else ""),
             f"tracking     MLflow experiment {self.tracking_experiment!r}"
             + (f", registers {self.register_as!r}" if self.register_as else ""),
         ]
@@ -143,6 +163,14 @@ class Plan:
         for path, dom in (self.pbt_mutations or {}).items():
             shown = _describe_domain(dom) if isinstance(dom, dict) else f"steps through {dom}"
             lines.append(f"  {path:<28} PBT mutation {shown}")
+        if self.start_points:
+            lines.append(f"start points {len(self.start_points)} configuration(s) tried first "
+                         "(search.points_to_evaluate)")
+        if self.warm_start:
+            lines.append(f"warm start   the sampler first learns every trial of {self.warm_start!r} "
+                         "(read from MLflow when the sweep starts)")
+        if self.stops:
+            lines.append("stops        " + describe_stops(self.stops))
         lines += [f"note         {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -160,6 +188,26 @@ def choice_tables(doms: dict[str, dict]) -> dict[str, list]:
 def epoch_points(epochs: Any) -> list:
     """Every value `epochs` can take at its bounds: an int, or a domain as JSON."""
     return checked(epochs).points() if is_domain_dict(epochs) else [epochs]
+
+
+def describe_stops(stops: dict) -> str:
+    """The sweep-level stops in one line (`dlopt plan`)."""
+    parts = []
+    if stops.get("time_budget_s") is not None:
+        parts.append(f"after {stops['time_budget_s']:g} s")
+    parts += [f"once a trial reaches {k} {v:g}" for k, v in (stops.get("stop_when") or {}).items()]
+    if stops.get("stop_on_plateau") is not None:
+        parts.append(f"when the top {stops['stop_on_plateau']} results plateau")
+    return "the sweep stops " + " or ".join(parts)
+
+
+def start_configs(points: Optional[list[dict]], doms: dict[str, dict]) -> list[dict]:
+    """`search.points_to_evaluate` as Tune configs: a non-scalar choice's value becomes its
+    index in the plan's tables (dlopt.runtime.search.to_ray_space samples indices)."""
+    tables = choice_tables(doms)
+    return [{path: (next(i for i, v in enumerate(tables[path]) if v == value)
+                    if path in tables else value) for path, value in point.items()}
+            for point in points or []]
 
 
 def _describe_domain(dom: dict) -> str:
@@ -226,24 +274,70 @@ def resources_per_trial(spec: Experiment) -> dict[str, float]:
     r = spec.resources
     res = {"CPU": r.num_workers * r.cpus_per_worker}
     if r.use_gpu:
-        res["GPU"] = float(r.num_workers)
+        res["GPU"] = r.num_workers * r.worker_gpus
     return res
 
 
-def make_plan(spec: Experiment, cluster_cpus: Optional[float] = None, now: Optional[datetime] = None) -> Plan:
+def trial_concurrency(per_trial: dict[str, float], trials: int, wanted: Optional[int],
+                      cpus: float, gpus: Optional[float], local: bool = True) -> tuple[int, list[str]]:
+    """Trials at once, and notes saying why: as many as the CPUs and GPUs hold, or the
+    user's `search.max_concurrent_trials`. Locally dlopt starts Ray with enough logical CPUs
+    for the wanted number (dlopt.driver.sweep.local_cpus_needed) but GPUs cannot be invented,
+    so the GPUs cap it; a cluster (`--address`) may autoscale, so a wanted number is kept
+    there. gpus None: not counted (only CPUs bound it)."""
+    fits = max(1, math.floor(cpus / (per_trial["CPU"] + 0.001)))  # + the trial driver's sliver
+    gpu = per_trial.get("GPU", 0.0)
+    gpu_fits = None if not gpu or gpus is None else math.floor(gpus / gpu + 1e-9)
+    notes = []
+    if gpu and gpus is None:
+        notes.append(f"each trial takes {gpu:g} GPU(s); GPUs were not counted, so concurrency "
+                     "counts CPUs only (`dlopt plan --gpus N`; `dlopt run` counts them)")
+    if not local and gpu_fits == 0:  # an autoscaling cluster with no GPU node up yet
+        gpu_fits = None
+        notes.append(f"the cluster has {gpus:g} GPUs now, fewer than one trial's {gpu:g}: "
+                     "concurrency counts CPUs until GPU nodes join (set "
+                     "search.max_concurrent_trials)")
+    if not wanted:
+        concurrency = min(fits, max(1, gpu_fits) if gpu_fits is not None else fits, trials)
+        if not local:
+            notes.append(f"concurrency from the cluster's resources now ({cpus:g} CPUs, "
+                         f"{gpus or 0:g} GPUs); an autoscaling cluster: set "
+                         "search.max_concurrent_trials")
+        return concurrency, notes
+    concurrency = min(wanted, trials)
+    if not local:
+        now = min(fits, gpu_fits) if gpu_fits is not None else fits
+        if wanted > now:
+            notes.append(f"search.max_concurrent_trials: {wanted} trials at once; the cluster "
+                         f"holds {now} now, more start as it grows")
+        return concurrency, notes
+    if wanted > fits:
+        notes.append(f"{wanted} concurrent trials need {wanted * per_trial['CPU']:g} CPUs; a "
+                     "local cluster is started with that many logical CPUs")
+    if gpu_fits is not None and concurrency > gpu_fits:
+        concurrency = max(1, gpu_fits)
+        notes.append(f"search.max_concurrent_trials: {wanted} trials x {gpu:g} GPU(s) need "
+                     f"{wanted * gpu:g} GPUs, this machine has {gpus:g}: {concurrency} at once")
+    return concurrency, notes
+
+
+def make_plan(spec: Experiment, cluster_cpus: Optional[float] = None,
+              now: Optional[datetime] = None, cluster_gpus: Optional[float] = None) -> Plan:
+    """cluster_cpus: default this machine's; cluster_gpus: None where not counted (`dlopt
+    plan` imports no torch; `dlopt run` passes torch.cuda.device_count() where use_gpu)."""
     doms = domains(spec)
     search = spec.search
     grid_points = grid_size(doms, search.algorithm)
     trials = grid_points * search.num_samples
     per_trial = resources_per_trial(spec)
     cpus = float(cluster_cpus if cluster_cpus is not None else (os.cpu_count() or 1))
-    fits = max(1, math.floor(cpus / (per_trial["CPU"] + 0.001)))  # + the trial driver's sliver
-    concurrency = min(search.max_concurrent_trials or fits, trials)
-    notes = []
-    if search.max_concurrent_trials and search.max_concurrent_trials > fits:
-        notes.append(f"{search.max_concurrent_trials} concurrent trials need "
-                     f"{search.max_concurrent_trials * per_trial['CPU']:g} CPUs; a local cluster "
-                     "is started with that many logical CPUs")
+    gpus = None if cluster_gpus is None or "GPU" not in per_trial else float(cluster_gpus)
+    concurrency, notes = trial_concurrency(per_trial, trials, search.max_concurrent_trials,
+                                           cpus, gpus)
+    if spec.resources.worker_gpus > 1:
+        notes.append(f"each worker sees {spec.resources.worker_gpus:g} GPUs; dlopt's strategies "
+                     "train on one device per rank (the first), the others are reserved for "
+                     "the model's own use")
     notes += [f"warning: {w}" for w in search_warnings(search)]
     if not doms and trials > 1:
         notes.append("no search domains: every trial runs the same configuration (seeded repeats)")
@@ -275,4 +369,10 @@ def make_plan(spec: Experiment, cluster_cpus: Optional[float] = None, now: Optio
         search_settings={k: search.setting(k) for k in search.used_settings()
                          if k != "pbt_mutations"},
         sampler_detail=sampler_detail(spec),
+        cluster_gpus=gpus,
+        start_points=start_configs(spec.model_dump(mode="json")["search"]["points_to_evaluate"],
+                                   doms),
+        warm_start=search.warm_start,
+        stops={k: getattr(search, k) for k in ("time_budget_s", "stop_when", "stop_on_plateau")
+               if getattr(search, k) is not None},
     )

@@ -140,6 +140,18 @@ class Quantize(_Base):
     qat_epochs: int = Field(2, ge=1)
 
 
+class Share(_Base):
+    """Weight sharing (Han et al. 2016, "Deep Compression", sec. 3): each Linear/Conv weight's
+    non-zero values are clustered by 1-D k-means into 2**bits centroids (one of them 0 where
+    the layer was pruned), the centroids are fine-tuned for the last `finetune_epochs` epochs,
+    and the artifact stores codebook + entropy-coded indices (dlopt.stages.sharing)."""
+
+    stage: Literal["share"] = "share"
+    method: Literal["kmeans"] = "kmeans"
+    bits: S[int, Field(ge=2, le=8)] = 5
+    finetune_epochs: int = Field(2, ge=0)
+
+
 class Distill(_Base):
     stage: Literal["distill"] = "distill"
     teacher: str = Field(pattern=TEACHER_URI.pattern)
@@ -149,7 +161,7 @@ class Distill(_Base):
 
 # One entry of `Experiment.compression`: what a stage is configured with. The object that
 # runs it in the loop is a `dlopt.stages.Stage`.
-StageSpec = Annotated[Union[Prune, Quantize, Distill], Field(discriminator="stage")]
+StageSpec = Annotated[Union[Prune, Quantize, Share, Distill], Field(discriminator="stage")]
 
 
 # Which Search settings each scheduler and algorithm hands to Ray/Optuna/HyperOpt
@@ -197,6 +209,18 @@ class Search(_Base):
     # Multi-objective bayesian (Optuna NSGA-II): trials per generation, the first one random;
     # None: default_population(num_samples).
     population_size: Optional[int] = Field(None, ge=2)
+    # Configurations tried first ({spec path: value}, a value for every searched path;
+    # spec.checks validates each against its field), then the algorithm's own.
+    points_to_evaluate: Optional[list[dict[str, Any]]] = None
+    # An earlier sweep (MLflow parent run id or sweep name): its trials' configs and results
+    # go to the Optuna sampler before the first new trial (dlopt.driver.warmstart).
+    warm_start: Optional[str] = None
+    # Sweep-level stops (dlopt.runtime.search.sweep_stopper): a wall-clock budget, a goal
+    # (metric -> value that ends the sweep once a trial reaches it), and a plateau (the top
+    # N results' standard deviation below 0.001 of the metric: Ray's ExperimentPlateauStopper).
+    time_budget_s: Optional[float] = Field(None, gt=0)
+    stop_when: Optional[dict[str, float]] = None
+    stop_on_plateau: Optional[int] = Field(None, ge=2)
 
     def used_settings(self) -> tuple[str, ...]:
         """The optional settings the chosen scheduler and algorithm pass on."""
@@ -263,6 +287,10 @@ class Resources(_Base):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    # GPUs each worker reserves (use_gpu only; unset: 1). Below 1, several 1-worker trials
+    # share one GPU (Ray's fractional GPUs); a whole number above 1, several GPUs per worker
+    # (spec.checks._gpu_problems; docs/architecture.md, "GPU resources").
+    gpus_per_worker: Optional[float] = Field(None, gt=0)
     max_failures: int = Field(0, ge=-1)
     placement: Literal["pack", "spread"] = "pack"
     # "ddp": a full model copy per worker; "fsdp": FSDP2, each worker holds 1/N of every
@@ -272,6 +300,13 @@ class Resources(_Base):
     # A 1-worker trial runs the same loop inside its Tune trial (no TorchTrainer, no second
     # process: ~15 s less start-up per trial); False forces a TorchTrainer worker anyway.
     in_trial: bool = True
+
+    @property
+    def worker_gpus(self) -> float:
+        """GPUs each worker reserves: gpus_per_worker, 1 with use_gpu when unset, else 0."""
+        if not self.use_gpu:
+            return 0.0
+        return 1.0 if self.gpus_per_worker is None else float(self.gpus_per_worker)
 
 
 class Tracking(_Base):

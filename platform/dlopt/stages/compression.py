@@ -1,4 +1,4 @@
-"""Compression stages (prune, quantize, distill) and the compact artifact they produce.
+"""Compression stages (prune, quantize, share, distill) and the compact artifact they produce.
 
 `build(stage_spec, experiment, teachers)` makes the stage a spec entry names; the catalog
 builds them in spec order. Each stage is wrapped so that, after its own `fit_end`, the model
@@ -16,6 +16,7 @@ trial evaluated.
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -28,10 +29,12 @@ from dlopt.artifact import compact
 from dlopt.artifact import files as artifact_mod
 from dlopt.artifact.teachers import TeacherPayloads
 from dlopt.ml import models, onnx_int8, shrink
+from dlopt.ml.devices import model_device
 from dlopt.stages import CompressionStage, DenseMeasures, Event, Stage, State, StageOutput
 from dlopt.stages.distill import Distill
 from dlopt.stages.pruning import PRUNABLE, Prune
 from dlopt.stages.quantize import Quantize
+from dlopt.stages.sharing import Share
 
 
 # ------------------------------------------------------------------ measurements (pure)
@@ -66,7 +69,13 @@ def param_counts(model: nn.Module) -> tuple[int, int]:
 @torch.no_grad()
 def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 30, warmup: int = 5
                ) -> float:
-    """Median wall time of one batch-1 forward on CPU, in milliseconds."""
+    """Median wall time of one batch-1 forward on CPU, in milliseconds, whatever device the
+    model trained on: a model elsewhere is timed on a CPU copy. Why the CPU always: the number
+    means the same for every trial (FSDP and pipeline finish with a CPU model, DDP with one on
+    its GPU), it is what the served model runs on (dlopt.registry.serving; `onnx_latency_ms`
+    is CPU too), and a GPU's batch-1 time measures launch overhead more than the model."""
+    if model_device(model).type != "cpu":
+        model = copy.deepcopy(model).to("cpu")
     was = model.training
     model.eval()
     x = example[:1].cpu()
@@ -105,7 +114,7 @@ class Measured(Stage):
 
 
 def _example(state: State) -> torch.Tensor:
-    return state.datasets.val.x[:1].to(next(state.model.parameters()).device)
+    return state.datasets.val.x[:1].to(model_device(state.model))
 
 
 def dense_measures(state: State) -> DenseMeasures:
@@ -142,7 +151,7 @@ def onnx_entries(state: State, onnx: bytes) -> dict:
     val, model = state.datasets.val, state.model
     was = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     ours = torch.cat([model(val.x[i:i + 1024].to(device)).float().cpu()
                       for i in range(0, len(val.x), 1024)])
     model.train(was)
@@ -174,7 +183,6 @@ def artifact_of(state: State, output: StageOutput) -> compact.CompactArtifact:
 def measured_entries(state: State, output: StageOutput) -> dict:
     """Validation metrics, sparsity, sizes, FLOPs and latency of the model as it stands."""
     model = state.model
-    on_cpu = next(model.parameters()).device.type == "cpu"
     total, nonzero = param_counts(model)
     entries = {f"compressed_{k}": v for k, v in state.evaluate(model).items()}
     entries.update({"sparsity": weight_sparsity(model, dense_measures(state).weights),
@@ -182,8 +190,7 @@ def measured_entries(state: State, output: StageOutput) -> dict:
                     "flops": shrink.flops(model, _example(state))})
     if output.onnx is not None:
         entries.update(onnx_entries(state, output.onnx))
-    if on_cpu:
-        entries["latency_ms"] = latency_ms(model, state.datasets.val.x)
+    entries["latency_ms"] = latency_ms(model, state.datasets.val.x)  # any device: on a CPU copy
     return entries
 
 
@@ -206,6 +213,7 @@ def record(state: State, stage: CompressionStage) -> None:
 STAGES = {
     "prune": Prune,
     "quantize": Quantize,
+    "share": Share,
     "distill": Distill,
 }
 

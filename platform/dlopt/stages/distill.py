@@ -17,6 +17,7 @@ from typing import Optional
 
 from dlopt.artifact import teachers as teachers_mod
 from dlopt.artifact.teachers import TeacherPayloads
+from dlopt.ml.devices import model_device
 from dlopt.stages import CompressionStage, State
 
 
@@ -59,16 +60,18 @@ class Distill(CompressionStage):
 
     @torch.no_grad()
     def agreement(self, model: torch.nn.Module, split) -> float:
+        """Each model runs on the device it is on (at fit_end the student may have been
+        gathered to the CPU while the teacher stayed on the trial's device)."""
         was = model.training
         model.eval()
-        same = (model(split.x).argmax(1) == self.teacher(split.x).argmax(1)).float().mean().item()
+        ours = model(split.x.to(model_device(model))).argmax(1).cpu()
+        theirs = self.teacher(split.x.to(model_device(self.teacher))).argmax(1).cpu()
+        same = (ours == theirs).float().mean().item()
         model.train(was)
         return same
 
     def fit_end(self, state: State) -> None:
-        val = state.datasets.val
         state.add_compression_metrics({
-            "distill_teacher_agreement": self.agreement(
-                state.model, type(val)(val.x.to(state.device), val.y)),
+            "distill_teacher_agreement": self.agreement(state.model, state.datasets.val),
             "distill_teacher_version": int(self.files.version)})
         self.teacher = None  # free it before compression and saving

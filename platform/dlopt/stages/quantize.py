@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dlopt.ml import onnx_int8
+from dlopt.ml.devices import model_device
 from dlopt.ml.quantization import (
     apply,
     calibrate,
@@ -59,11 +60,13 @@ class Quantize(CompressionStage):
             self._set(state, True)
 
     def _calibration(self, state: State) -> list[torch.Tensor]:
-        x = state.datasets.train.x
+        """Calibration batches on the device the final model is on (FSDP and pipeline gather
+        it to the CPU while the trial trains on its own device)."""
+        x, device = state.datasets.train.x, model_device(state.model)
         bs = state.spec.data.batch_size
         g = torch.Generator().manual_seed(state.spec.seed)
         order = torch.randperm(len(x), generator=g)
-        return [x[order[i * bs:(i + 1) * bs]].to(state.device)
+        return [x[order[i * bs:(i + 1) * bs]].to(device)
                 for i in range(min(self.spec.calibration_batches, -(-len(x) // bs)))]
 
     def _onnx(self, state: State, model: nn.Module, batches: list[torch.Tensor]) -> None:

@@ -38,6 +38,7 @@ from dlopt.tracking.journal import Journal
 from dlopt.tracking.names import numeric_metrics, param_text
 from dlopt.tracking.retry import RetryingClient, TrackingUnavailable, drain_timeout_s, is_transient
 from dlopt.tracking.scrub import ScrubbingClient, scrub
+from dlopt.tracking.startup import at_start, create_parent, find_parent, parent_filter
 from dlopt.tracking.uris import redact_uri
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,12 @@ class SweepFinished(RuntimeError):
 def finished_sweep(tracking_uri: str, experiment_name: str, sweep_name: str) -> Optional[str]:
     """The parent run id when the sweep `sweep_name` already finished, else None."""
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment_name)
+    exp = at_start(lambda: client.get_experiment_by_name(experiment_name), "experiment look-up")
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], f"tags.`dlopt.sweep` = '{sweep_name}' and "
-                              "tags.`dlopt.role` = 'sweep' and attributes.status = 'FINISHED'")
+    runs = at_start(lambda: client.search_runs(
+        [exp.experiment_id], parent_filter(sweep_name) + " and attributes.status = 'FINISHED'"),
+        "parent run look-up")
     return runs[0].info.run_id if runs else None
 
 
@@ -83,7 +85,8 @@ class Tracker:
         self._uri = tracking_uri
         self._client = ScrubbingClient(MlflowClient(tracking_uri))
         self._artifacts = RunArtifacts(tracking_uri)
-        self._experiment_id = open_experiment(self._client, experiment_name, artifact_root)
+        self._experiment_id = at_start(  # retried like the writes (dlopt.tracking.startup)
+            lambda: open_experiment(self._client, experiment_name, artifact_root), "experiment")
         self._parent_id: Optional[str] = None
         self._children: dict[str, str] = {}
         self._known: set[str] = set()  # trials whose child run is created or queued
@@ -284,12 +287,11 @@ class Tracker:
     def start_parent(self, plan: Plan, tags: dict[str, str]) -> str:
         """The sweep's parent run (found again on --resume), with the spec and the plan."""
         sweep_name = plan.sweep_name
-        existing = self._client.search_runs(
-            [self._experiment_id], f"tags.`dlopt.sweep` = '{sweep_name}' and tags.`dlopt.role` = 'sweep'")
+        existing = find_parent(self._client, self._experiment_id, sweep_name)
         if existing:  # --resume: reuse the sweep's parent run
-            self._parent_id = existing[0].info.run_id
-            self._client.update_run(self._parent_id, status="RUNNING")
-            self._load_children()
+            self._parent_id = existing.info.run_id
+            at_start(lambda: self._client.update_run(self._parent_id, status="RUNNING"), "resume")
+            at_start(self._load_children, "trial runs look-up")
             if self._pending:  # the journal a killed driver left: replayed before the sweep goes on
                 if self.flush(wait_s=REPLAY_WAIT_S):
                     self._load_children()  # how far each trial got, now that the store has it all
@@ -297,7 +299,7 @@ class Tracker:
                     log.warning("%d journaled MLflow writes still wait for the store",
                                 len(self._pending))
             return self._parent_id
-        run = self._client.create_run(self._experiment_id, run_name=sweep_name, tags={
+        run = create_parent(self._client, self._experiment_id, sweep_name, tags={
             "dlopt.sweep": sweep_name, "dlopt.role": "sweep", "mlflow.user": getpass.getuser(),
             **tags})
         self._parent_id = self._artifacts.remember(run)

@@ -37,9 +37,13 @@ class TrialCheckpoint:
     model: Optional[dict] = None
     optimizer: Optional[dict] = None
     sharded: Optional[str] = None
+    scaler: Optional[dict] = None  # fp16's GradScaler state (None: no scaler, or older files)
 
     def with_weights(self, model: dict, optimizer: dict) -> "TrialCheckpoint":
         return dataclasses.replace(self, model=model, optimizer=optimizer)
+
+    def with_scaler(self, scaler: dict) -> "TrialCheckpoint":
+        return dataclasses.replace(self, scaler=scaler)
 
     def to_saved(self) -> dict[str, Any]:
         """The dict written to CHECKPOINT_FILE (its format predates this class)."""
@@ -47,13 +51,16 @@ class TrialCheckpoint:
                  "stages": self.stages, "metrics": self.metrics}
         if self.model is not None:
             saved.update(model=self.model, optimizer=self.optimizer)
+        if self.scaler is not None:
+            saved["scaler"] = self.scaler
         return saved
 
     @classmethod
     def from_saved(cls, saved: dict, sharded: Optional[str] = None) -> "TrialCheckpoint":
         return cls(epoch=saved["epoch"], step=saved["step"], scheduler=saved["scheduler"],
                    stages=list(saved.get("stages", [])), metrics=dict(saved.get("metrics", {})),
-                   model=saved.get("model"), optimizer=saved.get("optimizer"), sharded=sharded)
+                   model=saved.get("model"), optimizer=saved.get("optimizer"), sharded=sharded,
+                   scaler=saved.get("scaler"))
 
 
 def save(checkpoint: TrialCheckpoint, directory: Path) -> None:
@@ -73,6 +80,8 @@ def keep_local_copy(checkpoint_dir: Path) -> Optional[str]:
 
 def load_checkpoint(directory: Path) -> TrialCheckpoint:
     """The checkpoint in `directory`, its sharded part (if any) copied somewhere that outlives
-    `directory`."""
-    saved = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=True)
+    `directory`. Tensors load onto the CPU whatever device wrote them (docs/architecture.md,
+    "Devices"): a checkpoint from `cuda:1` loads where one GPU is visible, and loading into the
+    model and optimizer copies them to the device they are on."""
+    saved = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     return TrialCheckpoint.from_saved(saved, keep_local_copy(Path(directory)))

@@ -34,7 +34,8 @@ from dlopt.artifact import files as artifact
 from dlopt.artifact.teachers import TeacherPayloads
 from dlopt.ml import data as data_mod
 from dlopt.ml import init as init_mod
-from dlopt.ml import models, optim, schedules
+from dlopt.ml import collectives, models, optim, schedules
+from dlopt.ml.devices import check_precision, device_type, model_device, to_device
 from dlopt.spec import Experiment
 from dlopt.spec.report import DIVERGED, END_TIME, EPOCH, EPOCH_SECONDS, FINAL, HISTORY
 from dlopt.stages import Event, Stage, State, catalog, run_event
@@ -51,21 +52,11 @@ __all__ = ["CHECKPOINT_FILE", "Report", "TrialCheckpoint", "batch_size_for", "ev
 Report = Callable[[dict, Optional[Callable[[Path], None]]], None]
 
 
-def _mean_across_ranks(value: float, world: int) -> float:
-    if world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return t.item() / world
-
-
-def _any_rank(flag: bool, world: int) -> bool:
+def _any_rank(flag: bool, world: int, device: str) -> bool:
     """True on every rank if it is true on one: a report is a collective under Ray Train."""
     if world == 1:
         return flag
-    t = torch.tensor([float(flag)])
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(collectives.reduce([float(flag)], device, "max")[0])
 
 
 @dataclass
@@ -91,6 +82,9 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
         resume: Optional[TrialCheckpoint] = None, wrap: Callable = lambda m: m,
         device: str = "cpu", teachers: Optional[TeacherPayloads] = None,
         faults: Optional[Faults] = None) -> State:
+    check_precision(spec.precision, device)  # on the worker, where the GPU is
+    if device_type(device) == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes per run: let cuDNN pick kernels
     strategy = strategies.pick(spec, rank, world, device, wrap)
     run = set_up(spec, strategy, rank, world, device, teachers)
     state = run.state
@@ -112,7 +106,8 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
         run.events(Event.EPOCH_END)
         if faults is not None:
             faults.slow_epoch()  # test-only
-        if not _any_rank(cadence.due(epoch + 1, time.perf_counter() - t0, state.stop), world):
+        if not _any_rank(cadence.due(epoch + 1, time.perf_counter() - t0, state.stop), world,
+                         device):
             unreported.append(metrics)
             continue
         cadence.reported(report_epoch(run, report, epoch, metrics, unreported))
@@ -134,7 +129,7 @@ def set_up(spec: Experiment, strategy: strategies.Strategy, rank: int, world: in
 
     model = build()
     init_mod.apply(model, spec.model.init)
-    model.to(device)
+    # on the CPU until the strategy places it (FSDP moves only this rank's shards to the device)
     trained = strategy.prepare(model, build)
     optimizer = optim.build(spec.optimizer, trained.parameters())
     shard = math.ceil(len(datasets.train) / strategy.data_world)
@@ -143,7 +138,8 @@ def set_up(spec: Experiment, strategy: strategies.Strategy, rank: int, world: in
     scheduler, sched_every = schedules.build(spec.schedule, optimizer, spec.epochs, steps_per_epoch)
     state = State(spec=spec, model=model, optimizer=optimizer, datasets=datasets, rank=rank,
                   world=world, device=device, steps_per_epoch=steps_per_epoch,
-                  evaluate=lambda m: evaluate(m, datasets.val, datasets.task, spec.precision, device))
+                  evaluate=lambda m: evaluate(m, datasets.val, datasets.task, spec.precision,
+                                              model_device(m)))  # where the model is
     run = Run(spec, strategy, state, catalog.build(spec, teachers), trained, optimizer,
               scheduler, sched_every, batch_size,
               loss_function(datasets.task, spec.regularization.label_smoothing))
@@ -174,10 +170,11 @@ def train_epoch(run: Run, epoch: int, t0: float) -> dict:
     train, device = state.datasets.train, state.device
     state.epoch = epoch
     run.trained.train()
-    total, count = 0.0, 0
+    # the loss sum stays on the device (float64, as the host sum was): one sync per epoch
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for idx in data_mod.shard_batches(len(train), run.batch_size, strategy.data_rank,
                                       strategy.data_world, spec.seed, epoch):
-        x, y = train.x[idx].to(device), train.y[idx].to(device)
+        x, y = to_device(train.x[idx], device), to_device(train.y[idx], device)
         state.batch = (x, y)
         loss = strategy.train_step(state, x, y, run.events)  # forward, backward, step
         state.step += 1
@@ -185,13 +182,13 @@ def train_epoch(run: Run, epoch: int, t0: float) -> dict:
         lr = run.optimizer.param_groups[0]["lr"]  # the lr this step used (reported per epoch)
         if run.sched_every == "step":
             run.scheduler.step()
-        total += loss * len(y)
+        total += loss.double() * len(y)
         count += len(y)
     if run.sched_every == "epoch":
         run.scheduler.step()
-    train_loss = _mean_across_ranks(total / max(count, 1), strategy.data_world)
+    train_loss = strategy.epoch_loss(total / max(count, 1))
     state.metrics = {EPOCH: epoch + 1, "train_loss": train_loss, "lr": lr,
-                     **state.evaluate(strategy.eval_model()),
+                     **strategy.validate(state.evaluate),
                      EPOCH_SECONDS: time.perf_counter() - t0, END_TIME: time.time()}
     return state.metrics
 

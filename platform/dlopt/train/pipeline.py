@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dlopt.ml import collectives
 from dlopt.train.checkpoint import SHARDED_DIR
 
 MICROBATCHES = 4
@@ -82,18 +83,17 @@ def microbatches(n: int) -> int:
 
 
 def gather_full(own: PipelinePart, build: Callable[[], nn.Module]) -> nn.Module:
-    """A plain full model with every part's current weights, on every rank (collective)."""
-    world = torch.distributed.get_world_size()
-    parts: list = [None] * world
-    torch.distributed.all_gather_object(
-        parts, {k: v.detach().cpu() for k, v in own.state_dict().items()})
+    """A plain full model with every part's current weights, on every rank, on the CPU
+    (collective). Evaluated where it is (docs/architecture.md, "Devices")."""
+    parts = collectives.gather_objects({k: v.detach().cpu() for k, v in own.state_dict().items()})
     full = build()
     full.load_state_dict({k: v for p in parts for k, v in p.items()})
     return full
 
 
 class Pipe:
-    """GPipe over this rank's part; `step(x, y)` trains one batch, returns its mean loss."""
+    """GPipe over this rank's part; `step(x, y)` trains one batch and returns its mean loss on
+    the last rank (zero on the others), a float64 tensor on the device: no per-step sync."""
 
     def __init__(self, part: PipelinePart, rank: int, world: int, device: str, loss_fn):
         self.part, self.rank, self.world, self.device = part, rank, world, device
@@ -109,7 +109,7 @@ class Pipe:
                                               loss_fn=self.loss_fn)
         return self.schedules[n]
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         schedule, last = self._schedule(len(x)), self.rank == self.world - 1
         losses: list = []
         if self.rank == 0:
@@ -118,18 +118,17 @@ class Pipe:
             schedule.step(target=y, losses=losses)
         else:
             schedule.step()
-        mean = torch.tensor([sum(float(v) for v in losses) / max(len(losses), 1)],
-                            dtype=torch.float64)
-        torch.distributed.broadcast(mean, src=self.world - 1)
-        return mean.item()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for v in losses:  # in order, in float64: the sum the host computed before
+            total = total + v.detach().double()
+        return total / max(len(losses), 1)
 
 
-def max_part_fraction(own: PipelinePart, full: nn.Module) -> float:
+def max_part_fraction(own: PipelinePart, full: nn.Module, device: str) -> float:
     """The largest share of the model's weights one rank held (collective)."""
-    held = torch.tensor([sum(p.numel() for p in own.parameters())
-                         / sum(p.numel() for p in full.parameters())], dtype=torch.float64)
-    torch.distributed.all_reduce(held, op=torch.distributed.ReduceOp.MAX)
-    return held.item()
+    held = (sum(p.numel() for p in own.parameters())
+            / sum(p.numel() for p in full.parameters()))
+    return collectives.reduce([held], device, "max")[0]
 
 
 def save_part(own: PipelinePart, optimizer: torch.optim.Optimizer, directory: Path,
@@ -144,6 +143,8 @@ def load_part(own: PipelinePart, optimizer: torch.optim.Optimizer, sharded_dir: 
               rank: int) -> None:
     """Read back what `save_part` wrote for this rank (`sharded_dir` is the merged
     checkpoint's `sharded` dir, copied out by dlopt.train.checkpoint.keep_local_copy)."""
-    saved = torch.load(Path(sharded_dir) / f"stage{rank}.pt", weights_only=True)
+    # onto the CPU whatever device wrote it; load_state_dict copies to the part's device
+    saved = torch.load(Path(sharded_dir) / f"stage{rank}.pt", map_location="cpu",
+                       weights_only=True)
     own.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])

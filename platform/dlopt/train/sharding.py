@@ -29,6 +29,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from dlopt.ml import collectives
+from dlopt.ml.devices import device_type
 from dlopt.ml.quantization import qat_prepare
 from dlopt.train.checkpoint import SHARDED_DIR
 
@@ -50,8 +52,20 @@ def blocks(model: nn.Module) -> list[nn.Module]:
             if m is not model and any(True for _ in m.parameters(recurse=False))]
 
 
-def shard(model: nn.Module, precision: str = "32", compression: list = ()) -> nn.Module:
-    """Shard each block and then the root in place (FSDP2); returns the same module.
+def mesh(device: str):
+    """The 1-D mesh over every rank, on the strategy's device type. Explicit because
+    `fully_shard` without one picks the accelerator by presence (torch._C._get_accelerator()),
+    not by what the trial asked for: a CPU trial on a GPU node would move its shards to CUDA."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device_type(device), (torch.distributed.get_world_size(),))
+
+
+def shard(model: nn.Module, precision: str = "32", compression: list = (),
+          device: str = "cpu") -> nn.Module:
+    """Shard each block and then the root in place (FSDP2) over `mesh(device)`; returns the
+    same module. The model may be on the CPU: fully_shard moves each rank's shards to the
+    mesh's device, so no rank ever holds the whole model there.
 
     A QAT stage in `compression` swaps Linear for torchao's FakeQuantizedLinear here, before
     sharding: swapped after `fully_shard`, the new module has none of FSDP's hooks and its
@@ -62,7 +76,9 @@ def shard(model: nn.Module, precision: str = "32", compression: list = ()) -> nn
 
     if any(s.stage == "quantize" and s.method == "qat" for s in compression):
         qat_prepare(model)
-    kwargs = {} if policy(precision) is None else {"mp_policy": policy(precision)}
+    kwargs = {"mesh": mesh(device)}
+    if policy(precision) is not None:
+        kwargs["mp_policy"] = policy(precision)
     for block in blocks(model):
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
@@ -134,9 +150,7 @@ def full_model(model: nn.Module, build: Callable[[], nn.Module], rank: int
     return plain
 
 
-def max_shard_fraction(model: nn.Module) -> float:
-    """The largest `shard_fraction` over all ranks (collective): about 1/world when every
-    rank holds its share, 1.0 if some rank held a full copy."""
-    t = torch.tensor([shard_fraction(model)], dtype=torch.float64)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return t.item()
+def max_shard_fraction(model: nn.Module, device: str) -> float:
+    """The largest `shard_fraction` over all ranks (collective, on `device`): about 1/world
+    when every rank holds its share, 1.0 if some rank held a full copy."""
+    return collectives.reduce([shard_fraction(model)], device, "max")[0]

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dlopt.ml import metrics as metrics_mod
+from dlopt.ml.devices import device_type
 from dlopt.spec import Experiment
 
 
@@ -20,10 +21,11 @@ def batch_size_for(spec: Experiment, shard_size: int) -> int:
 
 
 def autocast(precision: str, device: str):
+    # the device's type ("cuda", never "cuda:N": autocast skips its bf16 check for that)
     if precision == "bf16-mixed":
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device_type(device), dtype=torch.bfloat16)
     if precision == "16-mixed":
-        return torch.autocast(device_type=device, dtype=torch.float16)
+        return torch.autocast(device_type=device_type(device), dtype=torch.float16)
     return contextlib.nullcontext()
 
 

@@ -7,8 +7,13 @@ dlopt.train.loop.fit is the one loop for every strategy. It asks its strategy, i
 - `load(resume, optimizer)`: that module's and the optimizer's state from a `TrialCheckpoint`;
 - `start(optimizer, loss_fn)`: what must follow loading (DDP wraps the model here);
 - `train_step(state, x, y, run)`: one batch's forward, backward and optimizer step, with
-  the stage events in between (`run(event)`); returns the batch's mean loss;
-- `eval_model()`: the module validation runs on, after each epoch;
+  the stage events in between (`run(event)`); returns the batch's mean loss as a 0-dim
+  tensor on the device (never read per step: no host sync);
+- `epoch_loss(mean)`: this rank's mean loss of the epoch (a device tensor) -> the epoch's
+  train_loss, the same on every rank (one collective);
+- `validate(evaluate)`: the validation metrics after each epoch, the same on every rank
+  (DDP and pipeline: rank 0 evaluates and broadcasts them; FSDP: every rank runs the forward,
+  which is collective);
 - `checkpoint(saved)`: the writer of this rank's part of an epoch's `TrialCheckpoint`, or None;
 - `final_model(state)`: the plain full model the final stages compress (None on a rank
   with nothing left to do; that rank sends the final metrics without a model).
@@ -24,6 +29,8 @@ from typing import Callable, Optional, Protocol
 import torch
 from torch import nn
 
+from dlopt.ml import collectives
+from dlopt.ml.devices import device_type
 from dlopt.spec import Experiment
 from dlopt.stages import Event, State
 from dlopt.train import checkpoint, pipeline, sharding
@@ -45,9 +52,11 @@ class Strategy(Protocol):
     def start(self, optimizer: torch.optim.Optimizer, loss_fn: Callable) -> None: ...
 
     def train_step(self, state: State, x: torch.Tensor, y: torch.Tensor,
-                   run: Events) -> float: ...
+                   run: Events) -> torch.Tensor: ...
 
-    def eval_model(self) -> nn.Module: ...
+    def epoch_loss(self, mean: torch.Tensor) -> float: ...
+
+    def validate(self, evaluate: Callable[[nn.Module], dict]) -> dict: ...
 
     def checkpoint(self, saved: TrialCheckpoint) -> Optional[Writer]: ...
 
@@ -72,15 +81,25 @@ class DataParallel:
                  wrap: Callable[[nn.Module], nn.Module] = lambda m: m):
         self.spec, self.rank, self.device, self.wrap = spec, rank, device, wrap
         self.data_rank, self.data_world = rank, world
-        self.scaler = torch.amp.GradScaler(device) if spec.precision == "16-mixed" else None
+        self.scaler = (torch.amp.GradScaler(device_type(device))
+                       if spec.precision == "16-mixed" else None)
 
     def prepare(self, model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
-        self.model, self.build = model, build
-        return model
+        self.model, self.build = model.to(self.device), build
+        return self.model
 
     def load(self, resume: TrialCheckpoint, optimizer: torch.optim.Optimizer) -> None:
         self.model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
+        self.load_scaler(resume)
+
+    def load_scaler(self, resume: TrialCheckpoint) -> None:
+        """fp16's loss scale goes on where it was (absent from checkpoints older than it)."""
+        if self.scaler is not None and resume.scaler is not None:
+            self.scaler.load_state_dict(resume.scaler)
+
+    def with_scaler(self, saved: TrialCheckpoint) -> TrialCheckpoint:
+        return saved if self.scaler is None else saved.with_scaler(self.scaler.state_dict())
 
     def start(self, optimizer: torch.optim.Optimizer, loss_fn: Callable) -> None:
         self.optimizer, self.loss_fn = optimizer, loss_fn
@@ -102,19 +121,33 @@ class DataParallel:
             state.loss.backward()
             run(Event.AFTER_BACKWARD)
             self.optimizer.step()
-        return state.loss.item()
+        return state.loss.detach()
 
-    def eval_model(self) -> nn.Module:
-        return self.model
+    def epoch_loss(self, mean: torch.Tensor) -> float:
+        """The mean over ranks of each rank's mean loss."""
+        if self.data_world == 1:
+            return mean.item()
+        return collectives.reduce_on_device(mean.reshape(1)).item() / self.data_world
+
+    def validate(self, evaluate: Callable[[nn.Module], dict]) -> dict:
+        """Every rank holds the same weights: rank 0 evaluates, the others receive its metrics
+        (the same numbers every rank computed before, for 1/world of the work)."""
+        if self.data_world == 1:
+            return evaluate(self.model)
+        metrics = evaluate(self.model) if self.rank == 0 else None
+        return collectives.broadcast_object(metrics, 0, self.device)
 
     def checkpoint(self, saved: TrialCheckpoint) -> Optional[Writer]:
-        saved = saved.with_weights(self.model.state_dict(), self.optimizer.state_dict())
         if self.rank != 0:  # every rank holds the same weights: rank 0 writes them
             return None
+        saved = self.with_scaler(saved.with_weights(self.model.state_dict(),
+                                                    self.optimizer.state_dict()))
         return lambda d: checkpoint.save(saved, d)
 
     def final_model(self, state: State) -> Optional[nn.Module]:
-        return self.model  # every rank runs the final stages on its own (identical) copy
+        # every rank holds the same weights: rank 0 alone runs the final stages (compression,
+        # ONNX export) and saves; the others send the final metrics without a model
+        return self.model if self.rank == 0 else None
 
 
 class FullySharded(DataParallel):
@@ -122,18 +155,26 @@ class FullySharded(DataParallel):
     forward and backward as DDP, with FSDP's own all-gathers and reduce-scatters."""
 
     def prepare(self, model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
-        # parameters become DTensor shards, so shard before the optimizer is built
-        sharding.shard(model, self.spec.precision, self.spec.compression)
-        return super().prepare(model, build)
+        # parameters become DTensor shards, so shard before the optimizer is built; the model
+        # is still on the CPU: fully_shard moves only this rank's shards to the device
+        sharding.shard(model, self.spec.precision, self.spec.compression, self.device)
+        self.model, self.build = model, build
+        return model
 
     def load(self, resume: TrialCheckpoint, optimizer: torch.optim.Optimizer) -> None:
         sharding.load(self.model, optimizer, resume.sharded)  # each rank its own shards
+        self.load_scaler(resume)
+
+    def validate(self, evaluate: Callable[[nn.Module], dict]) -> dict:
+        return evaluate(self.model)  # the sharded forward is collective: every rank runs it
 
     def start(self, optimizer: torch.optim.Optimizer, loss_fn: Callable) -> None:
         self.optimizer, self.loss_fn = optimizer, loss_fn
         self.forward = self.model  # already sharded: no DDP wrapper
 
     def checkpoint(self, saved: TrialCheckpoint) -> Optional[Writer]:
+        saved = self.with_scaler(saved)
+
         def write(d: Path) -> None:  # every rank writes its shard; rank 0 also the rest
             sharding.save(self.model, self.optimizer, d)
             if self.rank == 0:
@@ -141,8 +182,9 @@ class FullySharded(DataParallel):
         return write
 
     def final_model(self, state: State) -> Optional[nn.Module]:
-        """The full weights gathered into a plain model on rank 0 (collective)."""
-        state.run_entries["shard_fraction_max"] = sharding.max_shard_fraction(self.model)
+        """The full weights gathered into a plain model on rank 0, on the CPU (collective)."""
+        state.run_entries["shard_fraction_max"] = sharding.max_shard_fraction(self.model,
+                                                                              self.device)
         return sharding.full_model(self.model, self.build, self.rank)
 
 
@@ -156,7 +198,8 @@ class Pipelined:
 
     def prepare(self, model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
         self.build = build
-        self.part = pipeline.part(model, pipeline.split(model, self.world), self.rank)
+        part = pipeline.part(model, pipeline.split(model, self.world), self.rank)
+        self.part = part.to(self.device)  # only this rank's layers go to the device
         return self.part
 
     def load(self, resume: TrialCheckpoint, optimizer: torch.optim.Optimizer) -> None:
@@ -166,16 +209,25 @@ class Pipelined:
         self.optimizer = optimizer
         self.pipe = pipeline.Pipe(self.part, self.rank, self.world, self.device, loss_fn)
 
-    def train_step(self, state: State, x: torch.Tensor, y: torch.Tensor, run: Events) -> float:
+    def train_step(self, state: State, x: torch.Tensor, y: torch.Tensor,
+                   run: Events) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.pipe.step(x, y)  # forward and backward of every microbatch: no LOSS event
-        state.loss = torch.tensor(loss)
+        # forward and backward of every microbatch: no LOSS event; the loss is the last
+        # rank's (zero elsewhere), sent to the others once per epoch by `epoch_loss`
+        state.loss = self.pipe.step(x, y)
         run(Event.AFTER_BACKWARD)
         self.optimizer.step()
-        return loss
+        return state.loss
 
-    def eval_model(self) -> nn.Module:
-        return pipeline.gather_full(self.part, self.build)  # collective
+    def epoch_loss(self, mean: torch.Tensor) -> float:
+        return collectives.broadcast_tensor(mean.reshape(1), self.world - 1).item()
+
+    def validate(self, evaluate: Callable[[nn.Module], dict]) -> dict:
+        """The gathered full model (on the CPU, collective) evaluated on rank 0, its metrics
+        sent to the others."""
+        full = pipeline.gather_full(self.part, self.build)
+        metrics = evaluate(full) if self.rank == 0 else None
+        return collectives.broadcast_object(metrics, 0, self.device)
 
     def checkpoint(self, saved: TrialCheckpoint) -> Optional[Writer]:
         def write(d: Path) -> None:  # every rank writes its part; rank 0 also the rest
@@ -187,5 +239,6 @@ class Pipelined:
     def final_model(self, state: State) -> Optional[nn.Module]:
         """The gathered full model on rank 0 (collective)."""
         full = pipeline.gather_full(self.part, self.build)
-        state.run_entries["stage_fraction_max"] = pipeline.max_part_fraction(self.part, full)
+        state.run_entries["stage_fraction_max"] = pipeline.max_part_fraction(self.part, full,
+                                                                             self.device)
         return full if self.rank == 0 else None

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from dlopt.ml import collectives
+
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -124,13 +126,12 @@ def tensors_agree(masks: list[torch.Tensor], world: int) -> bool:
     """True when every rank holds the same (full, plain) masks. Collective."""
     if world == 1:
         return True
-    flat = torch.cat([m.reshape(-1).double().cpu() for m in masks])
-    pos = torch.arange(1, flat.numel() + 1, dtype=torch.float64)
+    # on the masks' device, the model's: the strategy's (docs/architecture.md, "Devices")
+    flat = torch.cat([m.reshape(-1).double() for m in masks])
+    pos = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
     fp = torch.stack([flat.sum(), (flat * pos).sum(), (flat * pos.sqrt()).sum()])
-    device = masks[0].device
-    lo, hi = fp.clone().to(device), fp.clone().to(device)
-    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    lo = collectives.reduce_on_device(fp.clone(), "min")
+    hi = collectives.reduce_on_device(fp.clone(), "max")
     return bool(torch.equal(lo, hi))
 
 

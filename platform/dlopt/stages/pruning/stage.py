@@ -139,12 +139,13 @@ class Prune(CompressionStage):
             self._update(state, target)
 
     def fit_end(self, state: State) -> None:
-        world = state.world
+        # fit_end runs on rank 0 alone (dlopt.train.strategies: final_model), so no collectives
+        world = 1
         if self.sharded is not None:
             # FSDP: the loop gathered the full weights (pruned ones are exact zeros) into a
-            # plain model on rank 0 alone; finish there like DDP, with no collectives left.
+            # plain model on rank 0; finish there like DDP.
             # Freshly attached all-ones masks keep the zeros: they are the least important.
-            self.sharded, world = None, 1
+            self.sharded = None
             attach(state.model, self.spec.structured)
         if self.sparsity < self.spec.sparsity:  # stopped early: reach the target anyway
             self._update(state, self.spec.sparsity, world)
