@@ -227,3 +227,18 @@ def test_plateau_stop_ends_the_sweep_once_the_top_results_agree():
     for trial_id in "def":
         stop(trial_id, {"val_accuracy": 0.9})
     assert stop.stop_all()
+
+
+def test_a_multi_objective_searcher_starts_without_warm_trials():
+    """NSGA-II sweeps have two goals and no warm start: set_search_properties must not expect one."""
+    from ray import tune as ray_tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from dlopt.runtime.steer import Steered
+
+    inner = OptunaSearch(metric=["a", "b"], mode=["max", "min"])
+    searcher = Steered(inner, {"a": "max", "b": "min"})
+    assert searcher.set_search_properties(None, None, {"x": ray_tune.uniform(0, 1)})  # as Tune does
+    searcher.suggest("t1")
+    searcher.on_trial_complete("t1", {"a": 0.5, "b": 1.0})
+    assert searcher.warm_told and searcher.worst == {"a": 0.5, "b": 1.0}

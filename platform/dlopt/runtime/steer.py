@@ -75,13 +75,15 @@ class Steered(Searcher):
         return ok
 
     def _tell_warm(self) -> None:
+        self.warm_told = True
+        if not self.warm:  # nothing to tell (multi-objective sweeps take no warm start)
+            return
         (name, mode), = self.goals.items()  # warm start: one metric (dlopt.spec.start_points)
         for t in (t for t in self.warm if not t.diverged):
             self._seen({name: t.value})
         for t in self.warm:
             value = steered_value(t.value, t.diverged, mode, self.worst.get(name))
             self.searcher.add_evaluated_point(t.config, value, error=value is None)
-        self.warm_told = True
 
     def _seen(self, result: dict) -> None:
         for name, mode in self.goals.items():
