@@ -23,8 +23,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import torch_pruning as tp
-
 _WIDTH_ATTRS = {nn.Conv1d: ("out_channels", "in_channels"), nn.Conv2d: ("out_channels", "in_channels"),
                 nn.Conv3d: ("out_channels", "in_channels"), nn.Linear: ("out_features", "in_features")}
 
@@ -48,6 +46,8 @@ def _output_layers(model: nn.Module) -> list[nn.Module]:
 def plan(model: nn.Module, example: torch.Tensor, ratio: float):
     """([(root module, torch-pruning handler, channel indices to remove)], the graph): in every dependency
     group, the `ratio` of channels with the smallest summed L1 magnitude over the group."""
+    import torch_pruning as tp  # here, not at the top: loading a saved model needs only `fit`
+
     check_traceable(model)
     was = model.training
     model.eval()
