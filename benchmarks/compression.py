@@ -280,12 +280,20 @@ def main() -> None:
     ap.add_argument("--latency-epochs", type=int, default=3)
     ap.add_argument("--latency-only", action="store_true")
     ap.add_argument("--sharing", action="store_true", help="part 3 only")
+    ap.add_argument("--resnet", action="store_true",
+                    help="resnet, 50%% channels removed vs dense (benchmarks/compression_resnet.py)")
     ap.add_argument("--bits", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--mnist-root", default=None)
     args = ap.parse_args()
     import os
 
+    if args.resnet:
+        import compression_resnet
+
+        with tempfile.TemporaryDirectory(prefix="dlopt-bench-") as d:
+            compression_resnet.run(args, Path(d), train, time_variants)
+        return
     if args.sharing:
         with tempfile.TemporaryDirectory(prefix="dlopt-bench-") as d:
             sharing_seeds(args, Path(d))

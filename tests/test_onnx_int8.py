@@ -129,8 +129,8 @@ def test_a_float_layer_is_reported_not_skipped():
 
 # ------------------------------------------------------------------ refusals (spec level)
 @pytest.mark.parametrize("model,stage,field", [
-    (Model(arch="resnet"), Prune(scope="layer", structured=True), "compression.0.structured"),
-    (Model(arch="pkg.mod:net"), Prune(scope="layer", structured=True), "compression.0.structured"),
+    (Model(arch="resnet", activation="sigmoid"), Prune(scope="layer", structured=True),
+     "model.activation"),
     (Model(arch="lenet5", activation="sigmoid"), Prune(scope="layer", structured=True),
      "model.activation"),
     (Model(arch="cnn"), Quantize(method="qat"), "compression.0.method"),
@@ -147,6 +147,8 @@ def test_what_cannot_be_removed_or_quantized_is_refused(model, stage, field):
 
 @pytest.mark.parametrize("model,stage", [
     (Model(arch="cnn"), Prune(scope="layer", structured=True)),
+    (Model(arch="resnet"), Prune(scope="layer", structured=True)),  # dependency groups (issue 29)
+    (Model(arch="pkg.mod:net"), Prune(scope="layer", structured=True)),
     (Model(arch="mlp", activation="sigmoid"), Prune(scope="layer", structured=True)),
     (Model(arch="resnet"), Quantize(method="static")),
     (Model(arch="lenet5"), Quantize(method="dynamic")),

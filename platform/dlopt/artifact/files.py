@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dlopt.artifact import compact
-from dlopt.ml import models, shrink
+from dlopt.ml import models, residual, shrink
 from dlopt.ml.quantization import apply as apply_quantization
 from dlopt.ml.transform import InputTransform, WithInputTransform
 from dlopt.spec import Experiment
@@ -73,8 +73,11 @@ def build_from_dir(directory: Path) -> torch.nn.Module:
 
 
 def build_shaped(spec, meta: dict) -> torch.nn.Module:
-    """The spec's architecture with the layer widths structured pruning left (meta `widths`)."""
+    """The spec's architecture with the layer widths structured pruning left (meta `widths`
+    for chain models, `shapes` for graph models: dlopt.ml.residual)."""
     model = models.build(spec.model, tuple(meta["input_shape"]), meta["out_features"])
+    if meta.get("shapes"):
+        return residual.fit(model, meta["shapes"])
     return shrink.resize(model, meta["widths"]) if meta.get("widths") else model
 
 

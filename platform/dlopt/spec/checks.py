@@ -291,29 +291,23 @@ def _share_problems(stages: list, epochs: int) -> list[str]:
 
 
 # Catalog archs by what compression can do with them (dlopt.ml.shrink, dlopt.ml.onnx_int8).
-CHAIN_ARCHS = ("mlp", "linear", "lenet5", "cnn")  # nested nn.Sequential: rows can be removed
 CONV_ARCHS = {"lenet5": "Conv2d", "cnn": "Conv2d", "resnet": "Conv2d"}
 ZERO_AT_ZERO = ("relu", "tanh", "gelu", "leaky_relu", "elu", "silu")  # act(0) == 0
 
 
 def _export_problems(spec) -> list[str]:
-    """Compression the saved model cannot carry: structured removal outside a chain of
-    layers, a removed conv channel whose act(0) != 0 (its constant output would vary with
-    the next conv's zero padding), and QAT, which fake-quantizes Linear layers only."""
+    """Compression the saved model cannot carry: a removed conv channel whose act(0) != 0
+    (its constant output would vary with the next conv's zero padding), and QAT, which
+    fake-quantizes Linear layers only."""
     problems = []
     archs = _points(spec.model.arch)
     for options in _compression_options(spec.compression):
         for i, s in enumerate(options):
             if s.stage == "prune" and s.structured:
                 for arch in archs:
-                    if arch not in CHAIN_ARCHS:
-                        kind = "its residual connections" if arch == "resnet" else \
-                            "a custom arch's layer graph"
-                        problems.append(
-                            f"compression.{i}.structured: structured pruning cuts pruned units out "
-                            f"of the saved model along a chain of layers (arch {', '.join(CHAIN_ARCHS)}"
-                            f"); arch {arch!r} is not one ({kind}); use structured=False")
-                    elif arch in CONV_ARCHS:
+                    # resnet and custom archs: dependency groups (dlopt.ml.residual); a model
+                    # torch.fx cannot trace is refused with fx's reason when it is pruned
+                    if arch in CONV_ARCHS:
                         bad = [a for a in _points(spec.model.activation) if a not in ZERO_AT_ZERO]
                         if bad:
                             problems.append(

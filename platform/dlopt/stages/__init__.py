@@ -139,6 +139,7 @@ class StageOutput:
 
     quantization: Optional[dict] = None
     widths: Mapping[str, int] = field(default_factory=dict)
+    shapes: Mapping[str, list] = field(default_factory=dict)  # graph models (dlopt.ml.residual)
     onnx: Optional[bytes] = None
     onnx_meta: Mapping[str, Any] = field(default_factory=dict)
 

@@ -174,6 +174,8 @@ def artifact_of(state: State, output: StageOutput) -> compact.CompactArtifact:
     files = dict(previous.files) if previous else {}
     if output.widths:
         extra_meta["widths"] = dict(output.widths)
+    if output.shapes:
+        extra_meta["shapes"] = dict(output.shapes)
     if output.onnx is not None:
         files[onnx_int8.FILE] = output.onnx
         extra_meta["onnx"] = {"file": onnx_int8.FILE, **output.onnx_meta}

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from dlopt.ml import shrink
+from dlopt.ml import residual, shrink
 from dlopt.stages import CompressionStage, State, StageOutput
 from dlopt.stages.pruning import sharded as prune_sharded
 from dlopt.stages.pruning.masks import (
@@ -60,6 +60,7 @@ class Prune(CompressionStage):
         self.forced_at_end = 0
         self.sharded = None  # ShardedMasks when the model is FSDP-sharded (pruning.sharded)
         self.widths: dict[str, int] = {}  # structured: output widths left after removal
+        self.shapes: dict[str, list] = {}  # structured, graph models: pruned tensor shapes
 
     def _window(self, steps_per_epoch: int) -> tuple[int, int]:
         s = self.spec
@@ -104,6 +105,30 @@ class Prune(CompressionStage):
     def _rebuild_after_restart(self, mods: list[nn.Module]) -> None:
         if self.sharded.masks is None and self.sparsity > 0:
             self.sharded.rebuild(mods)
+
+    def _remove(self, state: State) -> None:
+        """Cut the pruned units out. Chain models: what the masks pruned (rows, biases, the next
+        layer's columns; dlopt.ml.shrink, which also folds act(0) into the next bias). Graph
+        models (resnet, a user's fx-traceable net): the masks were per layer, which a residual
+        add does not respect, so the removal re-ranks channels by dependency group (summed L1
+        over the tensors the add ties) at the target sparsity (dlopt.ml.residual); the stage's
+        measured entries afterwards give the accuracy of what is saved."""
+        try:
+            shrink.chain(state.model)
+        except ValueError:
+            example = self._example(state)
+            residual.prune_channels(state.model, example, self.spec.sparsity)
+            self.shapes = residual.shapes(state.model)
+            return
+        names = [name for name, _ in targets(state.model, True)]
+        zero_dead_biases([m for _, m in targets(state.model, True)])
+        self.widths = shrink.remove(state.model, names)
+
+    @staticmethod
+    def _example(state: State):
+        """One validation input on the model's device (torch-pruning traces a forward)."""
+        device = next(state.model.parameters()).device
+        return state.datasets.val.x[:1].to(device).float()
 
     # --- events
     def setup(self, state: State) -> None:
@@ -152,16 +177,13 @@ class Prune(CompressionStage):
             self.forced_at_end = 1
         make_permanent(state.model)
         if self.spec.structured:
-            # Remove what the masks pruned: rows, their biases and the next layer's columns.
-            names = [name for name, _ in targets(state.model, True)]
-            zero_dead_biases([m for _, m in targets(state.model, True)])
-            self.widths = shrink.remove(state.model, names)
+            self._remove(state)
         state.add_compression_metrics({"prune_rank_mask_mismatches": self.rank_mismatches,
                                        "prune_mask_updates": self.updates,
                                        "prune_forced_at_end": self.forced_at_end})
 
     def output(self) -> StageOutput:
-        return StageOutput(widths=self.widths)
+        return StageOutput(widths=self.widths, shapes=self.shapes)
 
     def state_dict(self) -> dict:
         return {"sparsity": self.sparsity, "rank_mismatches": self.rank_mismatches,
