@@ -1,8 +1,9 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
-from dlopt.stages.pruning.allocation import allocate, kept, sensitivity
+from dlopt.stages.pruning.allocation import allocate, kept, layer_masks, levels_for, sensitivity
 
 LEVELS = [0.5, 0.8, 0.9, 0.95, 0.98]
 
@@ -33,18 +34,39 @@ def test_unreachable_budget_refused():
         allocate([10, 10], [{0.5: 0.0}, {0.5: 0.0}], 0.9)
 
 
-def test_sensitivity_measures_and_restores_weights():
+def test_sensitivity_measures_each_layer_alone_and_restores_its_mask():
     torch.manual_seed(0)
     a, b = nn.Linear(8, 8), nn.Linear(8, 8)
     x = torch.randn(32, 8)
     target = b(a(x)).detach()
-    before = [a.weight.detach().clone(), b.weight.detach().clone()]
+    for m in (a, b):
+        prune.identity(m, "weight")  # the stage's reparametrization (weight_orig, weight_mask)
+    masks = [a.weight_mask.clone(), b.weight_mask.clone()]
+    seen = []
 
     def evaluate():
+        seen.append((float(a.weight_mask.mean()), float(b.weight_mask.mean())))
         with torch.no_grad():
             return -float(((b(a(x)) - target) ** 2).mean())
 
     table = sensitivity([a, b], [0.5, 0.9], evaluate)
     assert all(row[0.9] >= row[0.5] >= 0 for row in table)
-    assert torch.equal(a.weight, before[0]) and torch.equal(b.weight, before[1])
-    assert not hasattr(a, "weight_mask")
+    # baseline, then a pruned alone (b intact), then b alone (a restored)
+    assert seen == [(1.0, 1.0), (0.5, 1.0), (6 / 64, 1.0), (1.0, 0.5), (1.0, 6 / 64)]
+    assert torch.equal(a.weight_mask, masks[0]) and torch.equal(b.weight_mask, masks[1])
+
+
+def test_layer_masks_reach_each_layers_own_sparsity_and_only_grow():
+    torch.manual_seed(0)
+    a, b = nn.Linear(10, 10), nn.Linear(10, 10)
+    for m in (a, b):
+        prune.identity(m, "weight")
+    first = layer_masks([a, b], [0.3, 0.8])
+    assert [int(m.sum()) for m in first] == [70, 20]
+    a.weight_mask.copy_(first[0])
+    grown = layer_masks([a], [0.6])[0]
+    assert int(grown.sum()) == 40 and bool((grown <= first[0]).all())
+
+
+def test_levels_include_the_budget():
+    assert 0.93 in levels_for(0.93) and levels_for(0.9) == sorted(set(levels_for(0.9)))

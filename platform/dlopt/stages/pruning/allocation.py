@@ -1,14 +1,15 @@
 """Per-layer sparsity chosen under a global parameter budget, from measured layer sensitivity.
 
-Not wired into `Prune` yet (issue 29, third point: partly done). `sensitivity` prunes one layer
-alone at a few levels with torch.nn.utils.prune (L1, unstructured) and records the metric drop
-that `evaluate` (validation split only: the caller passes it) reports; `allocate` then picks one
-level per layer so that the pruned parameters reach the global budget with the least summed
-predicted drop. Hand-written because neither torch.nn.utils.prune nor torch-pruning chooses
-per-layer amounts from a sensitivity table (docs/architecture.md, "Compression stages").
-The choice is a pure function of its inputs, so every DDP rank that measures the same table
-chooses the same sparsities; ranks that measure on different shards must broadcast the table
-from rank 0 through dlopt.ml.collectives first.
+`Prune(allocation="sensitivity")` (dlopt.stages.pruning.stage) calls these when its first mask
+update is due: `sensitivity` prunes one layer alone at a few levels (torch's `L1Unstructured`
+mask written into the layer's `weight_mask`, the same reparametrization the stage trains
+with) and records the drop of the validation metric that `evaluate` reports (the stage passes
+the validation split, never the test split); `allocate` then picks one level per layer so that
+the pruned weights reach the global budget with the least summed predicted drop.
+Hand-written because neither torch.nn.utils.prune nor torch-pruning chooses per-layer amounts
+from a sensitivity table (docs/architecture.md, "Compression stages"). `allocate` is a pure
+function; under DDP rank 0 measures and the stage broadcasts its choice through
+dlopt.ml.collectives, so every rank prunes to the same per-layer sparsities.
 """
 from __future__ import annotations
 
@@ -18,23 +19,42 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)  # measured per layer, plus the budget
 
+
+def levels_for(budget: float) -> list[float]:
+    return sorted({*LEVELS, round(float(budget), 6)})
+
+
+@torch.no_grad()
 def sensitivity(mods: Sequence[nn.Module], levels: Sequence[float],
                 evaluate: Callable[[], float]) -> list[dict[float, float]]:
-    """Metric drop per layer and level: that layer pruned alone, every other layer intact."""
+    """Metric drop per layer and level: that layer pruned alone (on top of its current mask),
+    every other layer as it is. `mods` carry torch's reparametrization (`weight_orig`,
+    `weight_mask`); each layer's mask is restored before the next is measured."""
     base = evaluate()
     table = []
     for m in mods:
-        original = m.weight.detach().clone()
+        saved = m.weight_mask.clone()
+        importance = (m.weight_orig * saved).detach()
         row = {}
         for level in levels:
-            prune.l1_unstructured(m, "weight", amount=float(level))
+            amount = round(float(level) * importance.numel())
+            m.weight_mask.copy_(prune.L1Unstructured(amount).compute_mask(importance, saved))
             row[float(level)] = base - evaluate()
-            prune.remove(m, "weight")
-            with torch.no_grad():
-                m.weight.copy_(original)
+        m.weight_mask.copy_(saved)
         table.append(row)
     return table
+
+
+def layer_masks(mods: Sequence[nn.Module], sparsities: Sequence[float]) -> list[torch.Tensor]:
+    """Masks reaching each layer's own sparsity (L1 within the layer; masks only grow)."""
+    out = []
+    for m, s in zip(mods, sparsities):
+        importance = (m.weight_orig * m.weight_mask).detach()
+        amount = round(float(s) * importance.numel())
+        out.append(prune.L1Unstructured(amount).compute_mask(importance, m.weight_mask))
+    return out
 
 
 def allocate(sizes: Sequence[int], drops: Sequence[dict[float, float]],
