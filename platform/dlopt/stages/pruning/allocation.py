@@ -7,7 +7,8 @@ with) and records the drop of the validation metric that `evaluate` reports (the
 the validation split, never the test split); `allocate` then picks one level per layer so that
 the pruned weights reach the global budget with the least summed predicted drop.
 Hand-written because neither torch.nn.utils.prune nor torch-pruning chooses per-layer amounts
-from a sensitivity table (docs/architecture.md, "Compression stages"). `allocate` is a pure
+from a sensitivity table (docs/architecture.md, "The training loop and its events": a stage's math is a pure
+function beside it). `allocate` is a pure
 function; under DDP rank 0 measures and the stage broadcasts its choice through
 dlopt.ml.collectives, so every rank prunes to the same per-layer sparsities.
 """
