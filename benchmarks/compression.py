@@ -28,6 +28,7 @@ the way serving rebuilds it.
 
     python benchmarks/compression.py [--seeds 5] [--repeats 200] [--latency-only]
     python benchmarks/compression.py --sharing [--seeds 5] [--bits 5] [--mnist-root DIR]
+        [--allocation sensitivity]
 """
 from __future__ import annotations
 
@@ -222,13 +223,15 @@ def digits_as_mnist(root: Path) -> Path:
     return root
 
 
-def sharing_spec(seed: int, compressed: bool, bits: int, mnist_root: str, epochs: int):
+def sharing_spec(seed: int, compressed: bool, bits: int, mnist_root: str, epochs: int,
+                 allocation: str = "uniform"):
     from dlopt import Data, Experiment, Model, Optimizer, Prune, Schedule, Share
 
     data = Data(dataset="mnist", root=mnist_root, batch_size=64, val_fraction=0.2)
     prune_end = epochs - 8
-    compression = [Prune(scope="global", sparsity=0.95, schedule="gradual", start_epoch=2,
-                         end_epoch=prune_end, frequency=10),
+    scope = "global" if allocation == "uniform" else "layer"  # sensitivity: one level per layer
+    compression = [Prune(scope=scope, sparsity=0.95, schedule="gradual", start_epoch=2,
+                         end_epoch=prune_end, frequency=10, allocation=allocation),
                    Share(bits=bits, finetune_epochs=4)] if compressed else []
     return Experiment(name="bench-share", seed=seed, epochs=epochs, data=data,
                       model=Model(hidden=[300, 100], init="kaiming_uniform"),
@@ -241,11 +244,15 @@ def sharing_seeds(args, work: Path) -> None:
     root = args.mnist_root or str(digits_as_mnist(work / "digits28"))
     for seed in range(args.seeds):
         d, _ = train(sharing_spec(seed, False, args.bits, root, args.epochs), work)
-        c, _ = train(sharing_spec(seed, True, args.bits, root, args.epochs), work)
+        c, _ = train(sharing_spec(seed, True, args.bits, root, args.epochs, args.allocation),
+                     work)
         row = {"seed": seed, "dense_acc": d["val_accuracy"], "acc": c["compressed_val_accuracy"],
                "pruned_acc": c["prune_val_accuracy"], "sparsity": c["sparsity"],
                "dense_bytes": c["dense_bytes"], "pruned_bytes": c["prune_model_bytes"],
                "model_bytes": c["model_bytes"]}
+        if args.allocation == "sensitivity":  # the chosen per-layer sparsities, in layer order
+            row["layer_sparsity"] = "/".join(f"{v:g}" for k, v in c.items()
+                                             if k.startswith("prune_sparsity."))
         row["ratio"] = row["dense_bytes"] / row["model_bytes"]
         row["drop_points"] = (row["dense_acc"] - row["acc"]) * 100
         rows.append(row)
@@ -260,7 +267,8 @@ def sharing_seeds(args, work: Path) -> None:
             f"{round(0.2 * 1437)} validation rows, so one row is "
             f"{100 / round(0.2 * 1437):.2f} points)")
     md = (f"LeNet-300-100 (784-300-100-10), {args.epochs} epochs, {len(rows)} seeds; data: "
-          f"{data}. Compressed: gradual global pruning to 95% (epochs 2-{args.epochs - 8}), "
+          f"{data}. Compressed: gradual pruning to 95% (allocation '{args.allocation}'; "
+          f"epochs 2-{args.epochs - 8}), "
           f"then k-means weight sharing, {args.bits} bits, centroids fine-tuned the last 4 "
           "epochs; bytes: the saved compact artifact (codebook + zlib/LZMA-coded indices).\n\n"
           + common.table(rows, list(rows[0])) + "\n\n"
@@ -285,6 +293,8 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--mnist-root", default=None)
+    ap.add_argument("--allocation", choices=["uniform", "sensitivity"], default="uniform",
+                    help="--sharing: Prune's per-layer allocation (uniform = one global ranking)")
     args = ap.parse_args()
     import os
 

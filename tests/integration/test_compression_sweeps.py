@@ -219,21 +219,36 @@ def test_distilled_student_agrees_with_teacher_more_than_alone(dense, work):
         assert "dlopt.teacher" not in tags
 
 
-def test_two_ddp_workers_hold_identical_masks(work):
+@pytest.mark.parametrize("allocation", ["uniform", "sensitivity"])
+def test_two_ddp_workers_hold_identical_masks(work, allocation):
+    scope = "global" if allocation == "uniform" else "layer"
     spec = Experiment(
-        name="ddp-prune", seed=0, epochs=3,
+        name=f"ddp-prune-{allocation}", seed=0, epochs=3,
         data=Data(dataset="digits", batch_size=32),
         model=Model(hidden=[64]), optimizer=Optimizer(name="sgd", lr=0.05, momentum=0.9),
-        compression=[Prune(scope="global", sparsity=0.8, schedule="gradual", start_epoch=0,
-                           end_epoch=2, frequency=4)],
+        compression=[Prune(scope=scope, sparsity=0.8, schedule="gradual", start_epoch=0,
+                           end_epoch=2, frequency=4, allocation=allocation)],
         resources=Resources(num_workers=2),
     )
     result = sweep(spec, work)
     m = result.trials[0].metrics
     assert result.trials[0].status == "ok"
     assert m["prune_mask_updates"] >= 3  # masks changed several times under DDP
-    assert m["prune_rank_mask_mismatches"] == 0
-    assert m["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert m["prune_rank_mask_mismatches"] == 0  # sensitivity: rank 0's choice, broadcast
+    if allocation == "uniform":
+        assert m["sparsity"] == pytest.approx(0.8, abs=1e-3)
+        return
+    kept = [v for k, v in m.items() if k.startswith("prune_kept.")]
+    params = [v for k, v in m.items() if k.startswith("prune_params.")]
+    assert len(kept) == 2 and sum(params) - sum(kept) >= 0.8 * sum(params)
+    client = MlflowClient(result.tracking_uri)
+    run_id = result.trials[0].run_id
+    logged = client.get_run(run_id).data.metrics
+    assert {k for k in logged if k.startswith("prune_sparsity.")} == \
+        {k for k in m if k.startswith("prune_sparsity.")}
+    path = client.download_artifacts(run_id, "compression_report.json", str(work))
+    layers = json.loads(Path(path).read_text())["layers"]
+    assert sorted(row["kept"] for row in layers) == sorted(kept)
 
 
 def test_unknown_teacher_is_refused_before_ray_starts(dense, work, tmp_path):

@@ -160,4 +160,15 @@ def compression_report(row: dict, stages: list) -> dict:
         report["bytes_saved"] = m["dense_bytes"] - m["model_bytes"]
     if "compressed_val_accuracy" in m and "val_accuracy" in m:
         report["accuracy_change"] = m["compressed_val_accuracy"] - m["val_accuracy"]
+    layers = layer_table(m)
+    if layers:
+        report["layers"] = layers
     return report
+
+
+def layer_table(m: dict) -> list[dict]:
+    """Prune(allocation="sensitivity")'s per-layer rows: sparsity chosen, weights kept."""
+    names = [k[len("prune_sparsity."):] for k in m if k.startswith("prune_sparsity.")]
+    return [{"layer": n, "sparsity": m[f"prune_sparsity.{n}"],
+             "params": m.get(f"prune_params.{n}"), "kept": m.get(f"prune_kept.{n}")}
+            for n in names]

@@ -202,6 +202,10 @@ def _strategy_problems(spec) -> list[str]:
             if s.stage == "share":
                 problems.append(f"compression[{i}]: share clusters each layer's whole weight; "
                                 "not implemented on FSDP shards (use strategy 'ddp')")
+            if s.stage == "prune" and s.allocation == "sensitivity":
+                problems.append(f"compression[{i}].allocation: 'sensitivity' measures each "
+                                "layer's whole weight; not implemented on FSDP shards (use "
+                                "strategy 'ddp')")
     return problems
 
 

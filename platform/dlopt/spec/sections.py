@@ -122,11 +122,21 @@ class Prune(_Base):
     start_epoch: int = Field(0, ge=0)
     end_epoch: Optional[int] = Field(None, ge=1)
     frequency: int = Field(10, ge=1)
+    # "uniform": every layer at `sparsity` (scope 'layer') or one global ranking (scope
+    # 'global'); "sensitivity": one sparsity per layer chosen on the validation split so that
+    # `sparsity` of all target weights is pruned (dlopt.stages.pruning.allocation)
+    allocation: Literal["uniform", "sensitivity"] = "uniform"
 
     @model_validator(mode="after")
     def _window(self):
         if self.end_epoch is not None and self.end_epoch <= self.start_epoch:
             raise ValueError("end_epoch: must be after start_epoch")
+        if self.allocation == "sensitivity" and self.structured:
+            raise ValueError("allocation: 'sensitivity' chooses unstructured per-layer "
+                             "sparsities; use structured=false")
+        if self.allocation == "sensitivity" and self.scope == "global":
+            raise ValueError("allocation: 'sensitivity' chooses one sparsity per layer; "
+                             "use scope='layer'")
         if self.structured and self.scope == "global":
             raise ValueError("scope: structured pruning ranks rows within a layer; use scope='layer'")
         return self

@@ -24,6 +24,13 @@ at fit_end the pruned rows, their biases and the next layer's input columns are 
 (dlopt.ml.shrink), so the saved model is a smaller dense network; meta.json records the
 widths left (`widths`) and loading rebuilds those shapes.
 
+allocation="sensitivity": when the first mask update is due, rank 0 measures each layer's
+sensitivity on the validation split and chooses one final sparsity per layer meeting the
+global budget (dlopt.stages.pruning.allocation); the choice is broadcast to every rank
+(dlopt.ml.collectives) and kept in the stage's state across restarts. Each layer then follows
+the schedule scaled to its own final sparsity (per-layer AGP); fit_end reports
+`prune_sparsity.<layer>` and `prune_kept.<layer>` (the compression report's `layers` table).
+
 "gradual" follows Zhu & Gupta (2017), s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3,
 updating masks every `frequency` steps between `start_epoch` and `end_epoch`.
 """
@@ -31,8 +38,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from dlopt.ml import residual, shrink
+from dlopt.ml import collectives, residual, shrink
 from dlopt.stages import CompressionStage, State, StageOutput
+from dlopt.stages.pruning import allocation
 from dlopt.stages.pruning import sharded as prune_sharded
 from dlopt.stages.pruning.masks import (
     apply_masks,
@@ -61,6 +69,7 @@ class Prune(CompressionStage):
         self.sharded = None  # ShardedMasks when the model is FSDP-sharded (pruning.sharded)
         self.widths: dict[str, int] = {}  # structured: output widths left after removal
         self.shapes: dict[str, list] = {}  # structured, graph models: pruned tensor shapes
+        self.layer_sparsity: list[float] | None = None  # allocation="sensitivity": chosen
 
     def _window(self, steps_per_epoch: int) -> tuple[int, int]:
         s = self.spec
@@ -87,7 +96,14 @@ class Prune(CompressionStage):
             return
         mods = self._mods(state)
         world = state.world if world is None else world
-        if self.sharded is not None:
+        if self.spec.allocation == "sensitivity":
+            if self.layer_sparsity is None:
+                self.layer_sparsity = self._choose(state, mods, world)
+            scale = sparsity / self.spec.sparsity
+            apply_masks(mods, allocation.layer_masks(mods, [s * scale
+                                                            for s in self.layer_sparsity]))
+            agree = masks_agree(mods, world)
+        elif self.sharded is not None:
             self._rebuild_after_restart(mods)
             agree = self.sharded.compute(mods, sparsity, self.spec.scope, self.spec.structured,
                                          self.spec.norm, world)
@@ -101,6 +117,31 @@ class Prune(CompressionStage):
         self.updates += 1
         if not agree:
             self.rank_mismatches += 1
+
+    def _choose(self, state: State, mods: list[nn.Module], world: int) -> list[float]:
+        """Per-layer final sparsities: measured on rank 0 (validation split), broadcast."""
+        chosen = None
+        if state.rank == 0:
+            bare = getattr(state.model, "module", state.model)  # DDP's module: no collectives
+
+            def score() -> float:
+                m = state.evaluate(bare)
+                return m["val_accuracy"] if "val_accuracy" in m else -m["val_loss"]
+            table = allocation.sensitivity(mods, allocation.levels_for(self.spec.sparsity), score)
+            chosen = allocation.allocate([m.weight_orig.numel() for m in mods], table,
+                                         self.spec.sparsity)
+        if world > 1:
+            chosen = collectives.broadcast_object(chosen, 0, state.device)
+        return chosen
+
+    def _layer_entries(self, model: nn.Module) -> dict:
+        """Per-layer table for the final report: chosen sparsity and weights kept."""
+        out = {}
+        for (name, m), s in zip(targets(model, False), self.layer_sparsity or []):
+            out[f"prune_sparsity.{name}"] = s
+            out[f"prune_kept.{name}"] = int(m.weight_mask.sum().item())
+            out[f"prune_params.{name}"] = m.weight_mask.numel()
+        return out
 
     def _rebuild_after_restart(self, mods: list[nn.Module]) -> None:
         if self.sharded.masks is None and self.sparsity > 0:
@@ -175,21 +216,23 @@ class Prune(CompressionStage):
         if self.sparsity < self.spec.sparsity:  # stopped early: reach the target anyway
             self._update(state, self.spec.sparsity, world)
             self.forced_at_end = 1
+        layers = self._layer_entries(state.model)
         make_permanent(state.model)
         if self.spec.structured:
             self._remove(state)
         state.add_compression_metrics({"prune_rank_mask_mismatches": self.rank_mismatches,
                                        "prune_mask_updates": self.updates,
-                                       "prune_forced_at_end": self.forced_at_end})
+                                       "prune_forced_at_end": self.forced_at_end, **layers})
 
     def output(self) -> StageOutput:
         return StageOutput(widths=self.widths, shapes=self.shapes)
 
     def state_dict(self) -> dict:
         return {"sparsity": self.sparsity, "rank_mismatches": self.rank_mismatches,
-                "updates": self.updates}
+                "updates": self.updates, "layer_sparsity": self.layer_sparsity}
 
     def load_state_dict(self, data: dict) -> None:
         self.sparsity = data.get("sparsity", 0.0)
         self.rank_mismatches = data.get("rank_mismatches", 0)
         self.updates = data.get("updates", 0)
+        self.layer_sparsity = data.get("layer_sparsity")
