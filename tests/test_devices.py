@@ -291,3 +291,27 @@ def test_pinned_copies_only_for_cuda():
     x = torch.randn(2, 3)
     assert devices.to_device(x, "cpu") is x
     assert devices.device_type("cuda:3") == "cuda"
+
+
+def test_deterministic_kernels_are_set_on_every_fit_and_undone_by_the_next(monkeypatch):
+    """Resources(deterministic=True): torch's deterministic algorithms, no cuDNN autotuning, and
+    cuBLAS's workspace setting on CUDA; the next fit without it turns them back."""
+    import os
+
+    from dlopt.ml.devices import configure_kernels
+    from dlopt.spec.sections import Resources
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert Resources(deterministic=True).deterministic and not Resources().deterministic
+    try:
+        configure_kernels("cuda:0", False)
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+        configure_kernels("cuda:0", True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        configure_kernels("cpu", False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    finally:
+        configure_kernels("cpu", False)

@@ -7,6 +7,8 @@ pipeline's gathered model) is evaluated where it is (`model_device`), not on tha
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -29,6 +31,19 @@ def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     if device_type(device) == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+def configure_kernels(device: torch.device | str, deterministic: bool) -> None:
+    """Kernel choice for this process, set on every fit (a Tune actor may run several trials):
+    cuDNN autotuning on CUDA for speed, or, with `deterministic`, torch's deterministic
+    algorithms (an op without one raises) and no autotuning, so a rerun gives the same weights.
+    cuBLAS needs CUBLAS_WORKSPACE_CONFIG set before its first call for that (torch's
+    reproducibility notes); set here only when the user has not set it."""
+    if deterministic and device_type(device) == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device_type(device) == "cuda" and not deterministic
 
 
 def check_precision(precision: str, device: torch.device | str) -> None:

@@ -310,6 +310,9 @@ class Resources(_Base):
     # A 1-worker trial runs the same loop inside its Tune trial (no TorchTrainer, no second
     # process: ~15 s less start-up per trial); False forces a TorchTrainer worker anyway.
     in_trial: bool = True
+    # torch's deterministic algorithms and no cuDNN autotuning (dlopt.ml.devices
+    # .configure_kernels): reruns give the same weights, at some speed on a GPU.
+    deterministic: bool = False
 
     @property
     def worker_gpus(self) -> float:

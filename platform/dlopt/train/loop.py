@@ -35,7 +35,7 @@ from dlopt.artifact.teachers import TeacherPayloads
 from dlopt.ml import data as data_mod
 from dlopt.ml import init as init_mod
 from dlopt.ml import collectives, models, optim, schedules
-from dlopt.ml.devices import check_precision, device_type, model_device, to_device
+from dlopt.ml.devices import check_precision, configure_kernels, model_device, to_device
 from dlopt.spec import Experiment
 from dlopt.spec.report import DIVERGED, END_TIME, EPOCH, EPOCH_SECONDS, FINAL, HISTORY
 from dlopt.stages import Event, Stage, State, catalog, run_event
@@ -83,8 +83,7 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
         device: str = "cpu", teachers: Optional[TeacherPayloads] = None,
         faults: Optional[Faults] = None) -> State:
     check_precision(spec.precision, device)  # on the worker, where the GPU is
-    if device_type(device) == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes per run: let cuDNN pick kernels
+    configure_kernels(device, spec.resources.deterministic)
     strategy = strategies.pick(spec, rank, world, device, wrap)
     run = set_up(spec, strategy, rank, world, device, teachers)
     state = run.state
