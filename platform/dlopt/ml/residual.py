@@ -43,9 +43,8 @@ def _output_layers(model: nn.Module) -> list[nn.Module]:
     return layers[-1:]
 
 
-def plan(model: nn.Module, example: torch.Tensor, ratio: float):
-    """([(root module, torch-pruning handler, channel indices to remove)], the graph): in every dependency
-    group, the `ratio` of channels with the smallest summed L1 magnitude over the group."""
+def graph(model: nn.Module, example: torch.Tensor):
+    """torch-pruning's DependencyGraph of `model` (one traced forward, eval mode)."""
     import torch_pruning as tp  # here, not at the top: loading a saved model needs only `fit`
 
     check_traceable(model)
@@ -53,20 +52,76 @@ def plan(model: nn.Module, example: torch.Tensor, ratio: float):
     model.eval()
     try:
         with torch.enable_grad():  # torch-pruning traces the autograd graph
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
-        importance = tp.importance.MagnitudeImportance(p=1)
-        out = []
-        for group in dg.get_all_groups(ignored_layers=_output_layers(model)):
-            with torch.no_grad():
-                scores = importance(group)
-            n = len(scores)
-            k = min(int(round(ratio * n)), n - 1)  # keep one channel: the net must stay connected
-            if k > 0:
-                idxs = torch.argsort(scores)[:k].tolist()
-                out.append((group[0].dep.target.module, group[0].dep.handler, sorted(idxs)))
-        return out, dg
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
     finally:
         model.train(was)
+
+
+def plan(model: nn.Module, example: torch.Tensor, ratio: float, dg=None,
+         removed: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    """{root module name: its output channels to remove}, one entry per dependency group: the
+    `ratio` of the group's channels with the smallest summed L1 magnitude over the group.
+
+    `removed` (an earlier plan) is kept: those channels rank first, so masks only grow while a
+    schedule raises the ratio. `dg`: a graph already built for this model (the structure does
+    not change while training, only the values)."""
+    import torch_pruning as tp
+
+    dg = graph(model, example) if dg is None else dg
+    names = {m: n for n, m in model.named_modules()}
+    importance = tp.importance.MagnitudeImportance(p=1)
+    out: dict[str, list[int]] = {}
+    for group in dg.get_all_groups(ignored_layers=_output_layers(model)):
+        root = names[group[0].dep.target.module]
+        with torch.no_grad():
+            scores = importance(group).double().clone()
+        n = len(scores)
+        keep = set((removed or {}).get(root, []))
+        if keep:
+            scores[sorted(keep)] = -torch.inf
+        k = max(min(int(round(ratio * n)), n - 1), len(keep))  # one channel stays: connected
+        if k > 0:
+            out[root] = sorted(torch.argsort(scores, stable=True)[:k].tolist())
+    return out
+
+
+def _groups(model: nn.Module, dg, roots: dict[str, list[int]]):
+    mods = dict(model.named_modules())
+    for root, idxs in roots.items():
+        m = mods[root]
+        yield dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels, idxs)
+
+
+def members(model: nn.Module, dg, roots: dict[str, list[int]]) -> dict[str, list[int]]:
+    """{module name: output indices} every module whose outputs a plan removes (conv, BN,
+    linear): what a masked model holds at zero."""
+    names = {m: n for n, m in model.named_modules()}
+    out: dict[str, list[int]] = {}
+    for group in _groups(model, dg, roots):
+        for dep, gidx in group.items:
+            if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names:
+                out[names[dep.target.module]] = sorted(int(i) for i in gidx)
+    return out
+
+
+@torch.no_grad()
+def zero_channels(model: nn.Module, masked: dict[str, list[int]]) -> None:
+    """Hold the masked output channels at zero: weight rows and bias entries (BN: its affine
+    weight and bias too), so each such channel outputs exactly zero (act(0) == 0) and cutting
+    it (`cut`) changes no output. On the parameters' own device."""
+    mods = dict(model.named_modules())
+    for name, idxs in masked.items():
+        m = mods[name]
+        for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
+            if isinstance(p, torch.Tensor) and p.dim() >= 1:
+                p[torch.as_tensor(idxs, dtype=torch.long, device=p.device)] = 0
+
+
+def cut(model: nn.Module, example: torch.Tensor, roots: dict[str, list[int]]) -> None:
+    """Remove the channels of a plan from `model` in place (every member of each group)."""
+    dg = graph(model, example)
+    for group in _groups(model, dg, roots):  # one at a time: each on the graph as pruned so far
+        group.prune()
 
 
 def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float) -> dict[str, list[int]]:
@@ -74,15 +129,10 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float) -> dic
 
     Returns {module name: removed output indices} for every module whose outputs shrank (conv,
     BN, linear), which is what a masked model zeroes (tests compare the two)."""
-    steps, dg = plan(model, example, ratio)
-    names = {m: n for n, m in model.named_modules()}
-    removed: dict[str, list[int]] = {}
-    for root, handler, idxs in steps:
-        group = dg.get_pruning_group(root, handler, idxs)
-        for dep, gidx in group.items:
-            if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names:
-                removed[names[dep.target.module]] = sorted(int(i) for i in gidx)
-        group.prune()
+    dg = graph(model, example)
+    roots = plan(model, example, ratio, dg)
+    removed = members(model, dg, roots)
+    cut(model, example, roots)
     return removed
 
 

@@ -22,7 +22,9 @@ Schedules: "one_shot" prunes to the target at `start_epoch` (then training fine-
 Structured pruning removes: the bias of a pruned row is held at zero with its weights, and
 at fit_end the pruned rows, their biases and the next layer's input columns are cut out
 (dlopt.ml.shrink), so the saved model is a smaller dense network; meta.json records the
-widths left (`widths`) and loading rebuilds those shapes.
+widths left (`widths`) and loading rebuilds those shapes. Graph models (resnet, a user's
+fx-traceable net: not an nn.Sequential chain) train with masks per dependency group instead
+(dlopt.stages.pruning.groups), and the cut removes exactly the channels they masked.
 
 allocation="sensitivity": when the first mask update is due, rank 0 measures each layer's
 sensitivity on the validation split and chooses one final sparsity per layer meeting the
@@ -42,6 +44,7 @@ from dlopt.ml import collectives, residual, shrink
 from dlopt.stages import CompressionStage, State, StageOutput
 from dlopt.stages.pruning import allocation
 from dlopt.stages.pruning import sharded as prune_sharded
+from dlopt.stages.pruning.groups import GroupMasks
 from dlopt.stages.pruning.masks import (
     apply_masks,
     attach,
@@ -70,6 +73,7 @@ class Prune(CompressionStage):
         self.widths: dict[str, int] = {}  # structured: output widths left after removal
         self.shapes: dict[str, list] = {}  # structured, graph models: pruned tensor shapes
         self.layer_sparsity: list[float] | None = None  # allocation="sensitivity": chosen
+        self.groups: GroupMasks | None = None  # structured, graph models: per dependency group
 
     def _window(self, steps_per_epoch: int) -> tuple[int, int]:
         s = self.spec
@@ -96,7 +100,9 @@ class Prune(CompressionStage):
             return
         mods = self._mods(state)
         world = state.world if world is None else world
-        if self.spec.allocation == "sensitivity":
+        if self.groups is not None:
+            agree = self.groups.update(state, sparsity, world)
+        elif self.spec.allocation == "sensitivity":
             if self.layer_sparsity is None:
                 self.layer_sparsity = self._choose(state, mods, world)
             scale = sparsity / self.spec.sparsity
@@ -150,32 +156,29 @@ class Prune(CompressionStage):
     def _remove(self, state: State) -> None:
         """Cut the pruned units out. Chain models: what the masks pruned (rows, biases, the next
         layer's columns; dlopt.ml.shrink, which also folds act(0) into the next bias). Graph
-        models (resnet, a user's fx-traceable net): the masks were per layer, which a residual
-        add does not respect, so the removal re-ranks channels by dependency group (summed L1
-        over the tensors the add ties) at the target sparsity (dlopt.ml.residual); the stage's
-        measured entries afterwards give the accuracy of what is saved."""
-        try:
-            shrink.chain(state.model)
-        except ValueError:
-            example = self._example(state)
-            residual.prune_channels(state.model, example, self.spec.sparsity)
-            self.shapes = residual.shapes(state.model)
+        models (resnet, a user's fx-traceable net): the channels the dependency-group masks held
+        at zero, every member of each group (dlopt.stages.pruning.groups, dlopt.ml.residual),
+        so the cut model computes what the masked one did."""
+        if self.groups is not None:
+            self.shapes = self.groups.cut(state)
             return
         names = [name for name, _ in targets(state.model, True)]
         zero_dead_biases([m for _, m in targets(state.model, True)])
         self.widths = shrink.remove(state.model, names)
 
-    @staticmethod
-    def _example(state: State):
-        """One validation input on the model's device (torch-pruning traces a forward)."""
-        device = next(state.model.parameters()).device
-        return state.datasets.val.x[:1].to(device).float()
-
     # --- events
     def setup(self, state: State) -> None:
+        graph = self.spec.structured and not _is_chain(state.model)
         if prune_sharded.is_sharded(state.model):
+            if graph:
+                raise ValueError("structured pruning of a graph model (resnet, a custom arch that "
+                                 "is not an nn.Sequential chain) is not implemented on FSDP "
+                                 "shards; use strategy 'ddp'")
             self.sharded = prune_sharded.ShardedMasks()
             self.sharded.mask_grads(self._mods(state))
+        elif graph:
+            residual.check_traceable(state.model)  # fx's reason, before any epoch is spent
+            self.groups = self.groups or GroupMasks()
         else:
             attach(state.model, self.spec.structured)
         if self._window(state.steps_per_epoch)[0] == 0:
@@ -192,6 +195,12 @@ class Prune(CompressionStage):
             self._rebuild_after_restart(self._mods(state))
 
     def after_step(self, state: State) -> None:
+        if self.groups is not None:
+            self.groups.apply(state.model)
+            target = self.target(state.step, state.steps_per_epoch)
+            if target is not None:
+                self._update(state, target)
+            return
         mods = self._mods(state)
         if self.sharded is not None:
             self._rebuild_after_restart(mods)
@@ -229,10 +238,23 @@ class Prune(CompressionStage):
 
     def state_dict(self) -> dict:
         return {"sparsity": self.sparsity, "rank_mismatches": self.rank_mismatches,
-                "updates": self.updates, "layer_sparsity": self.layer_sparsity}
+                "updates": self.updates, "layer_sparsity": self.layer_sparsity,
+                "groups": self.groups.state_dict() if self.groups is not None else None}
 
     def load_state_dict(self, data: dict) -> None:
         self.sparsity = data.get("sparsity", 0.0)
         self.rank_mismatches = data.get("rank_mismatches", 0)
         self.updates = data.get("updates", 0)
         self.layer_sparsity = data.get("layer_sparsity")
+        if data.get("groups") is not None:  # the plan every rank masks with (checkpointed)
+            self.groups = self.groups or GroupMasks()
+            self.groups.load_state_dict(data["groups"])
+
+
+def _is_chain(model: nn.Module) -> bool:
+    """An nn.Sequential chain dlopt.ml.shrink can cut (mlp, lenet5, cnn), not a graph model."""
+    try:
+        shrink.chain(model)
+    except ValueError:
+        return False
+    return True
