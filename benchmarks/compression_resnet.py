@@ -2,8 +2,10 @@
 of every dependency group removed (Prune(structured=True), dlopt.ml.residual) vs dense.
 
 Data: sklearn's digits (8x8, one channel; not upsampled), trained by `dlopt.train.loop.fit`
-in this process for `--epochs` epochs; the pruned model is the dense recipe with the channels
-cut at fit_end (no fine-tuning after the cut), both rebuilt from their saved artifacts.
+in this process for `--epochs` epochs; the pruned model is the dense recipe with masks per
+dependency group raised by the gradual schedule from epoch 1 to epoch `epochs - 2` (the last
+two epochs fine-tune the masked structure, dlopt.stages.pruning.groups) and the masked
+channels cut at fit_end; both rebuilt from their saved artifacts.
 FLOPs: torch.utils.flop_counter.FlopCounterMode, one sample. Latency: batch 256, one thread
 (PyTorch and ONNX Runtime fp32), median of `--repeats` interleaved calls."""
 from __future__ import annotations
@@ -23,8 +25,9 @@ def specs(seed: int, epochs: int):
                 optimizer=Optimizer(name="sgd", lr=0.05, momentum=0.9))
     return {"dense": Experiment(name="resnet-dense", **base),
             "pruned50": Experiment(name="resnet-pruned", compression=[Prune(
-                sparsity=0.5, scope="layer", structured=True, schedule="one_shot",
-                start_epoch=epochs - 1)], **base)}
+                sparsity=0.5, scope="layer", structured=True, schedule="gradual",
+                start_epoch=min(1, epochs - 1), end_epoch=max(epochs - 2, min(1, epochs - 1)),
+                frequency=5)], **base)}
 
 
 def flops(model, x) -> int:
