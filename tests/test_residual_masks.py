@@ -116,3 +116,15 @@ def test_group_plan_survives_a_restart(tmp_path, monkeypatch):
     assert saved["roots"]
     fit(_spec(ARCHS["custom"]), Reports(tmp_path / "rest"), resume=resumed)
     assert plans[1] == plans[0]
+
+
+def test_preflight_accepts_a_traceable_graph_model_and_refuses_it_under_fsdp():
+    """The untraceable case is in tests/invalid_specs/run/r7_arch_not_traceable.py."""
+    from dlopt import Resources
+    from dlopt.driver.preflight import traceable_problems
+
+    assert traceable_problems(_spec(ARCHS["custom"])) == []
+    fsdp = _spec(ARCHS["custom"]).model_copy(
+        update={"resources": Resources(num_workers=2, strategy="fsdp")})
+    (line,) = traceable_problems(fsdp)
+    assert line.startswith("resources.strategy: 'fsdp'") and "graph model" in line

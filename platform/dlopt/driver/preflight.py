@@ -9,6 +9,9 @@
 - does a distillation teacher `models:/NAME@ALIAS` exist in the registry? Asked on the
   driver (workers hold no MLflow credentials); a SQLite store that does not exist yet is
   not created just to find it empty.
+- can a custom arch do what its compression asks? Built with the dataset's shapes: exported
+  to ONNX and quantized (`export_problems`), traced by torch.fx for structured pruning
+  (`traceable_problems`), each refused with the library's own reason.
 Problems come back as `SpecError` lines naming the field, so the CLI exits 2.
 """
 from __future__ import annotations
@@ -153,6 +156,46 @@ def export_problems(spec: Experiment) -> list[str]:
     return problems
 
 
+def traceable_problems(spec: Experiment) -> list[str]:
+    """A custom arch that is pruned structurally must be an nn.Sequential chain
+    (dlopt.ml.shrink) or torch.fx-traceable (its dependency groups, dlopt.ml.residual).
+
+    Built here with the dataset's shapes and traced as the trial's Prune stage would at setup,
+    so an untraceable model is refused with fx's reason before Ray starts, not in a trial."""
+    stages = [i for options in _compression_options(spec.compression)
+              for i, s in enumerate(options) if s.stage == "prune" and s.structured]
+    archs = [a for a in _points(spec.model.arch) if ":" in a]
+    if not stages or not archs:
+        return []
+    # deferred on purpose: torch only when a custom arch is pruned structurally
+    from dlopt.ml import data as data_mod
+    from dlopt.ml import models, residual, shrink
+
+    datasets = data_mod.load(spec.data, spec.seed)
+    problems = []
+    for arch in archs:
+        try:
+            model = models.build(spec.model.model_copy(update={"arch": arch}),
+                                 datasets.input_shape, datasets.out_features)
+            shrink.chain(model)
+            continue  # a chain: cut by dlopt.ml.shrink, no tracing needed
+        except ValueError:
+            pass
+        except Exception:  # noqa: BLE001 - building is the trial's to report
+            continue
+        try:
+            residual.check_traceable(model)
+        except ValueError as err:
+            problems.append(f"model.arch: {arch!r} cannot be pruned structurally "
+                            f"(compression[{stages[0]}]): {str(err)[:300]}")
+            continue
+        if spec.resources.strategy == "fsdp":
+            problems.append(f"resources.strategy: 'fsdp': structured pruning of the graph model "
+                            f"{arch!r} (compression[{stages[0]}]) masks whole dependency groups; "
+                            "not implemented on FSDP shards (use strategy 'ddp')")
+    return problems
+
+
 def check(spec: Experiment, tracking_uri: str, address: Optional[str]) -> None:
     """Raise SpecError before Ray starts when the run can never succeed."""
     problems = []
@@ -160,6 +203,7 @@ def check(spec: Experiment, tracking_uri: str, address: Optional[str]) -> None:
         problems += placement_problems(spec, local_capacity(spec.resources.use_gpu), "this machine")
     problems += teacher_problems(spec, tracking_uri)
     problems += export_problems(spec)
+    problems += traceable_problems(spec)
     if problems:
         raise SpecError(problems)
 

@@ -206,6 +206,12 @@ def _strategy_problems(spec) -> list[str]:
                 problems.append(f"compression[{i}].allocation: 'sensitivity' measures each "
                                 "layer's whole weight; not implemented on FSDP shards (use "
                                 "strategy 'ddp')")
+            if s.stage == "prune" and s.structured and "resnet" in _points(spec.model.arch):
+                # graph models mask whole dependency groups (dlopt.stages.pruning.groups); a
+                # custom graph arch is refused by the driver's preflight, which builds it
+                problems.append(f"compression[{i}].structured: the resnet's channels are masked "
+                                "per dependency group; not implemented on FSDP shards (use "
+                                "strategy 'ddp')")
     return problems
 
 
