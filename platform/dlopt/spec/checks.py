@@ -316,7 +316,7 @@ def _export_problems(spec) -> list[str]:
             if s.stage == "prune" and s.structured:
                 for arch in archs:
                     # resnet and custom archs: dependency groups (dlopt.ml.residual); a model
-                    # torch.fx cannot trace is refused with fx's reason when it is pruned
+                    # torch.fx cannot trace is refused by the driver (preflight.traceable_problems)
                     if arch in CONV_ARCHS:
                         bad = [a for a in _points(spec.model.activation) if a not in ZERO_AT_ZERO]
                         if bad:
