@@ -101,3 +101,40 @@ def test_fit_rebuilds_pruned_shapes(case):
 def test_untraceable_model_refused_with_reason():
     with pytest.raises(ValueError, match="not torch.fx-traceable"):
         residual.prune_channels(Untraceable(), torch.randn(2, 3, 8, 8), 0.5)
+
+
+class UpRes(nn.Module):
+    """A transposed conv (weight: in, out, k, k) inside a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.skip = nn.Conv2d(3, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.up(torch.relu(self.stem(x))) + self.skip(x))
+        return self.head(y.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("case", [0, 1, 2], ids=["resnet", "custom", "transposed"])
+def test_zeroed_plan_cuts_to_the_same_outputs(case):
+    """zero_channels (the training masks) then cut with the same plan: the same forward."""
+    torch.manual_seed(0)
+    dense, x = (_models() + [(UpRes(), torch.randn(4, 3, 16, 16))])[case]
+    with torch.no_grad():
+        _randomize_bn(dense)
+    dg = residual.graph(dense, x)
+    roots = residual.plan(dense, x, 0.5, dg)
+    residual.zero_channels(dense, residual.members(dense, dg, roots))
+    dense.eval()
+    cut = copy.deepcopy(dense)
+    residual.cut(cut, x, roots)
+    cut.eval()
+    assert sum(p.numel() for p in cut.parameters()) < sum(p.numel() for p in dense.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(cut(x), dense(x), rtol=1e-4, atol=1e-5)
+    # masks only grow: a higher ratio keeps every channel chosen before
+    more = residual.plan(dense, x, 0.75, dg, roots)
+    assert all(set(v) <= set(more[k]) for k, v in roots.items())

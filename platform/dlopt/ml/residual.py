@@ -114,7 +114,10 @@ def zero_channels(model: nn.Module, masked: dict[str, list[int]]) -> None:
         m = mods[name]
         for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
             if isinstance(p, torch.Tensor) and p.dim() >= 1:
-                p[torch.as_tensor(idxs, dtype=torch.long, device=p.device)] = 0
+                at = torch.as_tensor(idxs, dtype=torch.long, device=p.device)
+                # a transposed conv's weight is (in, out/groups, ...): its outputs are dim 1
+                dim = 1 if isinstance(m, nn.modules.conv._ConvTransposeNd) and p.dim() > 1 else 0
+                p.index_fill_(dim, at, 0)
 
 
 def cut(model: nn.Module, example: torch.Tensor, roots: dict[str, list[int]]) -> None:
