@@ -61,6 +61,11 @@ class Plan:
     warm_start: Optional[str] = None
     # Sweep-level stops set in the spec (time_budget_s, stop_when, stop_on_plateau).
     stops: dict = field(default_factory=dict)
+    # `--extend N` (dlopt.spec.extend): N trials added to the sweep `sweep_name`, which had
+    # `earlier_trials`, in the Tune run directory `tune_dir` (else Tune's is `sweep_name`).
+    extend: int = 0
+    earlier_trials: int = 0
+    tune_dir: str = ""
 
     def to_dict(self) -> dict:
         """The plan as JSON (`dlopt plan --json`, `plan.json` on the parent run); written
@@ -78,8 +83,16 @@ class Plan:
     # --- what the executor reads instead of the spec
     @property
     def seed(self) -> Optional[int]:
-        """`search.seed`: seeds the search algorithm (and PBT's choices)."""
-        return self.spec_json["search"].get("seed")
+        """`search.seed`: seeds the search algorithm (and PBT's choices); an extension's is
+        offset by the earlier trials, so it does not draw the first configurations again."""
+        seed = self.spec_json["search"].get("seed")
+        return seed + self.earlier_trials if seed is not None and self.extend else seed
+
+    @property
+    def tune_name(self) -> str:
+        """Tune's run directory under the storage (RunConfig.name): the sweep's name, or an
+        extension's own directory (dlopt.spec.extend)."""
+        return self.tune_dir or self.sweep_name
 
     @property
     def alias(self) -> Optional[str]:
@@ -171,6 +184,10 @@ class Plan:
                          "(read from MLflow when the sweep starts)")
         if self.stops:
             lines.append("stops        " + describe_stops(self.stops))
+        if self.extend:
+            from dlopt.spec.extend import describe_extension  # it imports this module
+
+            lines.append(describe_extension(self))
         lines += [f"note         {n}" for n in self.notes]
         return "\n".join(lines)
 
