@@ -49,7 +49,7 @@ def test_random_and_bayesian_searches_extend():
                      2)
     assert (plan.extend, plan.num_samples, plan.trials, plan.start_points) == (2, 2, 2, [])
     assert plan.max_concurrent_trials == 2
-    assert "extend       2 more trials for the latest sweep of 't'" in plan.describe()
+    assert "extend       2 more trials for the latest sweep of 't' in MLflow" in plan.describe()
     placed = onto(plan, "t-20260101-000000", 3)
     assert placed.sweep_name == "t-20260101-000000" and placed.seed == 10  # 7 + 3 earlier
     assert placed.tune_name.startswith("t-20260101-000000-x2-")

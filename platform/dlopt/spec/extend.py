@@ -66,19 +66,6 @@ def onto(plan: Plan, sweep_name: str, earlier: int, tune_dir: Optional[str] = No
                    tune_dir=tune_dir or f"{sweep_name}-x{plan.extend}-{stamp}")
 
 
-def describe_extension(plan: Plan) -> str:
-    """What `--extend N` does, in one line (`dlopt plan --extend N`, the run's log)."""
-    where = (f"sweep {plan.sweep_name} ({plan.earlier_trials} earlier trials), Tune run "
-             f"directory {plan.tune_dir}" if plan.tune_dir else
-             f"the latest sweep of {plan.experiment!r} in MLflow experiment "
-             f"{plan.tracking_experiment!r} (found when the run starts), in a new Tune run "
-             "directory SWEEP-x{n}-STAMP".replace("{n}", str(plan.extend)))
-    learns = ("the sampler first learns every earlier trial" if plan.algorithm != "random"
-              else "random search with the seed offset by the earlier trials")
-    return (f"extend       {plan.extend} more trials for {where}; {learns}; same MLflow "
-            "parent run, children numbered on; registration and the review cover all trials")
-
-
 def extension_size(dir_name: str, sweep_name: str) -> Optional[int]:
     """N where `dir_name` is an extension directory `SWEEP-xN-stamp` of `sweep_name`."""
     m = re.match(re.escape(sweep_name) + r"-x(\d+)-\d{8}-\d{6}$", dir_name)

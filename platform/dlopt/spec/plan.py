@@ -61,9 +61,7 @@ class Plan:
     warm_start: Optional[str] = None
     # Sweep-level stops set in the spec (time_budget_s, stop_when, stop_on_plateau).
     stops: dict = field(default_factory=dict)
-    # `--extend N` (dlopt.spec.extend): N trials added to the sweep `sweep_name`, which had
-    # `earlier_trials`, in the Tune run directory `tune_dir` (else Tune's is `sweep_name`).
-    extend: int = 0
+    extend: int = 0  # `--extend N` (dlopt.spec.extend): N trials added after `earlier_trials`
     earlier_trials: int = 0
     tune_dir: str = ""
 
@@ -83,15 +81,13 @@ class Plan:
     # --- what the executor reads instead of the spec
     @property
     def seed(self) -> Optional[int]:
-        """`search.seed`: seeds the search algorithm (and PBT's choices); an extension's is
-        offset by the earlier trials, so it does not draw the first configurations again."""
+        """`search.seed` (search algorithm, PBT); an extension's offset by the earlier trials."""
         seed = self.spec_json["search"].get("seed")
         return seed + self.earlier_trials if seed is not None and self.extend else seed
 
     @property
     def tune_name(self) -> str:
-        """Tune's run directory under the storage (RunConfig.name): the sweep's name, or an
-        extension's own directory (dlopt.spec.extend)."""
+        """Tune's run directory (RunConfig.name): the sweep's, or an extension's own."""
         return self.tune_dir or self.sweep_name
 
     @property
@@ -185,8 +181,6 @@ class Plan:
         if self.stops:
             lines.append("stops        " + describe_stops(self.stops))
         if self.extend:
-            from dlopt.spec.extend import describe_extension  # it imports this module
-
             lines.append(describe_extension(self))
         lines += [f"note         {n}" for n in self.notes]
         return "\n".join(lines)
@@ -216,6 +210,17 @@ def describe_stops(stops: dict) -> str:
     if stops.get("stop_on_plateau") is not None:
         parts.append(f"when the top {stops['stop_on_plateau']} results plateau")
     return "the sweep stops " + " or ".join(parts)
+
+
+def describe_extension(plan: Plan) -> str:
+    """What `--extend N` does, in one line (`dlopt plan --extend N`; dlopt.spec.extend)."""
+    where = (f"sweep {plan.sweep_name} ({plan.earlier_trials} earlier trials), Tune run directory "
+             f"{plan.tune_dir}" if plan.tune_dir else f"the latest sweep of {plan.experiment!r} in "
+             f"MLflow (found at the run's start), in a new Tune run dir SWEEP-x{plan.extend}-STAMP")
+    learns = ("the sampler first learns every earlier trial" if plan.algorithm != "random"
+              else "random search with the seed offset by the earlier trials")
+    return (f"extend       {plan.extend} more trials for {where}; {learns}; same MLflow parent "
+            "run, children numbered on; registration and the review cover all trials")
 
 
 def start_configs(points: Optional[list[dict]], doms: dict[str, dict]) -> list[dict]:
