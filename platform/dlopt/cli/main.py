@@ -36,9 +36,17 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    from dlopt.spec.extend import extending
+    from dlopt.spec.load import SpecError
     from dlopt.spec.plan import make_plan
 
     plan = make_plan(load_spec(args), cluster_cpus=args.cpus, cluster_gpus=args.gpus)
+    if args.extend is not None:
+        try:
+            plan = extending(plan, args.extend)
+        except SpecError as err:
+            print("\n".join(err.lines), file=sys.stderr)
+            return EXIT_INVALID
     print(json.dumps(plan.to_dict(), indent=1) if args.json else plan.describe())
     return 0
 
@@ -65,7 +73,7 @@ def cmd_run(args) -> int:
     try:
         result = run(spec, address=args.address, tracking_uri=args.tracking_uri,
                      storage=args.storage, resume=args.resume, verbose=args.verbose, quiet=quiet,
-                     progress=sys.stdout, source_file=args.spec)
+                     progress=sys.stdout, source_file=args.spec, extend=args.extend)
     except (ResumeError, TrackingUnreachable) as err:  # before Ray starts; one line
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -99,6 +107,9 @@ def print_summary(result) -> None:
     ok = sum(t.status == "ok" for t in result.trials)
     print(f"\nsweep {plan.sweep_name}: {ok}/{len(result.trials)} trials ok in "
           f"{result.wall_seconds:.0f} s")
+    if plan.extend:
+        print(f"extended: {plan.extend} trials added to sweep {plan.sweep_name} "
+              f"({len(result.trials)} in all; Tune run directory {plan.tune_name})")
     if result.stop_reason:
         print(f"stopped: {result.stop_reason}")
     metric = plan.headline[0]
@@ -202,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus", type=float, default=None, help="cluster CPUs to plan for")
     s.add_argument("--gpus", type=float, default=None,
                    help="cluster GPUs to plan for (default: not counted; `dlopt run` counts them)")
+    s.add_argument("--extend", type=int, default=None, metavar="N",
+                   help="show what `dlopt run --extend N` would do")
     s.set_defaults(fn=cmd_plan)
     s = spec_cmd("run", "run the sweep")
     s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
@@ -210,7 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "inside a Ray job ~/dlopt/mlflow.db)")
     s.add_argument("--storage", default=None, help="Ray storage path or URI (default "
                    "./ray_results; inside a Ray job ~/ray_results)")
-    s.add_argument("--resume", action="store_true", help="continue the latest sweep of this experiment")
+    s.add_argument("--resume", action="store_true", help="continue the latest sweep of this "
+                   "experiment (its latest extension, where one was interrupted)")
+    s.add_argument("--extend", type=int, default=None, metavar="N",
+                   help="add N trials to the latest sweep of this experiment (finished or "
+                   "killed), under its MLflow parent run; the sampler learns every earlier trial")
     s.add_argument("--verbose", action="store_true",
                    help="show Ray's and MLflow's own logs and warnings, and dlopt's debug lines")
     s.set_defaults(fn=cmd_run)

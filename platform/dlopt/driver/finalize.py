@@ -43,7 +43,9 @@ def pick_best(trials: list[TrialSummary], metric: str, mode: str) -> Optional[Tr
     return max(healthy, key=key)
 
 
-def collect(grid, tracker) -> list[TrialSummary]:
+def collect(grid, tracker, plan=None) -> list[TrialSummary]:
+    """Every trial of the sweep: Tune's results, and for an extension (`plan.extend`) first
+    the earlier trials of the sweep as MLflow recorded them (`earlier`)."""
     trials = []
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
@@ -65,7 +67,36 @@ def collect(grid, tracker) -> list[TrialSummary]:
     for t in trials:
         if t.status == "diverged" and t.run_id:
             tracker.client.set_tag(t.run_id, "dlopt.status", "diverged")
+    if plan is not None and plan.extend:
+        trials = earlier(tracker, plan, {t.trial_id for t in trials}) + trials
     return trials
+
+
+def earlier(tracker, plan, known: set[str]) -> list[TrialSummary]:
+    """The sweep's child runs outside this fit's ResultGrid (an extension's earlier trials),
+    from MLflow: config from the params, metrics their last values, the model from the
+    `dlopt.model_checkpoint` tag; ok when FINISHED, diverged when tagged so, else error (a
+    killed sweep's unfinished trial). docs/architecture.md, "Extending a sweep"."""
+    from dlopt.driver.warmstart import searched_config
+
+    client = tracker.client
+    runs = client.search_runs([tracker.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{tracker.parent_id}'",
+                              max_results=10000, order_by=["attributes.start_time ASC"])
+    out = []
+    for run in runs:
+        tags = run.data.tags
+        trial_id = tags.get("dlopt.trial_id")
+        if not trial_id or trial_id in known:
+            continue
+        status = ("diverged" if tags.get("dlopt.status") == "diverged"
+                  else "ok" if run.info.status == "FINISHED" else "error")
+        out.append(TrialSummary(
+            trial_id=trial_id, run_id=run.info.run_id,
+            config=searched_config(plan, run.data.params) or {},
+            metrics=dict(run.data.metrics), status=status,
+            checkpoint_path=tags.get("dlopt.model_checkpoint")))
+    return out
 
 
 # Loaded after the sweep (or in the background while it runs, `preload`): registration
@@ -93,7 +124,13 @@ def preload() -> None:
 def stop_reason(plan, results: list[dict], fit_seconds: float) -> str:
     """Why the sweep ended, in one line (CLI summary, the parent's description and its
     `dlopt.stop_reason` tag): every trial ran, or which sweep-level stop ended it
-    (dlopt.runtime.steer.sweep_stopper, TuneConfig.time_budget_s)."""
+    (dlopt.runtime.steer.sweep_stopper, TuneConfig.time_budget_s); for `--extend`, of the
+    extension's trials."""
+    reason = fit_stop_reason(plan, results, fit_seconds)
+    return f"extension: {reason}" if plan.extend else reason
+
+
+def fit_stop_reason(plan, results: list[dict], fit_seconds: float) -> str:
     if not plan.stops:
         return f"all {plan.trials} trials ran"
     results = [r for r in results if r]  # a trial a stop left pending reported nothing
@@ -125,7 +162,7 @@ def finalize(grid, sweep: Sweep, stopped: str = "") -> tuple[list[TrialSummary],
 
     plan, tracker = sweep.plan, sweep.tracker
     metric, mode = plan.headline
-    trials = collect(grid, tracker)
+    trials = collect(grid, tracker, plan)
     if stopped:
         tracker.client.set_tag(tracker.parent_id, "dlopt.stop_reason", stopped)
     best = pick_best(trials, metric, mode)

@@ -67,7 +67,9 @@ class ProgressCallback(Callback):
         row = self.rows.get(trial.trial_id)
         if row is None:
             config = dict(trial.config)
-            name = trial_run_name(len(self.rows) + 1, self.plan.assignment(config))
+            # an extension's trials are numbered after the sweep's earlier ones
+            number = self.plan.earlier_trials + len(self.rows) + 1
+            name = trial_run_name(number, self.plan.assignment(config))
             row = self.rows[trial.trial_id] = _Row(name, trial, self.plan.trial_epochs(config))
         return row
 

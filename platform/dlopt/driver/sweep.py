@@ -25,6 +25,7 @@ from ray import tune
 
 from dlopt.driver import environment, preflight
 from dlopt.driver.context import Sweep
+from dlopt.driver.extend import extension_plan, latest_extension_dir
 from dlopt.driver.finalize import TrialSummary, finalize, preload, stop_reason
 from dlopt.driver.progress import ProgressCallback
 from dlopt.driver.provenance import source_tags
@@ -48,6 +49,7 @@ from dlopt.runtime.trial import (
     trial_resources,
 )
 from dlopt.spec import Experiment
+from dlopt.spec.extend import extending, extension_size, onto
 from dlopt.spec.plan import Plan, make_plan
 from dlopt.tracking.callback import MlflowCallback
 from dlopt.tracking.store import SweepFinished, Tracker, finished_sweep
@@ -96,14 +98,17 @@ class SweepResult:
 def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
         storage: Optional[str] = None, resume: bool = False, verbose: bool = False,
         quiet: bool = False, progress: Union[bool, IO[str]] = True,
-        source_file: Optional[str] = None) -> SweepResult:
+        source_file: Optional[str] = None, extend: Optional[int] = None) -> SweepResult:
     """Run the sweep `spec` describes and return its `SweepResult` (with Ray's ResultGrid).
 
     address: a Ray cluster (default: RAY_ADDRESS; else a local Ray, started and stopped here).
     tracking_uri: MLflow (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here; inside
         a Ray job ~/dlopt/mlflow.db, since Ray deletes the job's working directory).
     storage: Ray's storage path or URI (default ./ray_results; inside a Ray job ~/ray_results).
-    resume: continue the latest sweep of this experiment under a local `storage`.
+    resume: continue the latest sweep of this experiment under a local `storage` (its
+        latest extension, where one was interrupted).
+    extend: N more trials for the latest sweep of this experiment, under its MLflow parent
+        run, in a Tune run directory of their own (dlopt.driver.extend).
     verbose: Ray's own logs on this driver and Tune's progress output.
     quiet: hide every warning and Ray's and MLflow's chatter in this whole process; the CLI's
         choice (without it, the caller's warnings filters and loggers are left alone).
@@ -128,12 +133,17 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
             check_writable(tracking_uri, storage_path)
         teacher_files = check_before_ray(spec, tracking_uri, address)
         plan = make_plan(spec, cluster_gpus=None if address else preflight.local_gpus(spec))
+        if extend is not None:  # a grid cannot be extended: exit 2 before anything starts
+            plan = extending(plan, extend)
         environment.set_state_period(os.environ, plan.trials)
         plan, restore_dir = sweep_to_resume(plan, storage_path, tracking_uri) if resume \
             else (plan, None)
         # an earlier sweep's trials for the sampler, read before Ray starts (a restored
-        # sweep's searcher already holds them)
+        # sweep's searcher already holds them); an extension's sampler learns its own too
         warm = earlier_trials(plan, tracking_uri) if restore_dir is None else []
+        if plan.extend and restore_dir is None:
+            plan, own = extension_plan(plan, tracking_uri)
+            warm = [*warm, *own]
         # user, source (the experiment file), git commit, and the command that reproduces it
         source = source_tags(sys.argv, spec_file=source_file)
         environment.leave_job_dir()  # from here nothing reads the job's working directory
@@ -142,8 +152,10 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         if "://" not in str(storage_path):
             # every queued MLflow write is journaled beside Tune's experiment state, so a
             # killed driver loses none: --resume replays them (dlopt.tracking.journal)
-            tracker.open_journal(Path(storage_path) / plan.sweep_name)
+            tracker.open_journal(Path(storage_path) / plan.tune_name)
         tracker.start_parent(plan, tags)
+        if plan.extend:
+            tracker.set_tag(tracker.parent_id, "dlopt.extension", plan.tune_name)
         tracking, callbacks, dropped = make_callbacks(plan, tracker, tags, storage_path, progress)
         if dropped is not None:
             scoped.enter_context(ray_compat.checkpoint_deletes_to(dropped.drop))
@@ -203,7 +215,9 @@ def sweep_to_resume(plan: Plan, storage_path, tracking_uri: str) -> tuple[Plan, 
     or `plan` as it is and None to start anew.
 
     The same sweep name, so the MLflow parent run (tag dlopt.sweep) and its child runs (tag
-    dlopt.trial_id) are found and reused instead of duplicated."""
+    dlopt.trial_id) are found and reused instead of duplicated. An interrupted extension
+    (`--extend`) is resumed from its own directory; with `--extend` and none to resume, a
+    new extension starts (its plan: dlopt.driver.extend.extension_plan)."""
     if "://" in str(storage_path):
         raise ResumeError("--resume needs a local --storage path (remote storage: restore "
                           "with ray.tune.Tuner.restore)")
@@ -212,11 +226,19 @@ def sweep_to_resume(plan: Plan, storage_path, tracking_uri: str) -> tuple[Plan, 
         log.warning("note: no sweep of %r under %s to resume; starting a new one",
                     plan.experiment, storage_path)
         return plan, None
-    plan = replace(plan, sweep_name=restore_dir.name)
-    done = finished_sweep(tracking_uri, plan.tracking_experiment, plan.sweep_name)
+    extension = latest_extension_dir(Path(storage_path), restore_dir.name)
+    done = finished_sweep(tracking_uri, plan.tracking_experiment, restore_dir.name)
+    if plan.extend and extension is None:
+        return plan, None  # no extension to resume: it starts now
     if done:
-        raise SweepFinished(f"sweep {plan.sweep_name} already finished (MLflow parent run "
+        raise SweepFinished(f"sweep {restore_dir.name} already finished (MLflow parent run "
                             f"{done}); nothing to resume")
+    if extension is not None:
+        plan = onto(extending(plan, extension_size(extension.name, restore_dir.name)),
+                    restore_dir.name, 0, tune_dir=extension.name)
+        log.info("resuming sweep %s: its extension %s", plan.sweep_name, extension.name)
+        return plan, extension
+    plan = replace(plan, sweep_name=restore_dir.name)
     log.info("resuming sweep %s", plan.sweep_name)
     return plan, restore_dir
 
@@ -295,7 +317,7 @@ def run_config(plan: Plan, spec: Experiment, storage_path, callbacks: list,
     # retries a failed trial from its latest checkpoint, as Train's FailureConfig would.
     in_trial = runs_in_trial(spec)
     return tune.RunConfig(
-        name=plan.sweep_name, storage_path=str(storage_path), callbacks=callbacks,
+        name=plan.tune_name, storage_path=str(storage_path), callbacks=callbacks,
         verbose=1 if verbose else 0, stop=sweep_stopper(plan),  # stop_when, stop_on_plateau
         # PBT clones another trial's checkpoint some time after it was reported: keep them all
         # (small models) so a clone never finds its source checkpoint deleted.

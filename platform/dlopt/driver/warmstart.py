@@ -16,6 +16,7 @@ from typing import Any, Optional
 from mlflow.tracking import MlflowClient
 
 from dlopt.runtime.steer import WarmTrial
+from dlopt.spec import flatten
 from dlopt.spec.load import SpecError
 from dlopt.spec.plan import Plan
 from dlopt.spec.start_points import in_domain
@@ -68,15 +69,35 @@ def parse(dom: dict, text: Optional[str]) -> Any:
     return value if in_domain(dom, value) else None
 
 
-def warm_trial(plan: Plan, run) -> Optional[WarmTrial]:
-    """One earlier trial over this plan's domains; None where a searched value is missing
-    (not searched then, a non-scalar choice) or outside this plan's domain."""
-    config = {}
+def table_index(values: list, path: str, params: dict) -> Optional[int]:
+    """The index of the non-scalar choice whose flattened params the run logged (a Tune
+    config holds such a choice as its index: Plan.tables)."""
+    for i, value in enumerate(values):
+        flat = flatten(value, path)
+        if flat and all(params.get(k) == param_text(v) for k, v in flat.items()):
+            return i
+    return None
+
+
+def searched_config(plan: Plan, params: dict) -> Optional[dict]:
+    """A child run's logged params as a Tune config over this plan's domains (non-scalar
+    choices as table indices); None where a searched value is missing (not searched then)
+    or outside this plan's domain."""
+    tables, config = plan.tables, {}
     for path, dom in plan.domains.items():
-        value = parse(dom, run.data.params.get(path))
+        value = (table_index(tables[path], path, params) if path in tables
+                 else parse(dom, params.get(path)))
         if value is None:
             return None
         config[path] = value
+    return config
+
+
+def warm_trial(plan: Plan, run) -> Optional[WarmTrial]:
+    """One earlier trial over this plan's domains (None: it does not fit them)."""
+    config = searched_config(plan, run.data.params)
+    if config is None:
+        return None
     diverged = run.data.tags.get("dlopt.status") == "diverged"
     return WarmTrial(config=config, value=run.data.metrics.get(plan.metric), diverged=diverged)
 

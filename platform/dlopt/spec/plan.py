@@ -61,6 +61,9 @@ class Plan:
     warm_start: Optional[str] = None
     # Sweep-level stops set in the spec (time_budget_s, stop_when, stop_on_plateau).
     stops: dict = field(default_factory=dict)
+    extend: int = 0  # `--extend N` (dlopt.spec.extend): N trials added after `earlier_trials`
+    earlier_trials: int = 0
+    tune_dir: str = ""
 
     def to_dict(self) -> dict:
         """The plan as JSON (`dlopt plan --json`, `plan.json` on the parent run); written
@@ -78,8 +81,14 @@ class Plan:
     # --- what the executor reads instead of the spec
     @property
     def seed(self) -> Optional[int]:
-        """`search.seed`: seeds the search algorithm (and PBT's choices)."""
-        return self.spec_json["search"].get("seed")
+        """`search.seed` (search algorithm, PBT); an extension's offset by the earlier trials."""
+        seed = self.spec_json["search"].get("seed")
+        return seed + self.earlier_trials if seed is not None and self.extend else seed
+
+    @property
+    def tune_name(self) -> str:
+        """Tune's run directory (RunConfig.name): the sweep's, or an extension's own."""
+        return self.tune_dir or self.sweep_name
 
     @property
     def alias(self) -> Optional[str]:
@@ -171,6 +180,8 @@ class Plan:
                          "(read from MLflow when the sweep starts)")
         if self.stops:
             lines.append("stops        " + describe_stops(self.stops))
+        if self.extend:
+            lines.append(describe_extension(self))
         lines += [f"note         {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -199,6 +210,17 @@ def describe_stops(stops: dict) -> str:
     if stops.get("stop_on_plateau") is not None:
         parts.append(f"when the top {stops['stop_on_plateau']} results plateau")
     return "the sweep stops " + " or ".join(parts)
+
+
+def describe_extension(plan: Plan) -> str:
+    """What `--extend N` does, in one line (`dlopt plan --extend N`; dlopt.spec.extend)."""
+    where = (f"sweep {plan.sweep_name} ({plan.earlier_trials} earlier trials), Tune run directory "
+             f"{plan.tune_dir}" if plan.tune_dir else f"the latest sweep of {plan.experiment!r} in "
+             f"MLflow (found at the run's start), in a new Tune run dir SWEEP-x{plan.extend}-STAMP")
+    learns = ("the sampler first learns every earlier trial" if plan.algorithm != "random"
+              else "random search with the seed offset by the earlier trials")
+    return (f"extend       {plan.extend} more trials for {where}; {learns}; same MLflow parent "
+            "run, children numbered on; registration and the review cover all trials")
 
 
 def start_configs(points: Optional[list[dict]], doms: dict[str, dict]) -> list[dict]:
