@@ -171,3 +171,40 @@ def test_augmented_training_repeats_and_differs_from_plain():
     first, again, plain = run(full()), run(full()), run(None)
     assert torch.equal(first, again)
     assert not torch.allclose(first, plain)
+
+
+GLOO_RANK = r"""
+import json, sys, torch.distributed as dist
+from dlopt.spec import Experiment
+from dlopt.train.loop import fit
+rank, spec_json = int(sys.argv[1]), json.loads(sys.argv[2])
+dist.init_process_group("gloo", rank=rank, world_size=2)
+reports = []
+fit(Experiment.model_validate(spec_json), lambda m, w=None: reports.append(m), rank=rank, world=2)
+dist.destroy_process_group()
+print(json.dumps([m for m in reports if not m.get("final")]))
+"""
+
+
+def test_pipeline_ranks_draw_the_same_mixes_as_one_process():
+    """Pipeline ranks all walk every batch (data rank 0): the first stage's mixed inputs and
+    the last stage's soft targets come from the same draws, so the losses equal one process
+    training the whole model with the same augmentation."""
+    import json
+
+    from dlopt_testing import run_gloo_ranks
+
+    spec = {"name": "pipe-aug", "seed": 3, "epochs": 2,
+            "data": {"dataset": "digits", "batch_size": 50, "test_fraction": 0.0},
+            "model": {"arch": "mlp", "hidden": [32, 16]},
+            "regularization": {"augment": {"crop_padding": 1, "flip": True,
+                                           "mixup_alpha": 0.4, "cutmix_alpha": 1.0}},
+            "resources": {"num_workers": 2, "strategy": "pipeline"}}
+    pipe = json.loads(run_gloo_ranks(GLOO_RANK, json.dumps(spec))[0].strip().splitlines()[-1])
+    single = []
+    fit(Experiment.model_validate({**spec, "resources": {"num_workers": 1}}),
+        lambda m, w=None: single.append(m))
+    assert [m["epoch"] for m in pipe] == [1, 2]
+    for a, b in zip(single, pipe):
+        for key in ("train_loss", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), key
