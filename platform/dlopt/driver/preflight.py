@@ -179,7 +179,7 @@ def augment_problems(spec: Experiment) -> list[str]:
 
 def _widest(aug):
     """The Augment with every searched field at the value that asks most of the data."""
-    values = {name: max(_points(getattr(aug, name)), key=lambda v: (v is not None, v or 0))
+    values = {name: max(_points(getattr(aug, name)))
               for name in ("crop_padding", "flip", "mixup_alpha", "cutmix_alpha")}
     return aug.model_copy(update=values)
 

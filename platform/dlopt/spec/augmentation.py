@@ -7,8 +7,6 @@ preflight checks those before Ray starts (dlopt.driver.preflight.augment_problem
 """
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import Field
 
 from dlopt.spec.fields import S, _Base, _points
@@ -29,16 +27,17 @@ class Augment(_Base):
       of the original size at a random offset (0: no crop);
     - flip: mirror each image left-right with probability 1/2;
     - mixup_alpha: mixup (Zhang et al. 2018): each batch is mixed with a shuffled copy of
-      itself, lam ~ Beta(alpha, alpha), loss lam*L(y_a) + (1-lam)*L(y_b); None: off;
+      itself, lam ~ Beta(alpha, alpha), loss lam*L(y_a) + (1-lam)*L(y_b); 0: off (so a
+      search can switch it: `tune.grid([0.0, 0.2])`);
     - cutmix_alpha: cutmix (Yun et al. 2019): a box of area 1-lam is pasted from the shuffled
-      copy, lam ~ Beta(alpha, alpha) then set to the kept area; None: off. With both set, each
+      copy, lam ~ Beta(alpha, alpha) then set to the kept area; 0: off. With both set, each
       batch uses one of the two, chosen with probability 1/2 (as timm does).
     """
 
     crop_padding: S[int, Field(ge=0)] = 0
     flip: S[bool] = False
-    mixup_alpha: Optional[S[float, Field(gt=0)]] = None
-    cutmix_alpha: Optional[S[float, Field(gt=0)]] = None
+    mixup_alpha: S[float, Field(ge=0)] = 0.0
+    cutmix_alpha: S[float, Field(ge=0)] = 0.0
 
 
 def _on(value) -> bool:
