@@ -4,6 +4,7 @@ Importing dlopt is cheap (spec only); `run` and `load_model` load Ray/torch/MLfl
 """
 from dlopt import tune
 from dlopt.spec import (
+    Augment,
     Data,
     Distill,
     Experiment,
@@ -19,7 +20,8 @@ from dlopt.spec import (
     Tracking,
 )
 
-__all__ = ["Experiment", "Data", "Model", "Optimizer", "Schedule", "Regularization", "Prune",
+__all__ = ["Experiment", "Data", "Model", "Optimizer", "Schedule", "Regularization", "Augment",
+           "Prune",
            "Quantize", "Share", "Distill", "Search", "Resources", "Tracking", "tune", "run", "load_model"]
 
 

@@ -196,6 +196,37 @@ def traceable_problems(spec: Experiment) -> list[str]:
     return problems
 
 
+def augment_problems(spec: Experiment) -> list[str]:
+    """Augmentation a custom dataset cannot take: crop/flip/cutmix on rows that are not images,
+    mixup/cutmix on a regression task. The spec checks the built-in datasets without data
+    (dlopt.spec.augmentation); a custom dataset's rows and task are known once it loads, so it
+    is loaded here once, as a trial would, before Ray starts."""
+    aug = spec.regularization.augment
+    custom = [d for d in _points(spec.data.dataset) if ":" in d]
+    if aug is None or not custom:
+        return []
+    # deferred on purpose: torch and the user's dataset only when a custom dataset is augmented
+    from dlopt.ml import data as data_mod
+    from dlopt.stages import augment
+
+    problems = []
+    for dataset in custom:
+        datasets = data_mod.load(spec.data.model_copy(update={"dataset": dataset}), spec.seed)
+        try:
+            augment.build(_widest(aug), spec.seed, 0, datasets.input_shape, datasets.task,
+                          datasets.out_features)
+        except ValueError as err:
+            problems.append(f"{err} (dataset {dataset!r})")
+    return list(dict.fromkeys(problems))
+
+
+def _widest(aug):
+    """The Augment with every searched field at the value that asks most of the data."""
+    values = {name: max(_points(getattr(aug, name)))
+              for name in ("crop_padding", "flip", "mixup_alpha", "cutmix_alpha")}
+    return aug.model_copy(update=values)
+
+
 def check(spec: Experiment, tracking_uri: str, address: Optional[str]) -> None:
     """Raise SpecError before Ray starts when the run can never succeed."""
     problems = []
@@ -204,6 +235,7 @@ def check(spec: Experiment, tracking_uri: str, address: Optional[str]) -> None:
     problems += teacher_problems(spec, tracking_uri)
     problems += export_problems(spec)
     problems += traceable_problems(spec)
+    problems += augment_problems(spec)
     if problems:
         raise SpecError(problems)
 

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from dlopt.spec import tune as _tune
+from dlopt.spec.augmentation import augment_problems
 from dlopt.spec.fields import LOCAL_DATASETS, _points
 from dlopt.spec.metric_names import VAL_METRICS
 from dlopt.spec.paths import domains, set_path, shown
@@ -363,4 +364,5 @@ def cross_field_problems(spec) -> list[str]:
     problems += _strategy_problems(spec)
     problems += _gpu_problems(spec.resources)
     problems += _export_problems(spec)
+    problems += augment_problems(spec)
     return problems

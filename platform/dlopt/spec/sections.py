@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from dlopt.spec import tune as _tune
+from dlopt.spec.augmentation import Augment
 from dlopt.spec.fields import (
     ACTIVATIONS,
     ALGORITHMS,
@@ -109,6 +110,8 @@ class Regularization(_Base):
     grad_clip_norm: Optional[S[float, Field(gt=0)]] = None
     grad_clip_value: Optional[S[float, Field(gt=0)]] = None
     early_stopping_patience: Optional[int] = Field(None, ge=1)
+    # training batches only, on the device (dlopt.stages.augment); None: no augmentation
+    augment: Optional[Augment] = None
 
 
 class Prune(_Base):

@@ -39,6 +39,7 @@ from dlopt.ml.devices import check_precision, configure_kernels, model_device, t
 from dlopt.spec import Experiment
 from dlopt.spec.report import DIVERGED, END_TIME, EPOCH, EPOCH_SECONDS, FINAL, HISTORY
 from dlopt.stages import Event, Stage, State, catalog, run_event
+from dlopt.stages.augment import BatchAugment, build as build_augment
 from dlopt.train import cadence as cadence_mod
 from dlopt.train import strategies
 from dlopt.train.checkpoint import CHECKPOINT_FILE, TrialCheckpoint, load_checkpoint
@@ -73,6 +74,8 @@ class Run:
     sched_every: str  # "step" | "epoch"
     batch_size: int
     loss_fn: Callable
+    # training batches only (dlopt.stages.augment); None when the spec augments nothing
+    augment: Optional[BatchAugment] = None
 
     def events(self, event: Event) -> None:
         run_event(self.stages, event, self.state)
@@ -141,7 +144,9 @@ def set_up(spec: Experiment, strategy: strategies.Strategy, rank: int, world: in
                                               model_device(m)))  # where the model is
     run = Run(spec, strategy, state, catalog.build(spec, teachers), trained, optimizer,
               scheduler, sched_every, batch_size,
-              loss_function(datasets.task, spec.regularization.label_smoothing))
+              loss_function(datasets.task, spec.regularization.label_smoothing),
+              build_augment(spec.regularization.augment, spec.seed, strategy.data_rank,
+                            datasets.input_shape, datasets.task, datasets.out_features))
     run.events(Event.SETUP)  # on the whole model: the dense baseline is measured there
     state.model = trained
     return run
@@ -171,9 +176,12 @@ def train_epoch(run: Run, epoch: int, t0: float) -> dict:
     run.trained.train()
     # the loss sum stays on the device (float64, as the host sum was): one sync per epoch
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    for idx in data_mod.shard_batches(len(train), run.batch_size, strategy.data_rank,
-                                      strategy.data_world, spec.seed, epoch):
+    batches = data_mod.shard_batches(len(train), run.batch_size, strategy.data_rank,
+                                     strategy.data_world, spec.seed, epoch)
+    for i, idx in enumerate(batches):
         x, y = to_device(train.x[idx], device), to_device(train.y[idx], device)
+        if run.augment is not None:  # on the device, this batch only (dlopt.stages.augment)
+            x, y = run.augment(x, y, epoch, i)
         state.batch = (x, y)
         loss = strategy.train_step(state, x, y, run.events)  # forward, backward, step
         state.step += 1
