@@ -46,8 +46,28 @@ def split_codes(key: str, index: np.ndarray, seed: int, val_fraction: float,
     base = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little")
     with np.errstate(over="ignore"):
         h = _splitmix(np.uint64(base) + np.asarray(index, dtype=np.uint64) * _GOLDEN)
+    return _codes(h, val_fraction, test_fraction)
+
+
+def _codes(h: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
     u = (h >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
     return np.where(u < test_fraction, 2, np.where(u < test_fraction + val_fraction, 1, 0))
+
+
+def content_codes(x: np.ndarray, y: np.ndarray, seed: int, val_fraction: float,
+                  test_fraction: float) -> np.ndarray:
+    """The split of each row of a source that has no files to hash (a function's Dataset):
+    a seeded hash of the row's values (features and label as float64 words), so the same
+    row lands in the same split in every trial and on every worker, whatever the order."""
+    n = len(y)
+    rows = np.concatenate([np.asarray(x, dtype=np.float64).reshape(n, -1),
+                           np.asarray(y, dtype=np.float64).reshape(n, -1)], axis=1)
+    words = np.ascontiguousarray(rows).view(np.uint64)
+    mult = np.random.default_rng(seed).integers(1, 2 ** 63, size=words.shape[1],
+                                                dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        h = _splitmix((words * mult).sum(axis=1, dtype=np.uint64))
+    return _codes(h, val_fraction, test_fraction)
 
 
 def kept(unit: dict, n: int) -> np.ndarray:
@@ -71,7 +91,7 @@ def read_image(f) -> np.ndarray:
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
-def _column(col, shape) -> np.ndarray:
+def _column(col) -> np.ndarray:
     """An Arrow column as rows: numbers, lists of numbers, or HF Image structs (bytes)."""
     import io
 
@@ -93,10 +113,10 @@ def table_arrays(table, source) -> tuple[np.ndarray, np.ndarray]:
     label = source.label_name()
     y = table.column(label).to_numpy()
     if source.features:
-        x = _column(table.column(source.features), source.shape)
+        x = _column(table.column(source.features))
     else:
         cols = [c for c in table.column_names if c != label]
-        x = np.stack([_column(table.column(c), None) for c in cols], axis=1)
+        x = np.stack([_column(table.column(c)) for c in cols], axis=1)
     if source.shape:
         x = x.reshape(len(x), *source.shape)
     return x, y

@@ -106,35 +106,60 @@ def layout(data: Data, seed: int) -> Layout:
 
 
 def load(data: Data, seed: int, with_test: bool = False,
-         transform: Optional[InputTransform] = None, found: Optional[Layout] = None) -> Datasets:
-    """A source's splits as `Streamed` (read in this process). `transform`: the training
-    split's statistics when already known (Ray computed them), else one pass here."""
-    found = found or layout(data, seed)
-    source, task = data.source, data.task
-
-    def read(split: str) -> Batches:
-        return plain_batches(source, found.units[split], task)
-
+         transform: Optional[InputTransform] = None) -> Datasets:
+    """A source's splits as `Streamed`, read in this process. `transform`: the training
+    split's statistics when already known, else one pass over the training split here."""
+    found = layout(data, seed)
+    read = {s: plain_batches(data.source, found.units[s], data.task) for s in found.units}
     if transform is None:
-        transform = fit_transform((x.numpy() for x, _ in read("train")(1024, 0)), task)
-    x0, _ = next(iter(read("train")(EXAMPLE_ROWS, 0)))
-    vx, vy = next(iter(read("val")(PROBE_ROWS, 0)))
+        transform = fit_transform((x.numpy() for x, _ in read["train"](1024, 0)), data.task)
+    return streamed_datasets(data, Shape.of(found), transform, read, with_test)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the loop needs to know of a source besides its batches (JSON, to Ray workers)."""
+
+    rows: dict
+    num_classes: int
+    input_shape: tuple
+
+    @classmethod
+    def of(cls, found: Layout) -> "Shape":
+        return cls(dict(found.rows), found.num_classes, tuple(found.input_shape))
+
+    def to_json(self) -> dict:
+        return {"rows": self.rows, "num_classes": self.num_classes,
+                "input_shape": list(self.input_shape)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Shape":
+        return cls(d["rows"], d["num_classes"], tuple(d["input_shape"]))
+
+
+def streamed_datasets(data: Data, shape: Shape, transform: InputTransform, read: dict,
+                      with_test: bool = False) -> Datasets:
+    """`Datasets` of streamed splits, `read[split]` giving each one's batches (read here, or
+    Ray Data streams under Ray). The probe rows come from the validation split's first
+    batch; the model's input example from its first rows."""
+    task = data.task
+    vx, vy = next(iter(read["val"](PROBE_ROWS, 0)))
 
     def streamed(split: str) -> Optional[Streamed]:
-        if not found.rows[split]:
+        if not shape.rows.get(split):
             return None
-        return Streamed(found.rows[split], read(split),
+        return Streamed(shape.rows[split], read[split],
                         torch.from_numpy(transform.apply(vx.numpy())), vy, transform.apply_torch)
 
     classification = task == "classification"
     test = streamed("test") if with_test else WITHHELD
     return Datasets(train=streamed("train"), val=streamed("val"), test=test, task=task,
-                    num_classes=found.num_classes if classification else 0,
-                    input_shape=found.input_shape,
-                    out_features=found.num_classes if classification else 1,
+                    num_classes=shape.num_classes if classification else 0,
+                    input_shape=shape.input_shape,
+                    out_features=shape.num_classes if classification else 1,
                     transform=transform,
                     raw_test=(replace(test, x=vx, prepare=None) if isinstance(test, Streamed) else test),
-                    raw_example=x0.numpy())
+                    raw_example=vx[:EXAMPLE_ROWS].numpy())
 
 
 def is_streamed(split) -> bool:
