@@ -115,8 +115,8 @@ def table_arrays(table, source) -> tuple[np.ndarray, np.ndarray]:
     if source.features:
         x = _column(table.column(source.features))
     else:
-        cols = [c for c in table.column_names if c != label]
-        x = np.stack([_column(table.column(c)) for c in cols], axis=1)
+        cols = [table.column(c) for c in table.column_names if c != label]
+        x = _column(cols[0]) if len(cols) == 1 else np.stack([_column(c) for c in cols], axis=1)
     if source.shape:
         x = x.reshape(len(x), *source.shape)
     return x, y

@@ -97,7 +97,7 @@ def scan(data: Data, seed: int) -> Layout:
     if fs.get_file_info(root).type == pafs.FileType.NotFound:
         return Layout({}, {}, 0, (), (f"{FIELD}.path: {source.path} does not exist",))
     own = _split_roots(fs, root, source.format)
-    parts = ([(own[s], {s: None}, None) for s in own] if own else
+    parts = ([(own[s], {s: None}, None) for s in ALIASES if s in own] if own else
              [(root, {"train": None, "val": None, "test": None},
                (data.val_fraction, data.test_fraction))])
     if own and "val" not in own:  # carve validation out of the own training split
