@@ -70,3 +70,27 @@ def images(root: Path, per_class: int = 30, size: int = 8, seed: int = 0,
             for i in range(per_class):
                 Image.fromarray(image(label, rng, size)).save(folder / f"{i:04d}.png")
     return root
+
+
+def ray_rows(seed: int):
+    """A function source (Source(format="function", function="source_fixtures:ray_rows")):
+    the tabular rows as a ray.data.Dataset, split by dlopt by content hash."""
+    import ray.data
+
+    x, y = rows(300, seed=7)
+    return ray.data.from_items([{"x": x[i].tolist(), "label": int(y[i])} for i in range(len(y))])
+
+
+def parquet_with_ids(root: Path, train: int, val: int) -> Path:
+    """train.parquet and val.parquet (the source's own splits) whose `id` column numbers the
+    rows, so a reader can count which it saw."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True, exist_ok=True)
+    x, y = rows(train + val)
+    for name, part in (("train", slice(0, train)), ("val", slice(train, train + val))):
+        ids = np.arange(train + val, dtype=np.float32)[part]
+        pq.write_table(pa.table({"id": ids, "f0": x[part, 0], "label": y[part]}),
+                       root / f"{name}.parquet", row_group_size=16)
+    return root

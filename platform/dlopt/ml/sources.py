@@ -119,7 +119,8 @@ def scan(data: Data, seed: int) -> Layout:
 
 def _finish(data, seed, units, rows, classes, labels, problems, own) -> Layout:
     source = data.source
-    for split in ("train", "val") + (("test",) if data.test_fraction > 0 or "test" in own else ()):
+    with_test = "test" in own if own else data.test_fraction > 0  # own splits: test/ if any
+    for split in ("train", "val") + (("test",) if with_test else ()):
         if not rows[split] and not problems:
             problems.append(f"{FIELD}.path: the {split} split of {source.path} is empty"
                             + ("" if own else f" (val_fraction={data.val_fraction}, "
