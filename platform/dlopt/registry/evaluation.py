@@ -109,6 +109,9 @@ def data_override(spec: Experiment, data: Optional[str]) -> tuple[Data, int]:
 def evaluate_model(model: torch.nn.Module, data: Data, seed: int, meta: Optional[dict] = None,
                    batch_size: int = 1024) -> Report:
     """Test-split metrics (and confusion matrix) of `model` on `data` split with `seed`."""
+    if data.source is not None and data.source.format == "function":
+        raise EvaluationError(f"data.source: {data.source.function} returns a ray.data.Dataset, "
+                              "and the test report does not start Ray; no test report")
     datasets = data_mod.load(data, seed, with_test=True)
     test = datasets.test
     if test is None:
