@@ -33,6 +33,9 @@ from dlopt.ml.transform import InputTransform
 # the CPUs, and a read task that waited for one would wait forever. Ray Data's own
 # backpressure (object store budget) still bounds how much is read ahead.
 READ_CPUS = 0
+# ...except over a function's Dataset: there a 0-CPU map never ran (Ray 2.60, seen hanging
+# on an in-memory `from_items` input), so it takes this; the sweep must leave a CPU free.
+FUNCTION_CPUS = 1
 STATS_BATCH = 4096
 
 
@@ -86,7 +89,7 @@ def _function_datasets(spec) -> tuple[dict, streams.Shape]:
             continue
         fractions = None if own else (data.val_fraction, data.test_fraction)
         rows = _function_rows(source, data.task, spec.seed, fractions, split)
-        out[split] = base.map_batches(rows, batch_format="pyarrow", num_cpus=READ_CPUS)
+        out[split] = base.map_batches(rows, batch_format="pyarrow", num_cpus=FUNCTION_CPUS)
     counts = {s: ds.count() for s, ds in out.items()}
     first = out["train"].take_batch(1)
     num_classes = source.num_classes or 0
