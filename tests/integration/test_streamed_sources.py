@@ -126,7 +126,7 @@ def test_image_folder_ddp_sweep_and_pyfunc_on_raw_images(tmp_path):
     (registered,) = result.registered
     tag = registered.test_metrics["test_accuracy"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    done = subprocess.run([sys.executable, "-c", PREDICT, str(root), name], env=env,
+    done = subprocess.run([sys.executable, "-c", PREDICT, str(root), f"{name}-model"], env=env,
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.splitlines()[-1])
