@@ -236,8 +236,33 @@ def check(spec: Experiment, tracking_uri: str, address: Optional[str]) -> None:
     problems += export_problems(spec)
     problems += traceable_problems(spec)
     problems += augment_problems(spec)
+    problems += source_problems(spec)
     if problems:
         raise SpecError(problems)
+
+
+def source_problems(spec: Experiment) -> list[str]:
+    """A streamed source's problems, from its files' metadata only (dlopt.ml.sources.scan:
+    a missing path, an empty split, a class folder without images, labels outside the
+    classes, image headers of different sizes); a function source: can it be imported."""
+    source = spec.data.source
+    if source is None:
+        return []
+    if source.format == "function":
+        from dlopt.ml.components import import_path
+
+        try:
+            import_path(source.function)
+        except Exception as err:  # noqa: BLE001 - any import failure is the user's to fix
+            return [f"data.source.function: cannot import {source.function!r}: {err}"]
+        return []
+    from dlopt.ml import sources  # reads metadata only; no torch, no Ray
+
+    # a searched fraction: checked at its smallest (the emptiest split it can make)
+    data = spec.data.model_copy(update={
+        "val_fraction": min(_points(spec.data.val_fraction)),
+        "test_fraction": min(_points(spec.data.test_fraction))})
+    return list(sources.scan(data, spec.seed).problems)
 
 
 def cluster_warnings(spec: Experiment) -> list[str]:

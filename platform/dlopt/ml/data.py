@@ -149,7 +149,13 @@ DATASETS = {
 def load(spec: Data, seed: int, with_test: bool = False) -> Datasets:
     """Train and validation splits; the test split too only `with_test` (see module doc).
     A custom dataset is named by import path "pkg.module:fn", with
-    fn(spec.Data, seed) -> (x, y, "classification"|"regression")."""
+    fn(spec.Data, seed) -> (x, y, "classification"|"regression").
+    The switch between the two data paths: a `spec.source` is streamed (dlopt.ml.streams,
+    batch by batch, never whole in memory); everything else is in-memory tensors."""
+    if spec.source is not None:
+        from dlopt.ml import streams  # the streamed path (docs/architecture.md, "Streamed data sources")
+
+        return streams.load(spec, seed, with_test)
     loader = DATASETS.get(spec.dataset)
     if loader is None and ":" in spec.dataset:
         loader = partial(from_arrays, import_path(spec.dataset), cached=False)

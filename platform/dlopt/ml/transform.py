@@ -33,6 +33,24 @@ class InputTransform:
             x = (x - self.mean) / self.std
         return x
 
+    def apply_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """`apply` in torch on x's device (a streamed batch, dlopt.ml.streams): the same
+        float32 operations as WithInputTransform."""
+        x = x.to(torch.float32)
+        if self.divisor != 1.0:
+            x = x / self.divisor
+        if self.mean is not None:
+            mean, std = self._on(x.device)
+            x = (x - mean) / std
+        return x
+
+    def _on(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = self.__dict__.setdefault("_tensors", {})
+        if device not in cache:
+            cache[device] = (torch.from_numpy(self.mean).to(device),
+                             torch.from_numpy(self.std).to(device))
+        return cache[device]
+
     def to_json(self) -> dict:
         return {"divisor": self.divisor,
                 "mean": None if self.mean is None else self.mean.tolist(),

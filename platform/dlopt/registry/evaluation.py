@@ -29,12 +29,14 @@ from pydantic import ValidationError
 from dlopt.artifact.files import META, SPEC, build_inference_model
 from dlopt.ml import data as data_mod
 from dlopt.ml import metrics as metrics_mod
+from dlopt.ml import streams
 from dlopt.registry.register import local_copy
 from dlopt.registry.versions import RegisteredModel
 from dlopt.spec import Data, Experiment
 from dlopt.spec.load import SpecError, load
 from dlopt.tracking.retry import drain_timeout_s, retry_transient
 from dlopt.train.loop import predict
+from dlopt.train.steps import predict_streamed
 
 PREFIX = "test_"
 TAG_PREFIX = "metric."  # version tags: metric.test_accuracy = repr(value), exact
@@ -107,6 +109,9 @@ def data_override(spec: Experiment, data: Optional[str]) -> tuple[Data, int]:
 def evaluate_model(model: torch.nn.Module, data: Data, seed: int, meta: Optional[dict] = None,
                    batch_size: int = 1024) -> Report:
     """Test-split metrics (and confusion matrix) of `model` on `data` split with `seed`."""
+    if data.source is not None and data.source.format == "function":
+        raise EvaluationError(f"data.source: {data.source.function} returns a ray.data.Dataset, "
+                              "and the test report does not start Ray; no test report")
     datasets = data_mod.load(data, seed, with_test=True)
     test = datasets.test
     if test is None:
@@ -122,13 +127,19 @@ def evaluate_model(model: torch.nn.Module, data: Data, seed: int, meta: Optional
     # fp32 on the CPU: what a deployed (possibly int8) model runs as, and the same numbers
     # on the driver and in `dlopt evaluate`. A model saved with its input transform takes
     # the raw test inputs (what its users hold); an older one the standardized ones.
-    x = datasets.raw_test.x if meta and meta.get("input_transform") else test.x
-    out = predict(model, x, precision="32", device="cpu", batch_size=batch_size)
-    values = metrics_mod.compute(out, test.y, datasets.task, datasets.num_classes, prefix=PREFIX)
+    raw = bool(meta and meta.get("input_transform"))
+    if streams.is_streamed(test):  # a Data.source: read batch by batch, never whole
+        out, y = predict_streamed(model, datasets.raw_test if raw else test, "32", "cpu",
+                                  batch_size)
+    else:
+        x, y = datasets.raw_test.x if raw else test.x, test.y
+        out = predict(model, x, precision="32", device="cpu", batch_size=batch_size)
+    values = metrics_mod.compute(out, y, datasets.task, datasets.num_classes, prefix=PREFIX)
     confusion = None
     if datasets.task == "classification":
-        confusion = metrics_mod.confusion_matrix(test.y, out.argmax(1), datasets.num_classes)
-    where = (f"{data.dataset} seed={seed} val_fraction={data.val_fraction} "
+        confusion = metrics_mod.confusion_matrix(y, out.argmax(1), datasets.num_classes)
+    name = data.dataset if data.source is None else f"{data.source.format}:{data.source.path}"
+    where = (f"{name} seed={seed} val_fraction={data.val_fraction} "
              f"test_fraction={data.test_fraction} n={len(test)}")
     return Report(metrics=values, task=datasets.task, n=len(test), data=where, confusion=confusion)
 

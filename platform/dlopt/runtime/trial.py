@@ -68,6 +68,7 @@ def make_trial_fn(plan: Plan, storage_path: str, teachers: Optional[TeacherPaylo
         from ray.tune.integration.ray_train import TuneReportCallback
 
         # here, in the trial: the driver that builds this function never loads torch for it
+        from dlopt.runtime import streaming
         from dlopt.runtime.worker import fit_in_trial, train_loop_per_worker
         from dlopt.train.faults import Faults
 
@@ -83,10 +84,15 @@ def make_trial_fn(plan: Plan, storage_path: str, teachers: Optional[TeacherPaylo
         run_name, forward = f"train-{trial_id}", None
         if spec.search.scheduler == "pbt":  # PBT clones Tune checkpoints: see pbt_setup
             loop_config, run_name, forward = pbt_setup(loop_config, run_name)
+        datasets = {}
+        if spec.data.source is not None:  # streamed to the workers (dlopt.runtime.streaming)
+            loop_config["stream"], datasets = stream_config(spec)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,
             scaling_config=scaling_config(spec),
+            datasets=datasets or None,
+            **({"dataset_config": streaming.data_config(spec)} if datasets else {}),
             run_config=RunConfig(
                 name=run_name,
                 storage_path=storage_path,
@@ -102,6 +108,18 @@ def make_trial_fn(plan: Plan, storage_path: str, teachers: Optional[TeacherPaylo
         wait_until_tune_took_last_report()
 
     return dlopt_trial
+
+
+def stream_config(spec) -> tuple[dict, dict]:
+    """A streamed source's train and val Ray datasets for the TorchTrainer, and what its
+    workers need besides (rows, classes, input shape, the training statistics), as JSON."""
+    # in the trial process only: loads torch (docs/architecture.md, "Streamed data sources")
+    from dlopt.runtime import streaming
+
+    ds, shape = streaming.split_datasets(spec)
+    transform = streaming.training_transform(spec, ds["train"])
+    return ({"shape": shape.to_json(), "transform": transform.to_json()},
+            {"train": ds["train"], "val": ds["val"]})
 
 
 def wait_until_tune_took_last_report(poll_s: float = 0.05, settle_s: float = 1.0) -> None:

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 from dlopt.artifact.teachers import TeacherPayloads
 from dlopt.ml import collectives
+from dlopt.runtime import streaming
 from dlopt.spec import Experiment
 from dlopt.spec.report import FINAL, REPORT_SECONDS, WORKER_NODES
 from dlopt.train.faults import Faults
@@ -95,7 +96,24 @@ def train_loop_per_worker(config: dict) -> None:
     if resume is None and config.get("resume_from"):
         resume = resume_from(ray.train.Checkpoint(config["resume_from"]), faults)
     fit(spec, report, rank=rank, world=world, resume=resume, wrap=wrap, device=device,
-        teachers=config.get("teachers") or {}, faults=faults)
+        teachers=config.get("teachers") or {}, faults=faults, data=shard_datasets(spec, config))
+
+
+def shard_datasets(spec, config: dict):
+    """A streamed source's splits on this worker: its shard of train and the full val, from
+    the datasets the trial gave the TorchTrainer (dlopt.runtime.streaming); None otherwise."""
+    if not config.get("stream"):
+        return None
+    import ray.train
+
+    from dlopt.ml.streams import Shape
+    from dlopt.ml.transform import InputTransform
+
+    stream = config["stream"]
+    return streaming.worker_datasets(spec, Shape.from_json(stream["shape"]),
+                                     InputTransform.from_json(stream["transform"]),
+                                     ray.train.get_dataset_shard("train"),
+                                     ray.train.get_dataset_shard("val"))
 
 
 def fit_in_trial(spec, teachers: Optional[TeacherPayloads] = None,
@@ -115,4 +133,5 @@ def fit_in_trial(spec, teachers: Optional[TeacherPayloads] = None,
     report = reporter(lambda m, c: tune.report(m, checkpoint=c), tune.Checkpoint, faults)
     device = "cuda" if spec.resources.use_gpu else "cpu"  # Tune sets CUDA_VISIBLE_DEVICES
     fit(spec, report, rank=0, world=1, resume=resume_from(tune.get_checkpoint(), faults),
-        device=device, teachers=teachers, faults=faults)
+        device=device, teachers=teachers, faults=faults,
+        data=streaming.in_trial_datasets(spec))  # a streamed source read by Ray Data here

@@ -34,12 +34,13 @@ from dlopt.spec.sections import (
                                Schedule,
                                Search,
                                Share,
+                               Source,
                                StageSpec,
                                Tracking,
 )
 
 __all__ = ["tune", "Augment", "Experiment", "resolve", "Data", "Distill", "Model", "Optimizer", "Prune",
-           "Quantize", "Regularization", "Resources", "Schedule", "Search", "Share",
+           "Quantize", "Regularization", "Resources", "Schedule", "Search", "Share", "Source",
            "StageSpec", "Tracking",
            "domains", "flatten", "set_path", "FINAL_METRICS", "VAL_METRICS", "ACTIVATIONS",
            "ALGORITHMS", "ARCHS", "DATASETS", "INITS", "LOCAL_DATASETS", "OPTIMIZERS", "SCHEDULERS",

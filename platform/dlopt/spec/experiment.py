@@ -56,8 +56,9 @@ class Experiment(_Base):
 
     @property
     def task(self) -> str:
-        return "regression" if (self.data.dataset == "linear_1d" or self.data.task == "regression"
-                                and self.data.dataset == "synthetic") else "classification"
+        regression = self.data.task == "regression" and (self.data.dataset == "synthetic"
+                                                         or self.data.source is not None)
+        return "regression" if self.data.dataset == "linear_1d" or regression else "classification"
 
 
 def resolve(spec_json: dict, assignment: dict[str, Any]) -> "Experiment":

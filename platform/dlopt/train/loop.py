@@ -35,6 +35,8 @@ from dlopt.artifact.teachers import TeacherPayloads
 from dlopt.ml import data as data_mod
 from dlopt.ml import init as init_mod
 from dlopt.ml import collectives, models, optim, schedules
+from dlopt.ml.splits import Datasets
+from dlopt.ml.streams import is_streamed
 from dlopt.ml.devices import check_precision, configure_kernels, model_device, to_device
 from dlopt.spec import Experiment
 from dlopt.spec.report import DIVERGED, END_TIME, EPOCH, EPOCH_SECONDS, FINAL, HISTORY
@@ -84,11 +86,13 @@ class Run:
 def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
         resume: Optional[TrialCheckpoint] = None, wrap: Callable = lambda m: m,
         device: str = "cpu", teachers: Optional[TeacherPayloads] = None,
-        faults: Optional[Faults] = None) -> State:
+        faults: Optional[Faults] = None, data: Optional[Datasets] = None) -> State:
+    """`data`: the splits when the caller built them (a streamed source under Ray,
+    dlopt.runtime.streaming); else `dlopt.ml.data.load` here."""
     check_precision(spec.precision, device)  # on the worker, where the GPU is
     configure_kernels(device, spec.resources.deterministic)
     strategy = strategies.pick(spec, rank, world, device, wrap)
-    run = set_up(spec, strategy, rank, world, device, teachers)
+    run = set_up(spec, strategy, rank, world, device, teachers, data)
     state = run.state
     start_epoch = restore(run, resume) if resume is not None else 0
     strategy.start(run.optimizer, run.loss_fn)
@@ -120,11 +124,12 @@ def fit(spec: Experiment, report: Report, *, rank: int = 0, world: int = 1,
 
 
 def set_up(spec: Experiment, strategy: strategies.Strategy, rank: int, world: int,
-           device: str, teachers: Optional[TeacherPayloads]) -> Run:
+           device: str, teachers: Optional[TeacherPayloads],
+           data: Optional[Datasets] = None) -> Run:
     """Data, model, optimizer, schedule, stages (identical on every rank, except the part of
     the model a pipeline rank trains); ends with the SETUP event on the whole model."""
     torch.manual_seed(spec.seed)
-    datasets = data_mod.load(spec.data, spec.seed)
+    datasets = data if data is not None else data_mod.load(spec.data, spec.seed)
 
     def build() -> torch.nn.Module:
         return models.build(spec.model, datasets.input_shape, datasets.out_features)
@@ -134,7 +139,8 @@ def set_up(spec: Experiment, strategy: strategies.Strategy, rank: int, world: in
     # on the CPU until the strategy places it (FSDP moves only this rank's shards to the device)
     trained = strategy.prepare(model, build)
     optimizer = optim.build(spec.optimizer, trained.parameters())
-    shard = math.ceil(len(datasets.train) / strategy.data_world)
+    shard = (len(datasets.train) // strategy.data_world if is_streamed(datasets.train)
+             else math.ceil(len(datasets.train) / strategy.data_world))  # Ray: equal shards
     batch_size = batch_size_for(spec, shard)
     steps_per_epoch = math.ceil(shard / batch_size)
     scheduler, sched_every = schedules.build(spec.schedule, optimizer, spec.epochs, steps_per_epoch)
@@ -170,16 +176,12 @@ def restore(run: Run, resume: TrialCheckpoint) -> int:
 def train_epoch(run: Run, epoch: int, t0: float) -> dict:
     """One epoch: this rank's batches (DDP/FSDP: its share; pipeline: every batch), each
     forward, backward, optimizer step with the stage events between; then validation."""
-    spec, strategy, state = run.spec, run.strategy, run.state
-    train, device = state.datasets.train, state.device
+    strategy, state, device = run.strategy, run.state, run.state.device
     state.epoch = epoch
     run.trained.train()
     # the loss sum stays on the device (float64, as the host sum was): one sync per epoch
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    batches = data_mod.shard_batches(len(train), run.batch_size, strategy.data_rank,
-                                     strategy.data_world, spec.seed, epoch)
-    for i, idx in enumerate(batches):
-        x, y = to_device(train.x[idx], device), to_device(train.y[idx], device)
+    for i, (x, y) in enumerate(epoch_batches(run, epoch)):
         if run.augment is not None:  # on the device, this batch only (dlopt.stages.augment)
             x, y = run.augment(x, y, epoch, i)
         state.batch = (x, y)
@@ -198,6 +200,20 @@ def train_epoch(run: Run, epoch: int, t0: float) -> dict:
                      **strategy.validate(state.evaluate),
                      EPOCH_SECONDS: time.perf_counter() - t0, END_TIME: time.time()}
     return state.metrics
+
+
+def epoch_batches(run: Run, epoch: int):
+    """This rank's training batches of one epoch, on the device: index batches of the
+    in-memory tensors, or its shard of a streamed source, raw rows transformed on the device
+    (dlopt.ml.streams; docs/architecture.md, "Streamed data sources")."""
+    train, device, strategy = run.state.datasets.train, run.state.device, run.strategy
+    if is_streamed(train):
+        for x, y in train.batches(run.batch_size, epoch):
+            yield train.prepare(to_device(x, device)), to_device(y, device)
+        return
+    for idx in data_mod.shard_batches(len(train), run.batch_size, strategy.data_rank,
+                                      strategy.data_world, run.spec.seed, epoch):
+        yield to_device(train.x[idx], device), to_device(train.y[idx], device)
 
 
 def report_epoch(run: Run, report: Report, epoch: int, metrics: dict,

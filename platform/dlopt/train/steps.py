@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from dlopt.ml import metrics as metrics_mod
-from dlopt.ml.devices import device_type
+from dlopt.ml import streams
+from dlopt.ml.devices import device_type, to_device
 from dlopt.spec import Experiment
 
 
@@ -57,5 +58,27 @@ def evaluate(model: torch.nn.Module, split, task: str, precision: str = "32", de
     val_recall, val_f1 (macro) and val_top5_accuracy (more than 5 classes); regression
     val_loss (= val_mse), val_mse, val_mae, val_r2. Each may be Search.metric or an objective.
     """
+    if streams.is_streamed(split):  # read batch by batch (dlopt.ml.streams)
+        out, y = predict_streamed(model, split, precision, device, batch_size)
+        return metrics_mod.compute(out, y, task, prefix=prefix)
     out = predict(model, split.x, precision, device, batch_size)
     return metrics_mod.compute(out, split.y, task, prefix=prefix)
+
+
+@torch.no_grad()
+def predict_streamed(model: torch.nn.Module, split, precision: str = "32", device: str = "cpu",
+                     batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs (float32, CPU) and labels over a streamed split's raw batches, each put
+    through `split.prepare` (the training split's transform, on the device; None where
+    the model applies its own, as a registered model does)."""
+    was_training = model.training
+    model.eval()
+    outs, ys = [], []
+    prepare = split.prepare
+    with autocast(precision, device):
+        for x, y in split.batches(batch_size, 0):
+            x = to_device(x, device)
+            outs.append(model(prepare(x) if prepare else x).float().cpu())
+            ys.append(y.cpu())
+    model.train(was_training)
+    return torch.cat(outs), torch.cat(ys)

@@ -1,0 +1,96 @@
+"""Small generated files for the streamed sources (dlopt.ml.sources): Parquet, an image
+folder, .npy shards and a Hugging Face `save_to_disk` dataset, each with a learnable label
+and a known number of rows. A uniquely named helper module (see dlopt_testing)."""
+from pathlib import Path
+
+import numpy as np
+
+FEATURES = 8
+
+
+def rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Tabular rows whose label is the sign of the first two features (4 classes)."""
+    x = np.random.default_rng(seed).normal(size=(n, FEATURES)).astype(np.float32)
+    y = ((x[:, 0] > 0).astype(np.int64) * 2 + (x[:, 1] > 0)).astype(np.int64)
+    return x, y
+
+
+def parquet(root: Path, n: int = 300, files: int = 3, row_group: int = 40, seed: int = 0) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True, exist_ok=True)
+    x, y = rows(n, seed)
+    for i, part in enumerate(np.array_split(np.arange(n), files)):
+        table = pa.table({**{f"f{j}": x[part, j] for j in range(FEATURES)}, "label": y[part]})
+        pq.write_table(table, root / f"part-{i}.parquet", row_group_size=row_group)
+    return root
+
+
+def numpy_shards(root: Path, n: int = 300, shards: int = 3, seed: int = 0) -> Path:
+    x, y = rows(n, seed)
+    (root / "x").mkdir(parents=True, exist_ok=True)
+    (root / "y").mkdir(parents=True, exist_ok=True)
+    for i, part in enumerate(np.array_split(np.arange(n), shards)):
+        np.save(root / "x" / f"shard-{i}.npy", x[part])
+        np.save(root / "y" / f"shard-{i}.npy", y[part])
+    return root
+
+
+def hf(root: Path, n: int = 300, seed: int = 0) -> Path:
+    """A `datasets.Dataset` with a list feature and a ClassLabel, saved with save_to_disk."""
+    import datasets
+
+    x, y = rows(n, seed)
+    features = datasets.Features({"x": datasets.Sequence(datasets.Value("float32")),
+                                  "label": datasets.ClassLabel(names=["a", "b", "c", "d"])})
+    ds = datasets.Dataset.from_dict({"x": x.tolist(), "label": y.tolist()}, features=features)
+    ds.save_to_disk(str(root))
+    return root
+
+
+CLASSES = ("cat", "dog", "eel")
+
+
+def image(label: int, rng, size: int = 8) -> np.ndarray:
+    """An RGB image (H, W, 3) whose mean brightness says its class."""
+    return (rng.integers(0, 80, size=(size, size, 3)) + label * 80).astype(np.uint8)
+
+
+def images(root: Path, per_class: int = 30, size: int = 8, seed: int = 0,
+           splits: tuple = ()) -> Path:
+    """One subfolder per class of PNGs (under each of `splits`' folders when given)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in splits or ("",):
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(image(label, rng, size)).save(folder / f"{i:04d}.png")
+    return root
+
+
+def ray_rows(seed: int):
+    """A function source (Source(format="function", function="source_fixtures:ray_rows")):
+    the tabular rows as a ray.data.Dataset, split by dlopt by content hash."""
+    import ray.data
+
+    x, y = rows(300, seed=7)
+    return ray.data.from_items([{"x": x[i].tolist(), "label": int(y[i])} for i in range(len(y))])
+
+
+def parquet_with_ids(root: Path, train: int, val: int) -> Path:
+    """train.parquet and val.parquet (the source's own splits) whose `id` column numbers the
+    rows, so a reader can count which it saw."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True, exist_ok=True)
+    x, y = rows(train + val)
+    for name, part in (("train", slice(0, train)), ("val", slice(train, train + val))):
+        ids = np.arange(train + val, dtype=np.float32)[part]
+        pq.write_table(pa.table({"id": ids, "f0": x[part, 0], "label": y[part]}),
+                       root / f"{name}.parquet", row_group_size=16)
+    return root
