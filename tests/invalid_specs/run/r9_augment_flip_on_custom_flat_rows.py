@@ -13,5 +13,5 @@ def flat_rows(spec, seed):
 
 
 experiment = Experiment(name="bad-run", epochs=1,
-                        data=Data(dataset="r7_augment_flip_on_custom_flat_rows:flat_rows"),
+                        data=Data(dataset="r9_augment_flip_on_custom_flat_rows:flat_rows"),
                         regularization=Regularization(augment=Augment(flip=True)))
