@@ -46,3 +46,15 @@ def test_a_repeated_key_or_a_full_batch_ends_the_merge():
                      batch(3, "a", metrics=[("y", 1.0, 0, 1)])])
     rec, group = take(pending)
     assert [r["seq"] for r in group] == [1] and rec is pending[0]
+
+
+def test_a_merge_reaches_past_the_runs_artifact_and_dataset_input_but_not_its_end():
+    artifact = {"seq": 2, "op": "log_artifact", "ref": "a", "name": "spec.json", "text": "{}"}
+    inputs = {"seq": 3, "op": "log_inputs", "ref": "a", "dataset": {}}
+    end = {"seq": 5, "op": "set_terminated", "ref": "a", "status": "FINISHED"}
+    pending = deque([batch(1, "a", params=[("lr", "0.1")]), artifact, inputs,
+                     batch(4, "a", metrics=[("loss", 1.0, 10, 1)]), end,
+                     batch(6, "a", metrics=[("loss", 0.5, 12, 2)])])
+    rec, group = take(pending)
+    assert [r["seq"] for r in group] == [1, 4]
+    assert rec["params"] == [["lr", "0.1"]] and rec["metrics"] == [["loss", 1.0, 10, 1]]

@@ -124,3 +124,46 @@ def test_an_in_trial_runs_model_checkpoint_is_tagged_when_it_ends(store):
     tags = {t: client.get_run(tracker.run_id_of(t)).data.tags for t in ("a", "b")}
     assert tags["a"]["dlopt.model_checkpoint"] == "/ray/a/checkpoint_000002"
     assert "dlopt.model_checkpoint" not in tags["b"]  # its FINAL report tags it (Tracker.log_result)
+
+
+def test_a_short_trials_writes_go_as_one_batch_and_none_waits_past_the_hold(store):
+    """A trial whose events come within HOLD_SECONDS: its params, epochs, final metrics and
+    tags go in one log_batch (the driver's CPU per trial, benchmarks/sweep_scale.py); a write
+    with nothing after it is still made within the hold, without waiting for the sweep's end."""
+    from dlopt.tracking.callback import HOLD_SECONDS
+
+    tracker, base = _tracker(store, "cb-20260101-000004")
+    calls = []
+    real_batch = tracker.client.log_batch
+
+    def counted(run_id, **kw):
+        calls.append(run_id)
+        return real_batch(run_id, **kw)
+
+    tracker.client.log_batch = counted
+    cb = MlflowCallback(tracker, sweep_plan("cb", base), {})
+    trial = SimpleNamespace(trial_id="s", config={}, path=None, last_result={"epoch": 2},
+                            checkpoint=SimpleNamespace(path="/ray/s/checkpoint_000002"))
+    cb.on_trial_start(0, [trial], trial)
+    for epoch in (1, 2):  # events apart, as a trial's are: the writer is idle in between
+        time.sleep(HOLD_SECONDS / 8)
+        cb.on_trial_result(0, [trial], trial, {"epoch": epoch, "train_loss": 1.0 / epoch})
+    time.sleep(HOLD_SECONDS / 8)
+    cb.on_trial_complete(0, [trial], trial)
+    late = _trial(9)
+    cb.on_trial_start(0, [late], late)
+    cb.on_trial_result(0, [late], late, {"epoch": 1, "train_loss": 0.5})
+    client = MlflowClient(tracker.uri)
+    deadline = time.monotonic() + HOLD_SECONDS + 5
+    while time.monotonic() < deadline and not (
+            tracker.run_id_of("t9") and client.get_metric_history(tracker.run_id_of("t9"),
+                                                                  "train_loss")):
+        time.sleep(0.1)
+    assert client.get_metric_history(tracker.run_id_of("t9"), "train_loss")  # before close()
+    cb.close()
+    run_id = tracker.run_id_of("s")
+    assert calls.count(run_id) == 1
+    run = client.get_run(run_id)
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2]
+    assert run.info.status == "FINISHED" and run.data.params["epochs"] == "2"
+    assert run.data.tags["dlopt.model_checkpoint"] == "/ray/s/checkpoint_000002"

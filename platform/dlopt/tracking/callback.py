@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable, Optional
 
 from ray.tune import Callback
@@ -30,8 +31,14 @@ from dlopt.tracking.store import Tracker
 
 log = logging.getLogger(__name__)
 
-# writes the Tracker may hold while the writer is behind: bounds what waits unflushed
+# writes the Tracker may hold: bounds what waits unflushed
 HOLD_WRITES = 64
+# how long a write may wait for others of its run to merge with (dlopt.tracking.coalesce):
+# a short trial's params, epochs, final metrics and tags then go as one request instead of
+# one each, which is most of the driver's CPU per trial on a busy machine
+# (benchmarks/sweep_scale.py --phases); MLflow shows an epoch at most this late
+HOLD_SECONDS = 1.0
+_FLUSH = object()  # the writer's own wake-up: the oldest held write has waited HOLD_SECONDS
 
 
 class MlflowCallback(Callback):
@@ -68,8 +75,14 @@ class MlflowCallback(Callback):
         self._queue.put(fn)
 
     def _drain_queue(self) -> None:
+        held_since: Optional[float] = None  # when the oldest write still held was queued
         while True:
-            fn = self._queue.get()
+            wait = None if held_since is None else held_since + HOLD_SECONDS - time.monotonic()
+            try:
+                fn = self._queue.get(timeout=max(0.0, wait)) if wait is not None \
+                    else self._queue.get()
+            except queue.Empty:
+                fn = _FLUSH
             if fn is None:
                 return
             if self._error is not None:
@@ -77,9 +90,15 @@ class MlflowCallback(Callback):
             # writes wait while more events do, and go together (dlopt.tracking.coalesce)
             self.tracker.hold_writes(HOLD_WRITES)
             try:
-                fn()
-                if self._queue.empty():
+                if fn is _FLUSH:
                     self.tracker.flush()
+                    held_since = None
+                else:
+                    fn()
+                if self.tracker.pending_count == 0:
+                    held_since = None
+                elif held_since is None:
+                    held_since = time.monotonic()
             except BaseException as err:  # re-raised on the driver thread by close()
                 log.debug("MLflow writer failed", exc_info=True)
                 self._error = err

@@ -5,9 +5,11 @@ it carries; most of a trial's writes are small (the params, one epoch's metrics,
 metrics, a tag). When the writer falls behind, the queue holds several of them for the same
 run, and one `log_batch` (up to MLflow's limits: 1,000 metrics, 100 params, 100 tags, 1,000
 items) takes them all. Per run the order is kept: a run's records are merged only up to its
-first record of another kind, and a key already in the batch ends it (a later value of the
-same param or tag is never reordered before an earlier one). Records of other runs are left
-where they are: runs do not depend on each other. Nothing here talks to MLflow.
+first record of another kind that does not commute with them (`set_terminated`), and a key
+already in the batch ends it (a later value of the same param or tag is never reordered before
+an earlier one). A run's artifact and dataset-input records commute with its params, metrics
+and tags (they touch other tables), so a merge reaches past them. Records of other runs are
+left where they are: runs do not depend on each other. Nothing here talks to MLflow.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from collections import deque
 from itertools import islice
 
 MERGEABLE = ("log_batch", "set_tag")
+COMMUTING = ("log_artifact", "log_inputs")  # a merge reaches past these of the same run
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ITEMS = 1000, 100, 100, 1000
 LOOKAHEAD = 256  # records scanned past the head: bounded work per request on a long queue
 
@@ -36,7 +39,7 @@ def take(pending: deque) -> tuple[dict, list[dict]]:
     keys = {("p", p[0]) for p in params} | {("t", t[0]) for t in tags}
     group = [head]
     for rec in islice(pending, 1, LOOKAHEAD):
-        if rec.get("ref") != ref:
+        if rec.get("ref") != ref or rec["op"] in COMMUTING:
             continue
         if rec["op"] not in MERGEABLE:
             break
