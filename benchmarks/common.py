@@ -127,3 +127,35 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
+
+
+class CpuGroup:
+    """A cgroup v1 `cpu` group the benchmark's processes run in (Linux, root): `cpus` caps
+    them at that many CPUs' worth of time per period (a slower machine of the same core
+    count, for sweep_scale's "other kind of machine"); `shares` weighs them against the
+    machine's other processes (other work on a shared box), 1024 being everyone's default.
+    Hand-written: neither Ray nor the stdlib starts a process in a cgroup; `systemd-run
+    --scope` would, where systemd runs as init (not in these containers)."""
+
+    ROOT = Path("/sys/fs/cgroup/cpu")
+
+    def __init__(self, name: str, cpus: float | None = None, shares: int | None = None):
+        if not (self.ROOT / "cpu.cfs_quota_us").exists():
+            raise SystemExit(f"no cgroup v1 cpu controller at {self.ROOT}: run without "
+                             "--cpu-quota/--cpu-shares")
+        self.path = self.ROOT / f"{name}-{os.getpid()}"
+        self.path.mkdir(exist_ok=True)
+        period = int((self.path / "cpu.cfs_period_us").read_text())
+        (self.path / "cpu.cfs_quota_us").write_text(str(int(cpus * period) if cpus else -1))
+        if shares:
+            (self.path / "cpu.shares").write_text(str(shares))
+        self.facts = {"cpu_quota_cpus": cpus, "cpu_shares": shares}
+
+    def enter(self) -> None:
+        """preexec_fn: the child process (and what it starts) runs in the group."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def remove(self) -> None:
+        for pid in (self.path / "cgroup.procs").read_text().split():
+            (self.ROOT / "cgroup.procs").write_text(pid)  # leftovers back to the root group
+        self.path.rmdir()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -93,9 +94,13 @@ def bare_side(trials: int, epochs: int, storage: str, times: Optional[str] = Non
     ray.shutdown()
 
 
+GROUP: Optional[common.CpuGroup] = None  # --cpu-quota / --cpu-shares: every side runs in it
+
+
 def timed(cmd: list[str], env: dict) -> tuple[float, str, int]:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=common.ROOT)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=common.ROOT,
+                          preexec_fn=GROUP.enter if GROUP else None)
     seconds = time.perf_counter() - t0
     if proc.returncode not in (0,):
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
@@ -183,9 +188,13 @@ def phase_of(stack: str) -> str:
     return next((name for name, parts in PHASES if any(p in stack for p in parts)), "other")
 
 
+WRITER_OPS = re.compile(r"(?:SqlAlchemyStore|RestStore|FileStore)\.(\w+) \(")
+
+
 def profile_phases(n: int, epochs: int, env: dict, rate: int = 25) -> dict:
-    """The dlopt side of `n` trials under py-spy: wall seconds, and the driver's CPU seconds
-    by phase (samples / rate)."""
+    """The dlopt side of `n` trials under py-spy: wall seconds, the driver's CPU seconds by
+    phase (samples / rate), and the MLflow writer's CPU by store request kind, in ms per trial
+    (what carries over to another machine: it is CPU the trials cannot have)."""
     spy = Path(sys.executable).with_name("py-spy")
     with tempfile.TemporaryDirectory(prefix="dlopt-phases-") as work:
         spec = Path(work) / "scale.py"
@@ -197,12 +206,20 @@ def profile_phases(n: int, epochs: int, env: dict, rate: int = 25) -> dict:
                             f"sqlite:///{work}/mlflow.db", "--storage", f"{work}/ray"], env)
         cpu: dict[str, float] = {name: 0.0 for name, _ in PHASES}
         cpu["other"] = 0.0
+        ops: dict[str, float] = {}
         for line in raw.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
-            cpu[phase_of(stack)] += int(count) / rate
+            phase = phase_of(stack)
+            cpu[phase] += int(count) / rate
+            if phase == "mlflow_writer":
+                op = WRITER_OPS.search(stack)
+                key = op.group(1) if op else "other"
+                ops[key] = ops.get(key, 0.0) + int(count) / rate
     total = sum(cpu.values())
     return {"trials": n, "wall_s": wall, "driver_cpu_s": total,
-            **{f"{k}_s": round(v, 1) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])}}
+            **{f"{k}_s": round(v, 1) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])},
+            "writer_ms_per_trial": {k: round(1000 * v / n, 1) for k, v in
+                                    sorted(ops.items(), key=lambda kv: -kv[1])}}
 
 
 def _parse_args() -> argparse.Namespace:
@@ -211,6 +228,14 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--phases", action="store_true",
                     help="profile the largest size's dlopt side with py-spy: the driver's CPU by phase")
+    ap.add_argument("--no-keep2", action="store_true",
+                    help="skip the bare sweep with dlopt's CheckpointConfig (the slowest side)")
+    ap.add_argument("--cpu-quota", type=float, metavar="CPUS",
+                    help="run every side in a cgroup capped at CPUS CPUs' time: a slower "
+                         "machine with the same cores (Linux, root)")
+    ap.add_argument("--cpu-shares", type=int,
+                    help="cgroup cpu.shares of every side (1024 = the default weight): "
+                         "measure beside other work on a shared machine")
     ap.add_argument("--side", choices=["bare"], help=argparse.SUPPRESS)
     ap.add_argument("--trials", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--storage", help=argparse.SUPPRESS)
@@ -219,7 +244,7 @@ def _parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def _size_row(n: int, epochs: int, env: dict) -> dict:
+def _size_row(n: int, epochs: int, env: dict, keep2: bool = True) -> dict:
     """One sweep size: the bare sweep, the bare sweep keeping 2 checkpoints, and dlopt's."""
     with tempfile.TemporaryDirectory(prefix="dlopt-scale-") as work:
         bare = [sys.executable, __file__, "--side", "bare", "--trials", str(n),
@@ -227,7 +252,8 @@ def _size_row(n: int, epochs: int, env: dict) -> dict:
         bare_s, _, _ = timed([*bare, "--storage", f"{work}/bare"], env)
         # the same CheckpointConfig as dlopt's (num_to_keep=2): Tune then saves its whole
         # experiment state every 2 checkpoints of any trial, a cost that grows with trials
-        keep2_s, _, _ = timed([*bare, "--storage", f"{work}/bare2", "--keep", "2"], env)
+        keep2_s = timed([*bare, "--storage", f"{work}/bare2", "--keep", "2"], env)[0] \
+            if keep2 else float("nan")
         spec = Path(work) / "scale.py"
         spec.write_text(SPEC.format(epochs=epochs, trials=n))
         uri = f"sqlite:///{work}/mlflow.db"
@@ -277,15 +303,27 @@ def main() -> None:
 
     env = {**os.environ, "PYTHONPATH": str(common.ROOT / "platform") + os.pathsep
            + os.environ.get("PYTHONPATH", ""), "RAY_AIR_NEW_OUTPUT": "0"}
+    global GROUP
+    if args.cpu_quota or args.cpu_shares:
+        GROUP = common.CpuGroup("dlopt-sweep-scale", args.cpu_quota, args.cpu_shares)
+    try:
+        _measure(args, env)
+    finally:
+        if GROUP:
+            GROUP.remove()
+
+
+def _measure(args: argparse.Namespace, env: dict) -> None:
     facts = {"nproc": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()],
-             "dsync_write_ms": common.disk_sync_ms(tempfile.gettempdir())}
+             "dsync_write_ms": common.disk_sync_ms(tempfile.gettempdir()),
+             "commit": common.git_commit(), **(GROUP.facts if GROUP else {})}
     print(f"machine: {facts}", flush=True)
     fixed = [{"side": "bare", **bare_fixed_costs(env, args.epochs)},
              {"side": "dlopt", **fixed_costs(env, args.epochs)}]
     print(common.table(fixed, list(fixed[0])), flush=True)
     rows = []
     for n in args.sizes:
-        rows.append(_size_row(n, args.epochs, env))
+        rows.append(_size_row(n, args.epochs, env, keep2=not args.no_keep2))
         print(common.table(rows[-1:], list(rows[-1])), flush=True)
     _add_marginals(rows)
     cols = ["trials", "bare_s", "bare_keep2_s", "dlopt_s", "ratio", "ratio_keep2",
@@ -296,10 +334,13 @@ def main() -> None:
     phases = [profile_phases(args.sizes[-1], args.epochs, env)] if args.phases else []
     md = _markdown(args.epochs, rows, fixed, text)
     if phases:
-        text = common.table(phases, list(phases[0]))
+        text = common.table(phases, [k for k in phases[0] if k != "writer_ms_per_trial"])
+        text += ("\n\nThe MLflow writer's CPU per trial by store request (ms): "
+                 + ", ".join(f"{k} {v}" for k, v in phases[0]["writer_ms_per_trial"].items()))
         print(text)
         md += ("\nThe driver's CPU by phase (py-spy, active samples, one more dlopt run of "
                f"{args.sizes[-1]} trials): \n\n" + text + "\n")
+    facts["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     md += f"\nMachine facts: {facts}\n"
     common.write("sweep_scale", "Sweep scale", {"rows": rows, "fixed_costs": fixed,
                                                 "phases": phases, "facts": facts,
