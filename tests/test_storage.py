@@ -60,7 +60,7 @@ def test_ray_filesystem_paths_become_uris_with_the_storage_options():
 
 def test_resume_reads_the_storage_directory_through_pyarrow(tmp_path):
     from dlopt.driver.extend import latest_extension_dir
-    from dlopt.driver.sweep import dir_name, latest_sweep_dir
+    from dlopt.driver.sweep import latest_sweep_dir
 
     assert storage.subdirs(tmp_path / "none") == []
     for name in ("t-20260101-000000", "t-20260102-000000", "t-20260103-000000",
@@ -78,8 +78,8 @@ def test_resume_reads_the_storage_directory_through_pyarrow(tmp_path):
     assert latest_extension_dir(tmp_path, "t-20260101-000000") is None
     assert storage.has_file(tmp_path / "t-20260101-000000", "tuner.pkl")
     assert not storage.has_file(tmp_path / "t-20260103-000000", "tuner.pkl")
-    assert dir_name("s3://b/p/t-20260101-000000?scheme=http") == "t-20260101-000000"
-    assert dir_name(tmp_path / "t-20260101-000000") == "t-20260101-000000"
+    assert storage.base_name("s3://b/p/t-20260101-000000?scheme=http") == "t-20260101-000000"
+    assert storage.base_name(tmp_path / "t-20260101-000000") == "t-20260101-000000"
 
 
 def test_journal_of_a_remote_sweep_is_on_local_disk(tmp_path):

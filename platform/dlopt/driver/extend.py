@@ -76,6 +76,5 @@ def extension_plan(plan: Plan, tracking_uri: str) -> tuple[Plan, list[WarmTrial]
 def latest_extension_dir(storage: Union[Path, str], sweep_name: str) -> Union[Path, str, None]:
     """The newest extension directory of `sweep_name` Tune can restore, or None; in local
     storage or at a URI (read through pyarrow: dlopt.runtime.storage)."""
-    found = [d for d in ray_storage.subdirs(storage) if extension_size(d, sweep_name)
-             and ray_storage.has_file(ray_storage.child(storage, d), "tuner.pkl")]
+    found = ray_storage.restorable(storage, lambda d: extension_size(d, sweep_name))
     return ray_storage.child(storage, max(found, key=lambda d: d[-15:])) if found else None

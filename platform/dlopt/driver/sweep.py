@@ -129,7 +129,7 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         storage_path = storage_location(storage)
         if in_ray_job():
             check_writable(tracking_uri, storage_path)
-        teacher_files = check_before_ray(spec, tracking_uri, address, storage_path)
+        teacher_files = check_before_ray(spec, tracking_uri, address)
         plan = make_plan(spec, cluster_gpus=None if address else preflight.local_gpus(spec))
         if extend is not None:  # a grid cannot be extended: exit 2 before anything starts
             plan = extending(plan, extend)
@@ -170,9 +170,8 @@ def make_callbacks(plan: Plan, tracker: Tracker, tags: dict, storage_path,
     """Tune's callbacks for this sweep: the MLflow writer, the live view (unless `progress` is
     False) and, with local storage, the collector of checkpoints Tune drops; returns
     (the MLflow callback, every callback, the collector or None)."""
-    # a checkpoint Ray names by its path in the storage's filesystem is tagged as a URI
-    tracking = MlflowCallback(tracker, plan, tags,
-                              storage=str(storage_path) if ray_storage.is_remote(storage_path) else None)
+    remote = str(storage_path) if ray_storage.is_remote(storage_path) else None
+    tracking = MlflowCallback(tracker, plan, tags, storage=remote)  # checkpoints tagged as URIs
     callbacks = [tracking]
     if progress:
         callbacks.append(ProgressCallback(plan, stream=sys.stdout if progress is True else progress))
@@ -186,45 +185,34 @@ def make_callbacks(plan: Plan, tracker: Tracker, tags: dict, storage_path,
 
 
 # ------------------------------------------------------------------ before Ray starts
-def check_before_ray(spec: Experiment, tracking_uri: str, address: Optional[str],
-                     storage_path: Union[Path, str, None] = None) -> dict:
+def check_before_ray(spec: Experiment, tracking_uri: str, address: Optional[str]) -> dict:
     """Fail fast where the run could never succeed; returns the distillation teachers' files
     (versions pinned and files read here, on the driver; workers get the files)."""
     check_reachable(tracking_uri)
-    if storage_path is not None:
-        try:  # an s3:// bucket: one HEAD request, short timeout (dlopt.runtime.storage)
-            ray_storage.check_reachable(storage_path)
-        except ray_storage.StorageProblem as err:
-            raise SpecError([f"--storage: {err}"]) from None
     preflight.check(spec, tracking_uri, address)
     return teachers.fetch(spec.model_dump(mode="json"), tracking_uri)
 
 
 def storage_location(storage: Optional[str]) -> Union[Path, str]:
-    """Ray's storage: a URI checked and with its endpoint (dlopt.runtime.storage.resolve;
-    SpecError, exit 2, when it cannot work), else an absolute local path (default
-    ./ray_results, or ~/ray_results inside a Ray job: dlopt.tracking.uris.default_storage)."""
-    if storage and "://" in storage:
-        try:
-            return ray_storage.resolve(storage)
-        except ray_storage.StorageProblem as err:
-            raise SpecError([f"--storage: {err}"]) from None
-    return Path(storage).expanduser().resolve() if storage else default_storage()
+    """Ray's storage: an absolute local path (default ./ray_results, or ~/ray_results inside a
+    Ray job: dlopt.tracking.uris.default_storage), or a URI checked, its endpoint written in
+    and an s3:// bucket asked once (dlopt.runtime.storage; SpecError, exit 2, before Ray)."""
+    if not (storage and "://" in storage):
+        return Path(storage).expanduser().resolve() if storage else default_storage()
+    try:
+        uri = ray_storage.resolve(storage)
+        ray_storage.check_reachable(uri)
+        return uri
+    except ray_storage.StorageProblem as err:
+        raise SpecError([f"--storage: {err}"]) from None
 
 
 def latest_sweep_dir(storage: Union[Path, str], name: str) -> Union[Path, str, None]:
     """The newest `NAME-YYYYmmdd-HHMMSS` sweep directory Tune can restore (not `NAME-x-...`),
     in local storage or at a URI (read through pyarrow: dlopt.runtime.storage)."""
     stamp = re.compile(re.escape(name) + r"-\d{8}-\d{6}$")
-    found = [d for d in ray_storage.subdirs(storage) if stamp.match(d)]
-    restorable = [d for d in found if ray_storage.has_file(ray_storage.child(storage, d), "tuner.pkl")]
-    return ray_storage.child(storage, max(restorable)) if restorable else None
-
-
-def dir_name(location: Union[Path, str]) -> str:
-    """The last part of a local directory or of a URI's path."""
-    return Path(location).name if not ray_storage.is_remote(location) \
-        else str(location).split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    found = ray_storage.restorable(storage, stamp.match)
+    return ray_storage.child(storage, max(found)) if found else None
 
 
 def sweep_to_resume(plan: Plan, storage_path,
@@ -241,7 +229,7 @@ def sweep_to_resume(plan: Plan, storage_path,
         log.warning("note: no sweep of %r under %s to resume; starting a new one",
                     plan.experiment, storage_path)
         return plan, None
-    sweep_name = dir_name(restore_dir)
+    sweep_name = ray_storage.base_name(restore_dir)
     extension = latest_extension_dir(storage_path, sweep_name)
     done = finished_sweep(tracking_uri, plan.tracking_experiment, sweep_name)
     if plan.extend and extension is None:
@@ -250,7 +238,7 @@ def sweep_to_resume(plan: Plan, storage_path,
         raise SweepFinished(f"sweep {sweep_name} already finished (MLflow parent run "
                             f"{done}); nothing to resume")
     if extension is not None:
-        ext_name = dir_name(extension)
+        ext_name = ray_storage.base_name(extension)
         plan = onto(extending(plan, extension_size(ext_name, sweep_name)),
                     sweep_name, 0, tune_dir=ext_name)
         log.info("resuming sweep %s: its extension %s", plan.sweep_name, ext_name)

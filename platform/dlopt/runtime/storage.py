@@ -24,7 +24,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 Location = Union[Path, str]  # an absolute local folder, or a URI
@@ -136,6 +136,19 @@ def subdirs(location: Location) -> list[str]:
     fs, root = filesystem(location)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
     return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+
+
+def restorable(location: Location, match: Callable[[str], Any]) -> list[str]:
+    """The directories under `location` whose name `match`es and that hold a Tune state
+    `Tuner.restore` can read (`tuner.pkl`)."""
+    return [d for d in subdirs(location) if match(d) and has_file(child(location, d), "tuner.pkl")]
+
+
+def base_name(location: Location) -> str:
+    """The last part of a local directory's path or of a URI's path."""
+    if not is_remote(location):
+        return Path(location).name
+    return urlsplit(str(location)).path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def has_file(location: Location, name: str) -> bool:
