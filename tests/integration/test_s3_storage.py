@@ -206,3 +206,34 @@ def test_extend_on_s3_killed_then_resumed_covers_every_trial_once(tmp_path, s3):
                            text=True, timeout=120)
     assert again.returncode == 0 and "already finished" in again.stderr, again.stderr[-2000:]
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_endpoint_in_the_uri_and_a_missing_bucket(tmp_path, s3, monkeypatch):
+    """The endpoint given as pyarrow's URI options instead of AWS_ENDPOINT_URL reaches the
+    same server; a bucket that does not exist is refused with one line (exit 2) before Ray."""
+    from dlopt.runtime import storage
+
+    aws, fs = s3
+    endpoint = aws["AWS_ENDPOINT_URL"].removeprefix("http://")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, aws[key])
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    uri = storage.resolve(f"s3://{BUCKET}/probe?endpoint_override={endpoint}&scheme=http")
+    storage.check_reachable(uri)
+    fs.create_dir(f"{BUCKET}/probe/t-20260101-000000")
+    with fs.open_output_stream(f"{BUCKET}/probe/t-20260101-000000/tuner.pkl") as f:
+        f.write(b"")
+    assert storage.restorable(uri, lambda d: d.startswith("t-")) == ["t-20260101-000000"]
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nepochs: 1\ndata: {dataset: digits}\n")
+    out = subprocess.run(dlopt_cmd("run", str(spec), "--tracking-uri",
+                                   f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage",
+                                   "s3://nobucket/x"),
+                         cwd=tmp_path, env={**os.environ, **aws}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [
+        f"--storage: storage s3://nobucket/x?endpoint_override={endpoint}&scheme=http: bucket "
+        f"'nobucket' does not exist at {endpoint}; create it first"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no mlflow.db, no ray_results
