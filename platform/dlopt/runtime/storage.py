@@ -176,7 +176,8 @@ def local_copy(checkpoint: str) -> Path:
 def check_reachable(location: Location, timeout_s: float = CHECK_TIMEOUT_S) -> None:
     """Raise StorageProblem (one line) when an s3:// location's bucket cannot be reached
     now: no endpoint answering, credentials refused, no such bucket. One HEAD request with a
-    short timeout and no retries; other schemes are left to pyarrow."""
+    short timeout and no retries, where the URI names an endpoint or a region; AWS with its
+    region unknown and other schemes are left to pyarrow and Ray."""
     if urlsplit(str(location)).scheme != "s3":
         return
     import pyarrow.fs
@@ -184,6 +185,8 @@ def check_reachable(location: Location, timeout_s: float = CHECK_TIMEOUT_S) -> N
     parts = urlsplit(str(location))
     query = dict(parse_qsl(parts.query))
     options = {k: query[k] for k in ("region", "scheme", "endpoint_override") if k in query}
+    if "endpoint_override" not in options and "region" not in options:
+        return  # AWS itself, region unknown: finding it is not one cheap request (Ray's to do)
     shown = redact(str(location))
     try:
         fs = pyarrow.fs.S3FileSystem(
