@@ -61,7 +61,7 @@ def cmd_schema(args) -> int:
 def cmd_run(args) -> int:
     spec = load_spec(args)
     from dlopt.driver import environment
-    from dlopt.driver.sweep import ResumeError, run
+    from dlopt.driver.sweep import run
     from dlopt.spec.load import SpecError
     from dlopt.tracking.store import SweepFinished
     from dlopt.tracking.uris import LocationError, TrackingUnreachable
@@ -74,7 +74,7 @@ def cmd_run(args) -> int:
         result = run(spec, address=args.address, tracking_uri=args.tracking_uri,
                      storage=args.storage, resume=args.resume, verbose=args.verbose, quiet=quiet,
                      progress=sys.stdout, source_file=args.spec, extend=args.extend)
-    except (ResumeError, TrackingUnreachable) as err:  # before Ray starts; one line
+    except TrackingUnreachable as err:  # before Ray starts; one line
         print(f"error: {err}", file=sys.stderr)
         return 1
     except LocationError as err:  # a default location cannot be written (before Ray starts)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Union
 
 from mlflow.tracking import MlflowClient
 
 from dlopt.driver.warmstart import child_runs, warm_trial
+from dlopt.runtime import storage as ray_storage
 from dlopt.runtime.steer import WarmTrial
 from dlopt.spec.extend import extension_size, onto
 from dlopt.spec.load import SpecError
@@ -72,8 +73,8 @@ def extension_plan(plan: Plan, tracking_uri: str) -> tuple[Plan, list[WarmTrial]
     return plan, warm
 
 
-def latest_extension_dir(storage: Path, sweep_name: str) -> Optional[Path]:
-    """The newest extension directory of `sweep_name` Tune can restore, or None."""
-    found = [p for p in storage.glob(f"{sweep_name}-x*")
-             if p.is_dir() and extension_size(p.name, sweep_name) and (p / "tuner.pkl").exists()]
-    return max(found, key=lambda p: p.name[-15:]) if found else None
+def latest_extension_dir(storage: Union[Path, str], sweep_name: str) -> Union[Path, str, None]:
+    """The newest extension directory of `sweep_name` Tune can restore, or None; in local
+    storage or at a URI (read through pyarrow: dlopt.runtime.storage)."""
+    found = ray_storage.restorable(storage, lambda d: extension_size(d, sweep_name))
+    return ray_storage.child(storage, max(found, key=lambda d: d[-15:])) if found else None

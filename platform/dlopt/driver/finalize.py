@@ -16,6 +16,7 @@ from dlopt.driver import plots, publish
 from dlopt.driver.context import Sweep
 from dlopt.registry import teachers
 from dlopt.registry.versions import RegisteredModel
+from dlopt.runtime.storage import full_uri
 from dlopt.spec.report import CHECKPOINT_PATH, DIVERGED
 from dlopt.tracking.names import numeric_metrics
 from dlopt.tracking.retry import drain_timeout_s, retry_transient
@@ -43,9 +44,10 @@ def pick_best(trials: list[TrialSummary], metric: str, mode: str) -> Optional[Tr
     return max(healthy, key=key)
 
 
-def collect(grid, tracker, plan=None) -> list[TrialSummary]:
+def collect(grid, tracker, plan=None, storage: Optional[str] = None) -> list[TrialSummary]:
     """Every trial of the sweep: Tune's results, and for an extension (`plan.extend`) first
-    the earlier trials of the sweep as MLflow recorded them (`earlier`)."""
+    the earlier trials of the sweep as MLflow recorded them (`earlier`). `storage`: Ray's
+    storage, for a checkpoint's URI when it is remote (dlopt.runtime.storage.full_uri)."""
     trials = []
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
@@ -62,8 +64,8 @@ def collect(grid, tracker, plan=None) -> list[TrialSummary]:
             status="ok" if ok else ("diverged" if diverged else "error"),
             # a TorchTrainer trial reports its checkpoint's path; an in-trial run's final
             # checkpoint is Tune's own (dlopt.runtime.worker.fit_in_trial)
-            checkpoint_path=(result.metrics or {}).get(CHECKPOINT_PATH)
-            or (result.checkpoint.path if result.checkpoint else None)))
+            checkpoint_path=full_uri(storage or "", (result.metrics or {}).get(CHECKPOINT_PATH)
+                                     or (result.checkpoint.path if result.checkpoint else None))))
     for t in trials:
         if t.status == "diverged" and t.run_id:
             tracker.client.set_tag(t.run_id, "dlopt.status", "diverged")
@@ -162,7 +164,7 @@ def finalize(grid, sweep: Sweep, stopped: str = "") -> tuple[list[TrialSummary],
 
     plan, tracker = sweep.plan, sweep.tracker
     metric, mode = plan.headline
-    trials = collect(grid, tracker, plan)
+    trials = collect(grid, tracker, plan, sweep.storage_path)
     if stopped:
         tracker.client.set_tag(tracker.parent_id, "dlopt.stop_reason", stopped)
     best = pick_best(trials, metric, mode)

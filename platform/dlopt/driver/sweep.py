@@ -33,6 +33,7 @@ from dlopt.driver.warmstart import earlier_trials
 from dlopt.registry import teachers
 from dlopt.registry.versions import RegisteredModel
 from dlopt.runtime import ray_compat
+from dlopt.runtime import storage as ray_storage
 from dlopt.runtime.checkpoints import DroppedCheckpoints
 from dlopt.runtime.search import (
     WarmTrial,
@@ -50,6 +51,7 @@ from dlopt.runtime.trial import (
 )
 from dlopt.spec import Experiment
 from dlopt.spec.extend import extending, extension_size, onto
+from dlopt.spec.load import SpecError
 from dlopt.spec.plan import Plan, make_plan
 from dlopt.tracking.callback import MlflowCallback
 from dlopt.tracking.store import SweepFinished, Tracker, finished_sweep
@@ -64,10 +66,6 @@ from dlopt.tracking.uris import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class ResumeError(ValueError):
-    """--resume cannot work with these arguments (nothing was started)."""
 
 
 @dataclass
@@ -105,8 +103,8 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     tracking_uri: MLflow (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here; inside
         a Ray job ~/dlopt/mlflow.db, since Ray deletes the job's working directory).
     storage: Ray's storage path or URI (default ./ray_results; inside a Ray job ~/ray_results).
-    resume: continue the latest sweep of this experiment under a local `storage` (its
-        latest extension, where one was interrupted).
+    resume: continue the latest sweep of this experiment under `storage`, a folder or a URI
+        such as s3://bucket/prefix (its latest extension, where one was interrupted).
     extend: N more trials for the latest sweep of this experiment, under its MLflow parent
         run, in a Tune run directory of their own (dlopt.driver.extend).
     verbose: Ray's own logs on this driver and Tune's progress output.
@@ -117,8 +115,8 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
     source_file: the experiment file, recorded as the run's source (default: the script).
 
     Raises SpecError when the run could never succeed (found before Ray starts),
-    SweepFinished when `resume` finds the sweep already finished, ResumeError for --resume
-    with remote storage; any other failure of the sweep propagates.
+    SweepFinished when `resume` finds the sweep already finished; any other failure of the
+    sweep propagates.
     """
     t0 = time.perf_counter()
     address = address or os.environ.get("RAY_ADDRESS")
@@ -149,10 +147,10 @@ def run(spec: Experiment, *, address: Optional[str] = None, tracking_uri: Option
         environment.leave_job_dir()  # from here nothing reads the job's working directory
         tracker, plan = start_ray_and_store(spec, plan, storage_path, tracking_uri, address, verbose)
         tags = {"dlopt.sweep": plan.sweep_name, **source}
-        if "://" not in str(storage_path):
-            # every queued MLflow write is journaled beside Tune's experiment state, so a
-            # killed driver loses none: --resume replays them (dlopt.tracking.journal)
-            tracker.open_journal(Path(storage_path) / plan.tune_name)
+        # every queued MLflow write is journaled on local disk (beside Tune's experiment
+        # state in local storage), so a killed driver loses none: --resume replays them
+        # (dlopt.tracking.journal, dlopt.runtime.storage.journal_dir)
+        tracker.open_journal(ray_storage.journal_dir(storage_path, plan.tune_name))
         tracker.start_parent(plan, tags)
         if plan.extend:
             tracker.set_tag(tracker.parent_id, "dlopt.extension", plan.tune_name)
@@ -172,7 +170,8 @@ def make_callbacks(plan: Plan, tracker: Tracker, tags: dict, storage_path,
     """Tune's callbacks for this sweep: the MLflow writer, the live view (unless `progress` is
     False) and, with local storage, the collector of checkpoints Tune drops; returns
     (the MLflow callback, every callback, the collector or None)."""
-    tracking = MlflowCallback(tracker, plan, tags)
+    remote = str(storage_path) if ray_storage.is_remote(storage_path) else None
+    tracking = MlflowCallback(tracker, plan, tags, storage=remote)  # checkpoints tagged as URIs
     callbacks = [tracking]
     if progress:
         callbacks.append(ProgressCallback(plan, stream=sys.stdout if progress is True else progress))
@@ -195,22 +194,29 @@ def check_before_ray(spec: Experiment, tracking_uri: str, address: Optional[str]
 
 
 def storage_location(storage: Optional[str]) -> Union[Path, str]:
-    """Ray's storage: a URI as given, else an absolute local path (default ./ray_results, or
-    ~/ray_results inside a Ray job: dlopt.tracking.uris.default_storage)."""
-    if storage and "://" in storage:
-        return storage
-    return Path(storage).expanduser().resolve() if storage else default_storage()
+    """Ray's storage: an absolute local path (default ./ray_results, or ~/ray_results inside a
+    Ray job: dlopt.tracking.uris.default_storage), or a URI checked, its endpoint written in
+    and an s3:// bucket asked once (dlopt.runtime.storage; SpecError, exit 2, before Ray)."""
+    if not (storage and "://" in storage):
+        return Path(storage).expanduser().resolve() if storage else default_storage()
+    try:
+        uri = ray_storage.resolve(storage)
+        ray_storage.check_reachable(uri)
+        return uri
+    except ray_storage.StorageProblem as err:
+        raise SpecError([f"--storage: {err}"]) from None
 
 
-def latest_sweep_dir(storage: Path, name: str) -> Optional[Path]:
-    """The newest `NAME-YYYYmmdd-HHMMSS` sweep directory Tune can restore (not `NAME-x-...`)."""
+def latest_sweep_dir(storage: Union[Path, str], name: str) -> Union[Path, str, None]:
+    """The newest `NAME-YYYYmmdd-HHMMSS` sweep directory Tune can restore (not `NAME-x-...`),
+    in local storage or at a URI (read through pyarrow: dlopt.runtime.storage)."""
     stamp = re.compile(re.escape(name) + r"-\d{8}-\d{6}$")
-    candidates = sorted(p for p in storage.glob(f"{name}-*")
-                        if p.is_dir() and stamp.match(p.name) and (p / "tuner.pkl").exists())
-    return candidates[-1] if candidates else None
+    found = ray_storage.restorable(storage, stamp.match)
+    return ray_storage.child(storage, max(found)) if found else None
 
 
-def sweep_to_resume(plan: Plan, storage_path, tracking_uri: str) -> tuple[Plan, Optional[Path]]:
+def sweep_to_resume(plan: Plan, storage_path,
+                    tracking_uri: str) -> tuple[Plan, Union[Path, str, None]]:
     """--resume: the plan under the resumed sweep's name and the sweep directory to restore,
     or `plan` as it is and None to start anew.
 
@@ -218,27 +224,26 @@ def sweep_to_resume(plan: Plan, storage_path, tracking_uri: str) -> tuple[Plan, 
     dlopt.trial_id) are found and reused instead of duplicated. An interrupted extension
     (`--extend`) is resumed from its own directory; with `--extend` and none to resume, a
     new extension starts (its plan: dlopt.driver.extend.extension_plan)."""
-    if "://" in str(storage_path):
-        raise ResumeError("--resume needs a local --storage path (remote storage: restore "
-                          "with ray.tune.Tuner.restore)")
-    restore_dir = latest_sweep_dir(Path(storage_path), plan.experiment)
+    restore_dir = latest_sweep_dir(storage_path, plan.experiment)
     if restore_dir is None:
         log.warning("note: no sweep of %r under %s to resume; starting a new one",
                     plan.experiment, storage_path)
         return plan, None
-    extension = latest_extension_dir(Path(storage_path), restore_dir.name)
-    done = finished_sweep(tracking_uri, plan.tracking_experiment, restore_dir.name)
+    sweep_name = ray_storage.base_name(restore_dir)
+    extension = latest_extension_dir(storage_path, sweep_name)
+    done = finished_sweep(tracking_uri, plan.tracking_experiment, sweep_name)
     if plan.extend and extension is None:
         return plan, None  # no extension to resume: it starts now
     if done:
-        raise SweepFinished(f"sweep {restore_dir.name} already finished (MLflow parent run "
+        raise SweepFinished(f"sweep {sweep_name} already finished (MLflow parent run "
                             f"{done}); nothing to resume")
     if extension is not None:
-        plan = onto(extending(plan, extension_size(extension.name, restore_dir.name)),
-                    restore_dir.name, 0, tune_dir=extension.name)
-        log.info("resuming sweep %s: its extension %s", plan.sweep_name, extension.name)
+        ext_name = ray_storage.base_name(extension)
+        plan = onto(extending(plan, extension_size(ext_name, sweep_name)),
+                    sweep_name, 0, tune_dir=ext_name)
+        log.info("resuming sweep %s: its extension %s", plan.sweep_name, ext_name)
         return plan, extension
-    plan = replace(plan, sweep_name=restore_dir.name)
+    plan = replace(plan, sweep_name=sweep_name)
     log.info("resuming sweep %s", plan.sweep_name)
     return plan, restore_dir
 
@@ -326,7 +331,7 @@ def run_config(plan: Plan, spec: Experiment, storage_path, callbacks: list,
 
 
 def make_tuner(plan: Plan, trainable, config: tune.RunConfig,
-               restore_dir: Optional[Path], warm: Sequence[WarmTrial] = ()) -> tune.Tuner:
+               restore_dir: Union[Path, str, None], warm: Sequence[WarmTrial] = ()) -> tune.Tuner:
     space = to_ray_space(plan)
     if restore_dir is not None and tune.Tuner.can_restore(str(restore_dir)):
         tuner = tune.Tuner.restore(str(restore_dir), trainable=trainable, resume_unfinished=True,

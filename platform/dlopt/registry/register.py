@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from dlopt.artifact.files import build_inference_model, load_example
+from dlopt.runtime import storage
 
 # What the logged model imports, pinned to this environment's versions (local labels such
 # as +cpu dropped: `torch==2.13.0` accepts the CPU build). dlopt itself is not on an index:
@@ -64,15 +65,9 @@ def signature_and_example(model_dir: Path):
 
 
 def local_copy(checkpoint_path: str) -> Path:
-    """The checkpoint as a local directory (storage may be a remote URI)."""
-    if "://" not in checkpoint_path:
-        return Path(checkpoint_path)
-    import pyarrow.fs  # deferred on purpose: only remote storage needs it
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(checkpoint_path)
-    local = Path(tempfile.mkdtemp(prefix="dlopt-ckpt-"))
-    pyarrow.fs.copy_files(path, str(local), source_filesystem=fs)
-    return local
+    """The checkpoint as a local directory (storage may be a URI such as s3://...; copied
+    through pyarrow: dlopt.runtime.storage.local_copy)."""
+    return storage.local_copy(checkpoint_path)
 
 
 # The trial run a version was registered from; a retried registration looks for it first.

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from ray.tune import Callback
 
+from dlopt.runtime.storage import full_uri
 from dlopt.spec import flatten
 from dlopt.spec.plan import Plan
 from dlopt.spec.report import CHECKPOINT_PATH
@@ -44,8 +45,12 @@ _FLUSH = object()  # the writer's own wake-up: the oldest held write has waited 
 class MlflowCallback(Callback):
     """Tune callback on the driver: trial events -> (writer thread) -> the Tracker."""
 
-    def __init__(self, tracker: Tracker, plan: Plan, tags: dict, background: bool = True):
+    def __init__(self, tracker: Tracker, plan: Plan, tags: dict, background: bool = True,
+                 storage: Optional[str] = None):
         self.tracker = tracker
+        # remote Ray storage (a URI): checkpoints are tagged as URIs, not as the paths Ray
+        # gives inside its filesystem (dlopt.runtime.storage.full_uri); None: local storage
+        self.storage = storage
         self.plan = plan  # each trial's spec: plan.trial_spec(config)
         self.tags = {k: scrub_value(v) for k, v in tags.items()}  # also pickled in tuner.pkl
         self.order: dict[str, int] = {}
@@ -117,6 +122,12 @@ class MlflowCallback(Callback):
             err, self._error = self._error, None
             raise err
 
+    def _with_uri(self, result: dict) -> dict:
+        """The result with its checkpoint named by URI where storage is remote."""
+        if self.storage is None or not result.get(CHECKPOINT_PATH):
+            return result
+        return {**result, CHECKPOINT_PATH: full_uri(self.storage, result[CHECKPOINT_PATH])}
+
     # --- events (run on the writer thread)
     def _ensure_child(self, trial_id: str, config: dict) -> Optional[str]:
         if self.tracker.has_trial(trial_id):
@@ -144,7 +155,7 @@ class MlflowCallback(Callback):
         def write():
             self._ensure_child(now.trial_id, now.config)
             self.pbt.result(now, trials, result)
-            self.tracker.log_result(now.trial_id, result)
+            self.tracker.log_result(now.trial_id, self._with_uri(result))
 
         self._submit(write)
 
@@ -160,6 +171,8 @@ class MlflowCallback(Callback):
         # trial's last write (a TorchTrainer trial's final report names its own).
         reported = (getattr(trial, "last_result", None) or {}).get(CHECKPOINT_PATH)
         model = now.checkpoint.path if now.checkpoint is not None and not reported else None
+        if self.storage is not None:
+            model = full_uri(self.storage, model)
 
         def write():
             self._ensure_child(now.trial_id, now.config)

@@ -3,7 +3,8 @@
 Every MLflow write the driver queues (dlopt.tracking.store.Tracker) is a plain JSON record,
 appended here before it is tried; once the store has taken it a `done` mark follows. A
 driver killed with writes queued (an MLflow outage, then SIGKILL) leaves them in this file,
-beside Tune's experiment state in the sweep's storage directory, and `--resume` replays
+beside Tune's experiment state in the sweep's storage directory (on the driver's disk when
+that is a URI: dlopt.runtime.storage.journal_dir), and `--resume` replays
 them in order before the sweep goes on (docs/fault-matrix.md).
 
 Hand-written because neither MLflow nor Ray offers one: MLflow's async logging queue lives

@@ -170,7 +170,7 @@ class Tracker:
 
     # --- the journal
     def open_journal(self, directory: Path) -> None:
-        """Journal every write under `directory` (the sweep's directory in local storage);
+        """Journal every write under `directory` (on local disk: dlopt.runtime.storage.journal_dir);
         records a killed driver left there are queued again, in order, before any new one."""
         self._journal = Journal(Path(directory) / JOURNAL_NAME)
         for rec in self._journal.pending():
