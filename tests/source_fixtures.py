@@ -151,3 +151,51 @@ def cifar_folder(root: Path, per_batch: int = 60, test: int = 60, seed: int = 0)
                                   x[part].reshape(n, -1)], axis=1)
         (folder / name).write_bytes(records.tobytes())
     return root
+
+
+def numpy_with_ids(root: Path, train: int, val: int, test: int, shards: int = 2) -> Path:
+    """.npy shards in the source's own train/ val/ test/ folders; column 0 of x numbers the
+    rows (train 0..train-1, then val, then test), the other columns are `rows`' features."""
+    x, y = rows(train + val + test)
+    x = np.concatenate([np.arange(len(y), dtype=np.float32)[:, None], x], axis=1)
+    bounds = {"train": (0, train), "val": (train, train + val),
+              "test": (train + val, train + val + test)}
+    for split, (lo, hi) in bounds.items():
+        for sub in ("x", "y"):
+            (root / split / sub).mkdir(parents=True, exist_ok=True)
+        for i, part in enumerate(np.array_split(np.arange(lo, hi), shards)):
+            np.save(root / split / "x" / f"shard-{i}.npy", x[part])
+            np.save(root / split / "y" / f"shard-{i}.npy", y[part])
+    return root
+
+
+RECORD_DIR = "DLOPT_TEST_RECORD_DIR"
+
+
+def recording_mlp(spec, input_shape, out_features):
+    """A custom arch, `Model(arch="source_fixtures:recording_mlp")`: dlopt's MLP whose
+    training forwards (train mode, gradients on) append the first input column of their batch,
+    as the model receives it, to $DLOPT_TEST_RECORD_DIR/<rank>-<pid>.jsonl (one line a batch)."""
+    import json
+    import os
+
+    import torch
+
+    from dlopt.ml.models import MODELS
+
+    net = MODELS["mlp"](spec, input_shape, out_features)
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            where = os.environ.get(RECORD_DIR)
+            if where and self.training and torch.is_grad_enabled():
+                rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+                with open(Path(where) / f"{rank}-{os.getpid()}.jsonl", "a") as f:
+                    f.write(json.dumps(x[:, 0].detach().cpu().tolist()) + "\n")
+            return self.net(x)
+
+    return Recording()
