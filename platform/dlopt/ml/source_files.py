@@ -6,9 +6,10 @@ after the sweep (dlopt.registry.evaluation) and, wrapped by Ray Data, the traini
 
 A unit is a JSON-able dict naming a slice of one file (a Parquet row group, an Arrow record
 batch, a row range of a .npy shard, of an IDX file or of a CIFAR-10 batch) or a list of image
-files, and the split whose rows it keeps. Why not Ray's own `read_parquet`/`read_images`: the split must be the same in every
-trial and on every worker without loading everything, so each row is assigned by a hash of
-its file and its position in that file, which Ray's readers do not expose.
+files, and the split whose rows it keeps. Why not Ray's own `read_parquet`/`read_images`: the
+split must be the same in every trial and on every worker without loading everything, so each
+row is assigned by a hash of its file and its position in that file, which Ray's readers do
+not expose.
 """
 from __future__ import annotations
 
