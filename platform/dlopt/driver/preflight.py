@@ -237,6 +237,7 @@ def check(spec: Experiment, tracking_uri: str, address: Optional[str]) -> None:
     problems += traceable_problems(spec)
     problems += augment_problems(spec)
     problems += source_problems(spec)
+    problems += local_copy_problems(spec)
     if problems:
         raise SpecError(problems)
 
@@ -263,6 +264,31 @@ def source_problems(spec: Experiment) -> list[str]:
         "val_fraction": min(_points(spec.data.val_fraction)),
         "test_fraction": min(_points(spec.data.test_fraction))})
     return list(sources.scan(data, spec.seed).problems)
+
+
+def local_copy_problems(spec: Experiment) -> list[str]:
+    """An in-memory built-in image dataset (`Data(dataset="mnist", root=ROOT)`) whose standard
+    files are not under data.root: one line naming what is missing and where dlopt looked
+    (the same locator as the trial's reader and the streamed `Source(format="mnist")`)."""
+    from dlopt.ml import source_files  # file names and sizes only; no torch, no Ray
+
+    data = spec.data
+    if data.source is not None or data.root is None:
+        return []  # a missing root is the spec's own problem (dlopt.spec.checks)
+    import pyarrow.fs as pafs
+
+    fs, root = source_files.filesystem(data.root)
+    problems = []
+    for dataset in dict.fromkeys(_points(data.dataset)):
+        if dataset not in source_files.BUILT_IN:
+            continue
+        found, folders = source_files.built_in_files(fs, root, dataset)
+        if fs.get_file_info(root).type == pafs.FileType.NotFound:
+            problems.append(f"data.root: {data.root} does not exist ({dataset} reads its files "
+                            "there)")
+        elif any(p is None for p in found.values()):
+            problems.append(f"data.root: {source_files.missing_files(dataset, root, found, folders)}")
+    return list(dict.fromkeys(problems))
 
 
 def cluster_warnings(spec: Experiment) -> list[str]:

@@ -151,7 +151,8 @@ def load(spec: Data, seed: int, with_test: bool = False) -> Datasets:
     A custom dataset is named by import path "pkg.module:fn", with
     fn(spec.Data, seed) -> (x, y, "classification"|"regression").
     The switch between the two data paths: a `spec.source` is streamed (dlopt.ml.streams,
-    batch by batch, never whole in memory); everything else is in-memory tensors."""
+    batch by batch, never whole in memory; the built-in image datasets too, as
+    `Source(format="mnist", path=ROOT)`); everything else is in-memory tensors."""
     if spec.source is not None:
         from dlopt.ml import streams  # the streamed path (docs/architecture.md, "Streamed data sources")
 

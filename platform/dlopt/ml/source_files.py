@@ -5,21 +5,46 @@ after the sweep (dlopt.registry.evaluation) and, wrapped by Ray Data, the traini
 (dlopt.runtime.streaming; docs/architecture.md, "Streamed data sources").
 
 A unit is a JSON-able dict naming a slice of one file (a Parquet row group, an Arrow record
-batch, a row range of a .npy shard) or a list of image files, and the split whose rows it
-keeps. Why not Ray's own `read_parquet`/`read_images`: the split must be the same in every
-trial and on every worker without loading everything, so each row is assigned by a hash of
-its file and its position in that file, which Ray's readers do not expose.
+batch, a row range of a .npy shard, of an IDX file or of a CIFAR-10 batch) or a list of image
+files, and the split whose rows it keeps. Why not Ray's own `read_parquet`/`read_images`: the
+split must be the same in every trial and on every worker without loading everything, so each
+row is assigned by a hash of its file and its position in that file, which Ray's readers do
+not expose.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
+from contextlib import contextmanager
 
 import numpy as np
+
+from dlopt.spec.fields import LOCAL_DATASETS
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+# The built-in image datasets' standard files, read in memory (dlopt.ml.vision_data) or
+# streamed (`Source(format="mnist", path=ROOT)`): MNIST / Fashion-MNIST as IDX files (plain or
+# .gz) under ROOT/MNIST/raw (ROOT/FashionMNIST/raw), ROOT/MNIST or ROOT; CIFAR-10's binary
+# batches under ROOT/cifar-10-batches-bin or ROOT (docs/architecture.md, "Streamed data sources").
+BUILT_IN = LOCAL_DATASETS  # also Source formats of the same names
+MNIST_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+               "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+IDX_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # torchvision's folder names
+CIFAR_DIR = "cifar-10-batches-bin"
+CIFAR_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
+CIFAR_TEST = ["test_batch.bin"]
+CIFAR_RECORD = 1 + 3 * 32 * 32  # 1 label byte, then 3 x 32 x 32 pixel bytes (channels first)
+CLASS_NAMES = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"],
+}
 
 
 def filesystem(path: str):
@@ -155,6 +180,95 @@ def arrow_batches(fs, path: str):
         yield from reader
 
 
+def built_in_files(fs, root: str, dataset: str) -> tuple[dict, list[str]]:
+    """Where a built-in dataset's standard files are under `root`: ({role: path or None},
+    the folders searched). Roles: MNIST_FILES' keys, or CIFAR-10's batch file names (all
+    from one folder)."""
+    import pyarrow.fs as pafs
+
+    def is_file(p: str) -> bool:
+        return fs.get_file_info(p).type == pafs.FileType.File
+
+    if dataset == "cifar10":
+        folders = [f"{root}/{CIFAR_DIR}", root]
+        for folder in folders:
+            found = {n: f"{folder}/{n}" for n in CIFAR_TRAIN + CIFAR_TEST}
+            if all(is_file(p) for p in found.values()):
+                return found, folders
+        return dict.fromkeys(CIFAR_TRAIN + CIFAR_TEST), folders
+    folders = [f"{root}/{IDX_FOLDERS[dataset]}/raw", f"{root}/{IDX_FOLDERS[dataset]}", root]
+    found = {}
+    for role, name in MNIST_FILES.items():
+        found[role] = next((f"{d}/{name}{gz}" for d in folders for gz in ("", ".gz")
+                            if is_file(f"{d}/{name}{gz}")), None)
+    return found, folders
+
+
+def missing_files(dataset: str, root: str, found: dict, folders: list[str]) -> str:
+    """One line saying which of a built-in dataset's files are missing, and where dlopt looked."""
+    names = [k if dataset == "cifar10" else MNIST_FILES[k] for k, p in found.items() if p is None]
+    line = (f"{dataset}: no local copy under {root}: looked for {', '.join(names)} "
+            f"{'' if dataset == 'cifar10' else '(plain or .gz) '}in {', '.join(folders)}")
+    if dataset == "cifar10" and os.path.isdir(os.path.join(root, "cifar-10-batches-py")):
+        line += (" (found cifar-10-batches-py, the pickled python version: dlopt reads the binary "
+                 "version cifar-10-batches-bin only, since unpickling runs code)")
+    return line + "; downloading is not available (it needs torchvision and network access)"
+
+
+@contextmanager
+def _idx_stream(fs, path: str):
+    """An IDX file opened for reading; a .gz one decompressed on the fly (seeking forward
+    decompresses up to the offset)."""
+    with fs.open_input_file(path) as f:
+        if not path.endswith(".gz"):
+            yield f
+            return
+        with gzip.GzipFile(fileobj=f, mode="rb") as g:
+            yield g
+
+
+def idx_header(f) -> tuple[tuple, int]:
+    """(dims, data offset) of an open IDX file (LeCun's MNIST format: 0, 0, dtype code 0x08 =
+    unsigned byte, ndim, then ndim big-endian int32 dims)."""
+    head = f.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+        raise ValueError("not an unsigned-byte IDX file")
+    ndim = head[3]
+    dims = np.frombuffer(f.read(4 * ndim), dtype=">i4")
+    if len(dims) != ndim:
+        raise ValueError("truncated IDX header")
+    return tuple(int(d) for d in dims), 4 + 4 * ndim
+
+
+def idx_dims(fs, path: str) -> tuple:
+    with _idx_stream(fs, path) as f:
+        try:
+            return idx_header(f)[0]
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+
+def idx_rows(fs, path: str, start: int, stop: int) -> np.ndarray:
+    """Rows start..stop of an IDX file, read by offset (a .gz file: decompressed up to them)."""
+    with _idx_stream(fs, path) as f:
+        dims, offset = idx_header(f)
+        row = int(np.prod(dims[1:], dtype=np.int64))
+        f.seek(offset + start * row)
+        data = f.read((stop - start) * row)
+    if len(data) != (stop - start) * row:
+        raise ValueError(f"{path}: header says {dims} but the file ends before row {stop}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(stop - start, *dims[1:])
+
+
+def cifar_rows(fs, path: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Records start..stop of a CIFAR-10 binary batch: (x N x 3 x 32 x 32 uint8, y int64)."""
+    with fs.open_input_file(path) as f:
+        f.seek(start * CIFAR_RECORD)
+        data = f.read((stop - start) * CIFAR_RECORD)
+    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, CIFAR_RECORD)
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+
+
 def read_unit(source, unit: dict) -> tuple[np.ndarray, np.ndarray]:
     """The raw (x, y) rows of one unit that belong to its split."""
     fs, _ = filesystem(source.path)
@@ -162,7 +276,12 @@ def read_unit(source, unit: dict) -> tuple[np.ndarray, np.ndarray]:
     if fmt == "images":
         x = np.stack([read_image(_open(fs, p)) for p in unit["files"]])
         return x, np.asarray(unit["labels"], dtype=np.int64)
-    if fmt == "numpy":
+    if fmt == "cifar10":
+        x, y = cifar_rows(fs, unit["file"], unit["start"], unit["stop"])
+    elif fmt in BUILT_IN:  # mnist, fashion_mnist: images N x 28 x 28 -> N x 1 x 28 x 28
+        x = idx_rows(fs, unit["file"], unit["start"], unit["stop"])[:, None]
+        y = idx_rows(fs, unit["labels"], unit["start"], unit["stop"]).astype(np.int64)
+    elif fmt == "numpy":
         x = _npy_rows(fs, unit["file"], unit["start"], unit["stop"])
         y = _npy_rows(fs, unit["labels"], unit["start"], unit["stop"])
     elif fmt == "parquet":

@@ -3,7 +3,8 @@ its splits as `Streamed` splits read batch by batch (docs/architecture.md, "Stre
 sources").
 
 `scan` lists a source's files and reads only metadata (Parquet footers and statistics, .npy
-headers, Arrow batch lengths, image headers) to find its units, each split's row count, the
+headers, Arrow batch lengths, image headers; for the built-in mnist / fashion_mnist / cifar10
+formats: IDX headers, MNIST's label files, CIFAR-10 batch sizes) to find its units, each split's row count, the
 classes and the problems a user would otherwise meet inside a trial. `load` builds the
 `Datasets` the training loop takes: train/val (and, only `with_test`, test) as `Streamed`
 splits. Here they read the files in this process (the checks, `dlopt evaluate`, unit tests);
@@ -26,6 +27,8 @@ from dlopt.spec import Data
 ALIASES = {"train": ("train",), "val": ("val", "validation", "valid"), "test": ("test",)}
 IMAGES_PER_UNIT = 64
 NUMPY_UNIT_ROWS = 4096
+IDX_UNIT_ROWS = 4096  # MNIST: 3 MiB of pixels a unit
+CIFAR_UNIT_ROWS = 2000  # CIFAR-10: 6 MiB a unit, 5 to a batch file
 PROBE_ROWS = 256  # validation rows kept in memory for the stages' probes (example, latency)
 HEADERS_PER_CLASS = 2  # image headers read per class folder and split by the size check
 FIELD = "data.source"
@@ -96,6 +99,8 @@ def scan(data: Data, seed: int) -> Layout:
 
     if fs.get_file_info(root).type == pafs.FileType.NotFound:
         return Layout({}, {}, 0, (), (f"{FIELD}.path: {source.path} does not exist",))
+    if source.format in files.BUILT_IN:
+        return _built_in(data, seed, fs, root)
     own = _split_roots(fs, root, source.format)
     parts = ([(own[s], {s: None}, None) for s in ALIASES if s in own] if own else
              [(root, {"train": None, "val": None, "test": None},
@@ -140,6 +145,70 @@ def _finish(data, seed, units, rows, classes, labels, problems, own) -> Layout:
     for s in units:  # a fixed, seeded order: units mix classes and files
         random.Random(f"{seed}:{s}").shuffle(units[s])
     return Layout(units, rows, num_classes, shape, tuple(problems))
+
+
+def _built_in(data: Data, seed: int, fs, root: str) -> Layout:
+    """MNIST / Fashion-MNIST / CIFAR-10 from their standard files: the official training
+    files are hashed into train and val (`val_fraction`; `test_fraction` is not used), the
+    official test files are the test split. Units: row ranges of the IDX files or CIFAR-10
+    batches (their headers and sizes are all that is read here, and MNIST's labels)."""
+    fmt = data.source.format
+    found, folders = files.built_in_files(fs, root, fmt)
+    if any(p is None for p in found.values()):
+        return Layout({}, {}, 0, (), (f"{FIELD}.path: {files.missing_files(fmt, root, found, folders)}",))
+    problems: list[str] = []
+    reader = _cifar_pieces if fmt == "cifar10" else _idx_pieces
+    pieces, labels = reader(fs, found, problems)
+    units = {s: [] for s in ALIASES}
+    rows = dict.fromkeys(ALIASES, 0)
+    if not problems:
+        _assign(pieces["train"], {"train": None, "val": None}, (data.val_fraction, 0.0), seed,
+                units, rows)
+        _assign(pieces["test"], {"test": None}, None, seed, units, rows)
+    own = {"train": root, "test": root}
+    return _finish(data, seed, units, rows, files.CLASS_NAMES[fmt], labels, problems, own)
+
+
+def _idx_pieces(fs, found: dict, problems: list) -> tuple[dict, list]:
+    """Row ranges of the IDX image files, their label files beside them; the labels' range."""
+    pieces, labels = {"train": [], "test": []}, []
+    for split in pieces:
+        xpath, ypath = found[f"{split}_x"], found[f"{split}_y"]
+        try:
+            xdims, ydims = files.idx_dims(fs, xpath), files.idx_dims(fs, ypath)
+        except ValueError as err:
+            problems.append(f"{FIELD}.path: {err}")
+            continue
+        if len(xdims) != 3 or len(ydims) != 1 or xdims[0] != ydims[0]:
+            problems.append(f"{FIELD}.path: {xpath} holds images {xdims} and {ypath} labels "
+                            f"{ydims}; expected N x H x W images and N labels")
+            continue
+        n = xdims[0]
+        labels.append(_label_range(files.idx_rows(fs, ypath, 0, n)))
+        key = files.MNIST_FILES[f"{split}_x"]  # the standard name: plain and .gz split alike
+        pieces[split] = [{"file": xpath, "labels": ypath, "key": key, "start": s,
+                          "stop": min(n, s + IDX_UNIT_ROWS), "n": min(n, s + IDX_UNIT_ROWS) - s}
+                         for s in range(0, n, IDX_UNIT_ROWS)]
+    return pieces, labels
+
+
+def _cifar_pieces(fs, found: dict, problems: list) -> tuple[dict, list]:
+    """Record ranges of CIFAR-10's binary batches. Its labels are interleaved with the pixels
+    and not read here: the format has 10 classes."""
+    pieces = {"train": [], "test": []}
+    for split, names in (("train", files.CIFAR_TRAIN), ("test", files.CIFAR_TEST)):
+        for name in names:
+            size = fs.get_file_info(found[name]).size
+            if size % files.CIFAR_RECORD:
+                problems.append(f"{FIELD}.path: {found[name]}: size {size} is not a multiple of "
+                                f"{files.CIFAR_RECORD}-byte records (CIFAR-10's binary version)")
+                continue
+            n = size // files.CIFAR_RECORD
+            pieces[split] += [{"file": found[name], "key": name, "start": s,
+                               "stop": min(n, s + CIFAR_UNIT_ROWS),
+                               "n": min(n, s + CIFAR_UNIT_ROWS) - s}
+                              for s in range(0, n, CIFAR_UNIT_ROWS)]
+    return pieces, []
 
 
 def _images(fs, base, source, classes, problems):

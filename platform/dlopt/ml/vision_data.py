@@ -14,6 +14,11 @@ Nothing is downloaded: these machines have no network, and a download needs torc
 Splits: validation is a seeded stratified `val_fraction` of the official training set;
 test is the official test set. Pixels are scaled to [0, 1] and standardized per channel
 with training-split statistics.
+
+This is the in-memory path (`Data(dataset="mnist", root=ROOT)`: every worker reads the whole
+set, the fastest for data this size). The same files under the same root can be streamed
+instead, `Data(source=Source(format="mnist", path=ROOT))`: Ray Data reads row ranges of them,
+sharded per worker (dlopt.ml.sources; docs/architecture.md, "Streamed data sources").
 """
 from __future__ import annotations
 
@@ -23,19 +28,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dlopt.ml import source_files as files
 from dlopt.ml.splits import Datasets, Split, split_indices
 from dlopt.ml.transform import standardizer
 from dlopt.spec import Data
 
-MNIST_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-               "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
-CIFAR_DIR = "cifar-10-batches-bin"
-CIFAR_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
-CIFAR_TEST = ["test_batch.bin"]
-CIFAR_RECORD = 1 + 3 * 32 * 32
-
-# dataset -> the folder name torchvision uses under the root
-IDX_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+# The standard files' names and places, shared with the streamed path
+# (`Source(format="mnist", path=ROOT)`, dlopt.ml.sources; docs/architecture.md, "Streamed data
+# sources"): both read the same files under the same root.
+MNIST_FILES, IDX_FOLDERS = files.MNIST_FILES, files.IDX_FOLDERS
+CIFAR_DIR, CIFAR_TRAIN, CIFAR_TEST = files.CIFAR_DIR, files.CIFAR_TRAIN, files.CIFAR_TEST
+CIFAR_RECORD = files.CIFAR_RECORD
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -57,31 +60,20 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(tuple(int(d) for d in dims))
 
 
-def _find(candidates: list[Path], name: str) -> Path | None:
-    for folder in candidates:
-        for suffix in ("", ".gz"):
-            p = folder / (name + suffix)
-            if p.is_file():
-                return p
-    return None
+def _located(dataset: str, root: Path) -> dict:
+    """The standard files of `dataset` under `root` (dlopt.ml.source_files.built_in_files),
+    or DatasetNotFound naming what is missing and where dlopt looked."""
+    import pyarrow.fs as pafs
 
-
-def _not_found(dataset: str, root: Path, searched: list[Path], names: list[str]) -> DatasetNotFound:
-    where = ", ".join(str(p) for p in searched)
-    return DatasetNotFound(
-        f"{dataset}: no local copy under data.root={root}: looked for {', '.join(names)} in "
-        f"{where}. Put the raw files there (downloading is not available: it needs torchvision "
-        f"and network access).")
+    found, folders = files.built_in_files(pafs.LocalFileSystem(), str(root), dataset)
+    if any(p is None for p in found.values()):
+        raise DatasetNotFound(f"data.root: {files.missing_files(dataset, str(root), found, folders)}")
+    return found
 
 
 def load_idx_dataset(dataset: str, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train_x N x 1 x 28 x 28 uint8, train_y, test_x, test_y) from the IDX files."""
-    folders = [root / IDX_FOLDERS[dataset] / "raw", root / IDX_FOLDERS[dataset], root]
-    found = {key: _find(folders, name) for key, name in MNIST_FILES.items()}
-    missing = [MNIST_FILES[k] for k, p in found.items() if p is None]
-    if missing:
-        raise _not_found(dataset, root, folders, missing)
-    arrays = {k: read_idx(p) for k, p in found.items()}
+    arrays = {k: read_idx(Path(p)) for k, p in _located(dataset, root).items()}
     return (arrays["train_x"][:, None], arrays["train_y"].astype(np.int64),
             arrays["test_x"][:, None], arrays["test_y"].astype(np.int64))
 
@@ -96,19 +88,10 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """CIFAR-10's binary batches under `root`."""
-    folders = [root / CIFAR_DIR, root]
-    for folder in folders:
-        if all((folder / f).is_file() for f in CIFAR_TRAIN + CIFAR_TEST):
-            train = [read_cifar_batch(folder / f) for f in CIFAR_TRAIN]
-            tx, ty = read_cifar_batch(folder / CIFAR_TEST[0])
-            return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-                    tx, ty)
-    err = _not_found("cifar10", root, folders, CIFAR_TRAIN + CIFAR_TEST)
-    if (root / "cifar-10-batches-py").is_dir():
-        err = DatasetNotFound(f"{err} Found cifar-10-batches-py (the pickled python version); "
-                              "dlopt reads the binary version cifar-10-batches-bin only, since "
-                              "unpickling runs code.")
-    raise err
+    found = _located("cifar10", root)
+    train = [read_cifar_batch(Path(found[f])) for f in CIFAR_TRAIN]
+    tx, ty = read_cifar_batch(Path(found[CIFAR_TEST[0]]))
+    return np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), tx, ty
 
 
 def mnist(root: Path):

@@ -144,11 +144,11 @@ def worker_datasets(spec, shape: streams.Shape, transform: InputTransform, train
 
 
 def data_config(spec):
-    """Only the training split is sharded; a pipeline's every rank reads every batch."""
+    """Only the training split is sharded (DDP, FSDP). A pipeline, whose every rank would
+    read every batch in one order, is refused with a source (dlopt.spec.checks)."""
     from ray.train import DataConfig
 
-    split = [] if spec.resources.strategy == "pipeline" else ["train"]
-    return DataConfig(datasets_to_split=split)
+    return DataConfig(datasets_to_split=["train"])
 
 
 def in_trial_datasets(spec) -> Optional[Datasets]:

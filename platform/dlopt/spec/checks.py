@@ -229,6 +229,12 @@ def _pipeline_problems(spec) -> list[str]:
                         "workers here (one stage per worker, at least one Linear layer each)")
     if any(p != "32" for p in _points(spec.precision)):
         problems.append(f"precision: only '32' is implemented {why}")
+    if spec.data.source is not None:
+        # every rank would read the whole stream, and Ray Data need not give two readers the
+        # same order: rank 0's inputs would meet the last rank's labels of other rows
+        problems.append(f"data.source: a streamed source is not implemented {why}: every stage "
+                        "must see the same batches in the same order, which Ray Data's streams "
+                        "do not promise; use strategy 'ddp'/'fsdp', or an in-memory dataset")
     reg = spec.regularization
     for name in ("l1", "l2"):
         if any(_points(getattr(reg, name))):

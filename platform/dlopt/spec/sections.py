@@ -34,12 +34,18 @@ class Source(_Base):
     Layouts: parquet: *.parquet files; images: one subfolder per class; numpy: .npy shards
     under `path/<features>/` with the labels under `path/<label>/` (same file names); hf: a
     Hugging Face dataset saved with `save_to_disk` (its Arrow files); function: `function`
-    names "pkg.module:fn", fn(seed) -> ray.data.Dataset, or a dict of them by split.
+    names "pkg.module:fn", fn(seed) -> ray.data.Dataset, or a dict of them by split;
+    mnist, fashion_mnist, cifar10: the built-in datasets' standard files under `path` (the
+    folder `Data.root` names for the in-memory `Data.dataset` of the same name: IDX files,
+    CIFAR-10's binary batches), streamed instead of loaded whole into every worker.
     Splits: the source's own train/ (val/ or validation/, test/) subfolders or files when it
-    has them, else a hash of each row's file and position with Experiment.seed.
+    has them, else a hash of each row's file and position with Experiment.seed; the built-in
+    formats: the official test files are the test split, validation is hashed out of the
+    training files (`val_fraction`; `test_fraction` is not used).
     """
 
-    format: Literal["parquet", "images", "numpy", "hf", "function"]
+    format: Literal["parquet", "images", "numpy", "hf", "function", "mnist", "fashion_mnist",
+                    "cifar10"]
     path: Optional[str] = None
     function: Optional[str] = None
     # the label column (parquet, hf, function) or the labels' folder (numpy: default "y")
