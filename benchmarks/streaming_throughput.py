@@ -10,14 +10,21 @@ dlopt's `cnn` (dlopt.ml.vision_models.cnn) at 3x32x32, on it three ways:
 - (b) plain Ray Train + Ray Data: `ray.data.read_images` over the same folder, labels from the
   class folder names, crop + flip in `map_batches` (CPU, Ray Data's pool), a `TorchTrainer`
   with 2 workers reading `get_dataset_shard("train").iter_torch_batches(...)`;
-- (c) dlopt's own streamed source (issue 27's other half, branch issue27a): NOT RUN HERE, a
-  slot left in the table and the JSON (`"dlopt": null`) to be filled after that merge with a
-  2-worker DDP `cnn` trial over the same folder with `Augment(crop_padding=4, flip=True)`;
-  the target is >= 0.95x the better of (a) and (b), as a ratio from one run.
+- (c) dlopt: a real `dlopt.run()` of a 1-trial spec, 2 workers (DDP through a TorchTrainer),
+  `Data(source=Source(format="images", path=ROOT))` over the same training images (plus a
+  small val/ folder dlopt validates on after each epoch: its own split, so the training split
+  is exactly the folder (a) and (b) read), `Regularization(augment=Augment(crop_padding=4,
+  flip=True))` (batched tensor ops in the loop, after the batch arrives), the same model,
+  Adam 1e-3, batch size and epochs (`--warmup` + `--epochs`). dlopt reports each epoch's own
+  seconds (`epoch_seconds`, dlopt.spec.report.EPOCH_SECONDS: rank 0's wall time of the
+  epoch's training and validation), read back from MLflow; samples/s = training rows x timed
+  epochs / the sum of the timed epochs' seconds. The target is >= 0.95x the better of (a) and
+  (b), as a ratio from one run.
 
 Timing: each rank runs `--warmup` epochs untimed, then a barrier, `--epochs` timed epochs and
 a barrier; samples/s = samples all ranks trained in the timed epochs / that wall time (rank 0).
-Every side trains the same number of samples per epoch (the folder, split across 2 ranks).
+Every side trains the same number of samples per epoch (the training folder, split across 2
+ranks). Each side's Ray instance is its own (started and shut down by the side).
 
     python benchmarks/streaming_throughput.py [--images 2000] [--epochs 2] [--loader-workers 1]
 """
@@ -233,6 +240,42 @@ def ray_train_data(root: Path, args, storage: str) -> dict:
         ray.shutdown()
 
 
+# ---------------------------------------------------------------- (c) dlopt
+def dlopt_side(root: Path, args, work: Path) -> dict:
+    """A real 1-trial `dlopt.run()`: 2 DDP workers over the image folder, flip + crop."""
+    from mlflow import MlflowClient
+
+    import dlopt
+    from dlopt import Augment, Data, Experiment, Model, Optimizer, Regularization, Resources
+    from dlopt import Search, Tracking
+    from dlopt.spec import Source
+    from dlopt.spec.report import EPOCH_SECONDS
+
+    spec = Experiment(
+        name="throughput", seed=0, epochs=args.warmup + args.epochs,
+        data=Data(batch_size=args.batch_size, source=Source(
+            format="images", path=str(root), shuffle_buffer=args.dlopt_shuffle_buffer)),
+        model=Model(arch="cnn"), optimizer=Optimizer(name="adam", lr=1e-3),
+        regularization=Regularization(augment=Augment(crop_padding=PAD, flip=True)),
+        search=Search(algorithm="random", num_samples=1),
+        resources=Resources(num_workers=WORLD, max_failures=0),
+        tracking=Tracking(experiment="throughput"))
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    with common.Timer() as t:
+        result = dlopt.run(spec, tracking_uri=uri, storage=str(work / "ray_results"),
+                           progress=False)
+    (trial,) = result.trials
+    if trial.status != "ok":
+        raise RuntimeError(f"the dlopt trial ended {trial.status}: {trial}")
+    history = sorted(MlflowClient(uri).get_metric_history(trial.run_id, EPOCH_SECONDS),
+                     key=lambda m: m.step)
+    per_epoch = [m.value for m in history]
+    timed = per_epoch[args.warmup:]
+    rows = len(list((root / "train").glob("*/*.png")))
+    return {"seconds": sum(timed), "samples": rows * len(timed), "epoch_seconds": per_epoch,
+            "run_wall_seconds": t.seconds, "val_accuracy": trial.metrics.get("val_accuracy")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
@@ -241,36 +284,55 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--loader-workers", type=int, default=1, help="DataLoader workers per rank (a)")
     ap.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs for ray.init (b)")
-    ap.add_argument("--only", choices=["ddp", "ray"], help="run one side only")
+    ap.add_argument("--val-images", type=int, default=100,
+                    help="images in val/ (dlopt validates on them after each epoch)")
+    ap.add_argument("--dlopt-shuffle-buffer", type=int, default=1024,
+                    help="(c) Source.shuffle_buffer (dlopt's default 1024)")
+    ap.add_argument("--only", choices=["ddp", "ray", "dlopt"], help="run one side only")
     args = ap.parse_args()
+    load_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="dlopt-throughput-") as tmp:
         root = Path(tmp) / "images"
         with common.Timer() as t:
-            files = write_folder(root, args.images)
-        print(f"wrote {len(files)} PNGs under {root} in {t.seconds:.1f} s", flush=True)
+            files = write_folder(root / "train", args.images)
+            write_folder(root / "val", args.val_images, seed=1)
+        print(f"wrote {len(files)} + {args.val_images} PNGs under {root} in {t.seconds:.1f} s",
+              flush=True)
         sides = {}
         if args.only in (None, "ddp"):
             sides["(a) PyTorch DDP + DataLoader"] = plain_ddp(files, args)
             print(sides, flush=True)
         if args.only in (None, "ray"):
-            sides["(b) Ray Train + Ray Data"] = ray_train_data(root, args, str(Path(tmp) / "ray"))
+            sides["(b) Ray Train + Ray Data"] = ray_train_data(root / "train", args,
+                                                               str(Path(tmp) / "ray"))
             print(sides, flush=True)
+        if args.only in (None, "dlopt"):
+            work = Path(tmp) / "dlopt"
+            work.mkdir()
+            sides["(c) dlopt"] = dlopt_side(root, args, work)
+            print(sides, flush=True)
+    load = [round(x, 2) for x in os.getloadavg()]
     rows = [{"side": name, "samples": r["samples"], "seconds": r["seconds"],
              "samples_per_s": r["samples"] / r["seconds"]} for name, r in sides.items()]
-    best = max((r["samples_per_s"] for r in rows), default=None)
+    baselines = [r["samples_per_s"] for r in rows if not r["side"].startswith("(c)")]
+    best = max(baselines, default=None)
     for r in rows:
-        r["of_best"] = r["samples_per_s"] / best
-    rows.append({"side": "(c) dlopt streamed source: TO FILL after merging issue27a",
-                 "samples": None, "seconds": None, "samples_per_s": None, "of_best": None})
-    md = common.table(rows, ["side", "samples", "seconds", "samples_per_s", "of_best"])
-    md += ("\n\nTarget: (c) >= 0.95x the better of (a) and (b), ratio from one run; (c) is not "
-           "measured yet (slot `dlopt` in the JSON).\n")
-    common.write("streaming_throughput", "Streaming throughput baselines (2 workers, cnn 3x32x32, "
+        r["of_best_baseline"] = r["samples_per_s"] / best if best else None
+    dlopt_row = next((r for r in rows if r["side"].startswith("(c)")), None)
+    ratio = dlopt_row["of_best_baseline"] if dlopt_row else None
+    md = common.table(rows, ["side", "samples", "seconds", "samples_per_s", "of_best_baseline"])
+    md += (f"\n\n(c) / max((a), (b)) = {ratio if ratio is None else round(ratio, 3)}; target "
+           f">= 0.95, ratio from this one run. Load average at the start {load_start}, "
+           f"at the end {load}.\n")
+    if "(c) dlopt" in sides:
+        md += f"dlopt's epoch_seconds per epoch (first {args.warmup} untimed): " \
+              f"{[round(v, 2) for v in sides['(c) dlopt']['epoch_seconds']]}\n"
+    common.write("streaming_throughput", "Streaming throughput (2 DDP workers, cnn 3x32x32, "
                  "flip + crop)", {"args": vars(args), "rows": rows, "best_baseline": best,
-                                  "dlopt": None,
-                                  "dlopt_note": "fill after merging issue27a: a 2-worker DDP cnn "
-                                                "trial over the same folder, Augment(crop_padding=4,"
-                                                " flip=True), same images/epochs/batch size"}, md)
+                                  "sides": sides, "dlopt": dlopt_row,
+                                  "dlopt_over_best_baseline": ratio,
+                                  "load_avg_at_start": load_start,
+                                  "load_avg_at_end": load}, md)
 
 
 if __name__ == "__main__":

@@ -168,3 +168,17 @@ def test_local_run_without_a_gpu_is_refused_before_ray(tmp_path):
         preflight.check(make(use_gpu=True, gpus_per_worker=0.25), f"sqlite:///{tmp_path}/m.db",
                         None)
     assert info.value.lines[0].startswith("resources.use_gpu")
+
+
+# ------------------------------------------------------------------ Ray's memory resource
+def test_memory_per_worker_becomes_rays_memory_resource_in_bytes():
+    spec = make(num_workers=2, memory_per_worker_gb=2)
+    assert worker_resources(spec) == {"CPU": 1.0, "memory": float(2 * 2**30)}
+    assert scaling_config(spec).resources_per_worker["memory"] == 2 * 2**30
+    assert trial_resources(make(memory_per_worker_gb=0.5))["memory"] == 2**29  # in-trial
+    assert "memory" not in worker_resources(make(num_workers=2))  # unset: nothing reserved
+
+
+def test_memory_per_worker_must_be_positive_naming_the_field():
+    lines = refusals(memory_per_worker_gb=0)
+    assert len(lines) == 1 and lines[0].startswith("resources.memory_per_worker_gb"), lines

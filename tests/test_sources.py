@@ -156,6 +156,25 @@ def test_empty_split(tmp_path):
     assert line == f"data.source.path: the val split of {root} is empty"
 
 
+def test_parquet_feature_vector_column(tmp_path):
+    """A list column of features (what benchmarks/streaming_memory.py writes): found by its
+    own name, not the Parquet leaf's ("element"), with the label's statistics still read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "vec"
+    root.mkdir()
+    x, y = rows(40)
+    table = pa.table({"x": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1]),
+                      "label": y})
+    pq.write_table(table, root / "part.parquet", row_group_size=10)
+    source = Source(format="parquet", path=str(root), features="x", num_classes=2)
+    assert problems(Source(format="parquet", path=str(root), features="x")) == []
+    found = sources.scan(Data(source=Source(format="parquet", path=str(root), features="x")), 0)
+    assert sum(found.rows.values()) == 40 and found.input_shape == (x.shape[1],)
+    assert any("labels of" in line for line in problems(source))  # statistics read
+
+
 def test_missing_column_and_path(tmp_path):
     source = Source(format="parquet", path=str(parquet(tmp_path / "pq", 60)), label="target")
     assert all(p.startswith("data.source.label: no column 'target'") for p in problems(source))

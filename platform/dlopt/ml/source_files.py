@@ -307,3 +307,23 @@ def _open(fs, path: str):
 
     with fs.open_input_file(path) as f:
         return io.BytesIO(f.read())
+
+
+def label_array(y, task: str) -> np.ndarray:
+    """Labels as the loss takes them (dlopt.ml.streams.labels, in numpy): int64 classes, or
+    float32 (n, 1) regression targets."""
+    y = np.asarray(y)
+    return y.astype(np.int64) if task == "classification" else y.astype(np.float32).reshape(len(y), -1)
+
+
+def unit_reader(source, task: str):
+    """A Ray Data `map_batches` function over a batch of units (JSON strings in "unit"): their
+    rows as {"x", "y"}. Defined here, not beside the Ray code, so the Ray Data workers that run
+    it import numpy and pyarrow only, not torch (dlopt.runtime.streaming)."""
+    import json
+
+    def read(batch: dict) -> dict:
+        xs, ys = zip(*(read_unit(source, json.loads(u)) for u in batch["unit"]))
+        return {"x": np.concatenate(xs), "y": label_array(np.concatenate(ys), task)}
+
+    return read

@@ -279,13 +279,16 @@ def _parquet(fs, base, source, classes, problems):
     for path in paths:
         with fs.open_input_file(path) as f:
             meta = pq.ParquetFile(f).metadata
-        names = meta.schema.names
-        if not _columns_present(names, source, path, problems):
+        # top-level columns: the Parquet schema's own names are its leaves ("element" for
+        # each item of a list column such as a feature vector)
+        if not _columns_present(meta.schema.to_arrow_schema().names, source, path, problems):
             continue
-        col, start = names.index(source.label_name()), 0
+        leaves = [meta.schema.column(i).path for i in range(meta.num_columns)]
+        label = source.label_name()
+        col, start = (leaves.index(label) if label in leaves else None), 0
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
-            stats = meta.row_group(g).column(col).statistics
+            stats = meta.row_group(g).column(col).statistics if col is not None else None
             if stats is not None and stats.has_min_max:
                 lo_hi += [stats.min, stats.max]
             pieces.append({"file": path, "group": g, "key": path[len(base):], "start": start,

@@ -20,8 +20,6 @@ import json
 import os
 from typing import Optional
 
-import numpy as np
-
 from dlopt.ml import data as data_mod
 from dlopt.ml import source_files as files
 from dlopt.ml import streams
@@ -36,15 +34,19 @@ READ_CPUS = 0
 # ...except over a function's Dataset: there a 0-CPU map never ran (Ray 2.60, seen hanging
 # on an in-memory `from_items` input), so it takes this; the sweep must leave a CPU free.
 FUNCTION_CPUS = 1
+# A file source's 0-CPU reads have nothing else bounding how many run at once: unbounded,
+# Ray Data started one task per unit at once, each in a new worker process (32 processes for
+# 2,000 images on 2 cores, started again every epoch once Ray had reaped the idle ones), and
+# the trainers waited on them: 10.7 samples/s against 1,367 for a plain DataLoader, 0.008x
+# (benchmarks/streaming_throughput.py, 2026-12-06, a loaded machine). A pool of
+# `read_tasks(spec)` tasks per split keeps a few worker processes busy and reused.
+MIN_READ_TASKS = 2
 STATS_BATCH = 4096
 
 
-def _read(source, task: str):
-    def read(batch: dict) -> dict:
-        xs, ys = zip(*(files.read_unit(source, json.loads(u)) for u in batch["unit"]))
-        return {"x": np.concatenate(xs), "y": streams.labels(np.concatenate(ys), task).numpy()}
-
-    return read
+def read_tasks(spec) -> int:
+    """Read tasks of one split at once: one per training worker, at least MIN_READ_TASKS."""
+    return max(MIN_READ_TASKS, spec.resources.num_workers)
 
 
 def _function_rows(source, task: str, seed: int, fractions, split: str):
@@ -55,7 +57,7 @@ def _function_rows(source, task: str, seed: int, fractions, split: str):
         if fractions is not None:
             keep = files.content_codes(x, y, seed, *fractions) == files.SPLIT_CODES[split]
             x, y = x[keep], y[keep]
-        return {"x": x, "y": streams.labels(y, task).numpy()}
+        return {"x": x, "y": files.label_array(y, task)}
 
     return rows
 
@@ -74,7 +76,8 @@ def split_datasets(spec) -> tuple[dict, streams.Shape]:
         if units:
             items = [{"unit": json.dumps(u)} for u in units]
             out[split] = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                _read(source, data.task), batch_size=1, num_cpus=READ_CPUS)
+                files.unit_reader(source, data.task), batch_size=1, num_cpus=READ_CPUS,
+                compute=ray.data.TaskPoolStrategy(size=read_tasks(spec)))
     return out, streams.Shape.of(found)
 
 

@@ -33,11 +33,15 @@ def runs_in_trial(spec) -> bool:
 
 
 def worker_resources(spec) -> dict[str, float]:
-    """One worker's bundle: its CPUs, and `resources.gpus_per_worker` GPUs (1 when unset) with
-    use_gpu. A fraction lets Ray pack several 1-worker trials on one GPU (Ray sets each
-    trial's CUDA_VISIBLE_DEVICES to the shared GPU); docs/architecture.md, "GPU resources"."""
+    """One worker's bundle: its CPUs, `resources.gpus_per_worker` GPUs (1 when unset) with
+    use_gpu, and `resources.memory_per_worker_gb` as Ray's `memory` resource (bytes) when set.
+    A GPU fraction lets Ray pack several 1-worker trials on one GPU (Ray sets each trial's
+    CUDA_VISIBLE_DEVICES to the shared GPU); docs/architecture.md, "GPU resources"."""
     res = spec.resources
-    return {"CPU": res.cpus_per_worker, **({"GPU": res.worker_gpus} if res.use_gpu else {})}
+    bundle = {"CPU": res.cpus_per_worker, **({"GPU": res.worker_gpus} if res.use_gpu else {})}
+    if res.memory_per_worker_gb is not None:
+        bundle["memory"] = float(int(res.memory_per_worker_gb * 2**30))
+    return bundle
 
 
 def trial_resources(spec) -> dict[str, float]:

@@ -358,6 +358,11 @@ class Resources(_Base):
     # share one GPU (Ray's fractional GPUs); a whole number above 1, several GPUs per worker
     # (spec.checks._gpu_problems; docs/architecture.md, "GPU resources").
     gpus_per_worker: Optional[float] = Field(None, gt=0)
+    # Ray's `memory` resource each worker reserves, in GiB (None: none reserved). A scheduling
+    # reservation, not a limit Ray enforces: Ray places a worker only where that much is
+    # unreserved, so workers that stream a large source (Data.source) are not packed onto a
+    # node beyond its RAM (docs/architecture.md, "GPU resources").
+    memory_per_worker_gb: Optional[float] = Field(None, gt=0)
     max_failures: int = Field(0, ge=-1)
     placement: Literal["pack", "spread"] = "pack"
     # "ddp": a full model copy per worker; "fsdp": FSDP2, each worker holds 1/N of every
