@@ -73,6 +73,31 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def extend_and_kill(args: list, cwd, env: dict, client: MlflowClient, parent, earlier: set,
+                    timeout: float) -> None:
+    """`args --extend 3`, slowed so the driver is SIGKILLed while an extension trial is
+    mid-way (once one has reported an epoch)."""
+    second = subprocess.Popen([*args, "--extend", "3"], cwd=cwd,
+                              env={**env, "DLOPT_FAULT_EPOCH_DELAY_S": "0.7"},
+                              start_new_session=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        def extension_reported():
+            new = [r for r in children(client, parent)
+                   if r.data.tags["dlopt.trial_id"] not in earlier]
+            return any(client.get_metric_history(r.info.run_id, "train_loss") for r in new)
+
+        wait_for(extension_reported, timeout, "an extension trial's first epoch", second)
+        os.kill(second.pid, signal.SIGKILL)  # the driver only; Ray's processes share its fate
+        second.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(second.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        second.wait(timeout=30)
+
+
 def test_extend_killed_then_resumed_covers_every_trial_once(tmp_path):
     ray_tmp = Path(tempfile.mkdtemp(prefix="dlx", dir="/tmp"))  # Ray's sockets: a short path
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1"}
@@ -89,26 +114,8 @@ def test_extend_killed_then_resumed_covers_every_trial_once(tmp_path):
     earlier = {r.data.tags["dlopt.trial_id"] for r in children(client, parent)}
     assert len(earlier) == 3
 
-    # the extension, slowed so the driver is killed while an extension trial is mid-way
     ext = [*args, "--extend", "3"]
-    second = subprocess.Popen(ext, cwd=tmp_path, env={**env, "DLOPT_FAULT_EPOCH_DELAY_S": "0.7"},
-                              start_new_session=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        def extension_reported():
-            new = [r for r in children(client, parent)
-                   if r.data.tags["dlopt.trial_id"] not in earlier]
-            return any(client.get_metric_history(r.info.run_id, "train_loss") for r in new)
-
-        wait_for(extension_reported, 240, "an extension trial's first epoch", second)
-        os.kill(second.pid, signal.SIGKILL)  # the driver only; Ray's processes share its fate
-        second.wait(timeout=30)
-    finally:
-        try:
-            os.killpg(second.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        second.wait(timeout=30)
+    extend_and_kill(args, tmp_path, env, client, parent, earlier, timeout=240)
     assert client.get_run(parent.info.run_id).info.status == "RUNNING"  # reopened, then killed
     dirs = sorted(p.name for p in storage.iterdir() if p.is_dir())
     assert len(dirs) == 2 and dirs[1].startswith(f"{dirs[0]}-x3-"), dirs  # its own directory

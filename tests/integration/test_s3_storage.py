@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.fs
 import pytest
 from mlflow.tracking import MlflowClient
-from test_extend_sweep import children, epochs_once, spec_file
+from test_extend_sweep import children, epochs_once, extend_and_kill, spec_file
 from test_faults import (
     assert_each_epoch_once,
     cli_env,
@@ -166,20 +166,7 @@ def test_extend_on_s3_killed_then_resumed_covers_every_trial_once(tmp_path, s3):
     assert len(earlier) == 3
 
     ext = [*args, "--extend", "3"]
-    second = subprocess.Popen(ext, cwd=tmp_path, env={**env, "DLOPT_FAULT_EPOCH_DELAY_S": "0.7"},
-                              start_new_session=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        def extension_reported():
-            new = [r for r in children(client, parent)
-                   if r.data.tags["dlopt.trial_id"] not in earlier]
-            return any(client.get_metric_history(r.info.run_id, "train_loss") for r in new)
-
-        wait_for(extension_reported, 300, "an extension trial's first epoch", second)
-        os.kill(second.pid, signal.SIGKILL)  # the driver only; Ray's processes share its fate
-        second.wait(timeout=30)
-    finally:
-        kill_group(second)
+    extend_and_kill(args, tmp_path, env, client, parent, earlier, timeout=300)
     assert client.get_run(parent.info.run_id).info.status == "RUNNING"  # reopened, then killed
     dirs = stored_dirs(fs, "extend")
     assert len(dirs) == 2 and dirs[1].startswith(f"{dirs[0]}-x3-"), dirs  # its own directory
