@@ -13,7 +13,10 @@ dlopt's `cnn` (dlopt.ml.vision_models.cnn) at 3x32x32, on it three ways:
 - (c) dlopt: a real `dlopt.run()` of a 1-trial spec, 2 workers (DDP through a TorchTrainer),
   `Data(source=Source(format="images", path=ROOT))` over the same training images (plus a
   small val/ folder dlopt validates on after each epoch: its own split, so the training split
-  is exactly the folder (a) and (b) read), `Regularization(augment=Augment(crop_padding=4,
+  is exactly the folder (a) and (b) read), read by each rank's own DataLoader with
+  `--loader-workers` processes as in (a) (`Source.reader="auto"`, dlopt.ml.rank_loader;
+  `--dlopt-readers auto ray_data` adds a run through Ray Data shards for comparison),
+  `Regularization(augment=Augment(crop_padding=4,
   flip=True))` (batched tensor ops in the loop, after the batch arrives), the same model,
   Adam 1e-3, batch size and epochs (`--warmup` + `--epochs`). dlopt reports each epoch's own
   seconds (`epoch_seconds`, dlopt.spec.report.EPOCH_SECONDS: rank 0's wall time of the
@@ -24,15 +27,20 @@ dlopt's `cnn` (dlopt.ml.vision_models.cnn) at 3x32x32, on it three ways:
 Timing: each rank runs `--warmup` epochs untimed, then a barrier, `--epochs` timed epochs and
 a barrier; samples/s = samples all ranks trained in the timed epochs / that wall time (rank 0).
 Every side trains the same number of samples per epoch (the training folder, split across 2
-ranks). Each side's Ray instance is its own (started and shut down by the side).
+ranks). Each side's Ray instance is its own (started and shut down by the side). With
+`--rounds N` the sides run in turn N times ((a), (b), (c), (a), ...) and each side's figure is
+the median of its rounds: on a shared 2-core machine one side's run of a few seconds can land
+in a slow minute (2 timed epochs gave (a) 1,158 samples/s in one run, 12 gave 977 minutes later).
 
-    python benchmarks/streaming_throughput.py [--images 2000] [--epochs 2] [--loader-workers 1]
+    python benchmarks/streaming_throughput.py [--images 2000] [--epochs 6] [--rounds 2]
+        [--loader-workers 1] [--dlopt-readers auto ray_data] [--skip-ray]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -241,8 +249,10 @@ def ray_train_data(root: Path, args, storage: str) -> dict:
 
 
 # ---------------------------------------------------------------- (c) dlopt
-def dlopt_side(root: Path, args, work: Path) -> dict:
-    """A real 1-trial `dlopt.run()`: 2 DDP workers over the image folder, flip + crop."""
+def dlopt_side(root: Path, args, work: Path, reader: str = "auto") -> dict:
+    """A real 1-trial `dlopt.run()`: 2 DDP workers over the image folder, flip + crop.
+    `reader`: `Source.reader` ("auto": each rank's own DataLoader with `--loader-workers`
+    processes, as (a); "ray_data": Ray Data shards)."""
     from mlflow import MlflowClient
 
     import dlopt
@@ -254,7 +264,8 @@ def dlopt_side(root: Path, args, work: Path) -> dict:
     spec = Experiment(
         name="throughput", seed=0, epochs=args.warmup + args.epochs,
         data=Data(batch_size=args.batch_size, source=Source(
-            format="images", path=str(root), shuffle_buffer=args.dlopt_shuffle_buffer)),
+            format="images", path=str(root), shuffle_buffer=args.dlopt_shuffle_buffer,
+            reader=reader, loader_workers=args.loader_workers)),
         model=Model(arch="cnn"), optimizer=Optimizer(name="adam", lr=1e-3),
         regularization=Regularization(augment=Augment(crop_padding=PAD, flip=True)),
         search=Search(algorithm="random", num_samples=1),
@@ -276,18 +287,46 @@ def dlopt_side(root: Path, args, work: Path) -> dict:
             "run_wall_seconds": t.seconds, "val_accuracy": trial.metrics.get("val_accuracy")}
 
 
+def run_sides(root: Path, files, args, tmp: str, round_: int) -> dict:
+    """One round: every selected side once, in the order (a), (b), (c)..."""
+    sides = {}
+    if args.only in (None, "ddp"):
+        sides["(a) PyTorch DDP + DataLoader"] = plain_ddp(files, args)
+        print(sides, flush=True)
+    if args.only in (None, "ray") and not args.skip_ray:
+        sides["(b) Ray Train + Ray Data"] = ray_train_data(root / "train", args,
+                                                           str(Path(tmp) / f"ray-{round_}"))
+        print(sides, flush=True)
+    for reader in args.dlopt_readers if args.only in (None, "dlopt") else ():
+        work = Path(tmp) / f"dlopt-{reader}-{round_}"
+        work.mkdir()
+        name = "(c) dlopt" if reader == args.dlopt_readers[0] else f"(c) dlopt {reader}"
+        sides[name] = dlopt_side(root, args, work, reader)
+        print(sides, flush=True)
+    return sides
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
-    ap.add_argument("--epochs", type=int, default=2, help="timed epochs")
+    ap.add_argument("--epochs", type=int, default=6, help="timed epochs")
     ap.add_argument("--warmup", type=int, default=1, help="untimed epochs first")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="every side runs once per round, sides alternating; each side's "
+                         "figure is the median of its rounds (a noisy machine drifts)")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--loader-workers", type=int, default=1, help="DataLoader workers per rank (a)")
+    ap.add_argument("--loader-workers", type=int, default=1,
+                    help="DataLoader workers per rank ((a), and (c)'s Source.loader_workers)")
     ap.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs for ray.init (b)")
     ap.add_argument("--val-images", type=int, default=100,
                     help="images in val/ (dlopt validates on them after each epoch)")
     ap.add_argument("--dlopt-shuffle-buffer", type=int, default=1024,
                     help="(c) Source.shuffle_buffer (dlopt's default 1024)")
+    ap.add_argument("--dlopt-readers", nargs="+", default=["auto"],
+                    choices=["auto", "torch", "ray_data"],
+                    help="(c) one dlopt run per Source.reader (default: auto, the rank loader)")
+    ap.add_argument("--skip-ray", action="store_true",
+                    help="leave (b) out (it was < 0.5x of (a) in every run so far)")
     ap.add_argument("--only", choices=["ddp", "ray", "dlopt"], help="run one side only")
     args = ap.parse_args()
     load_start = [round(x, 2) for x in os.getloadavg()]
@@ -298,38 +337,33 @@ def main() -> None:
             write_folder(root / "val", args.val_images, seed=1)
         print(f"wrote {len(files)} + {args.val_images} PNGs under {root} in {t.seconds:.1f} s",
               flush=True)
-        sides = {}
-        if args.only in (None, "ddp"):
-            sides["(a) PyTorch DDP + DataLoader"] = plain_ddp(files, args)
-            print(sides, flush=True)
-        if args.only in (None, "ray"):
-            sides["(b) Ray Train + Ray Data"] = ray_train_data(root / "train", args,
-                                                               str(Path(tmp) / "ray"))
-            print(sides, flush=True)
-        if args.only in (None, "dlopt"):
-            work = Path(tmp) / "dlopt"
-            work.mkdir()
-            sides["(c) dlopt"] = dlopt_side(root, args, work)
-            print(sides, flush=True)
+        rounds = [run_sides(root, files, args, tmp, r) for r in range(args.rounds)]
     load = [round(x, 2) for x in os.getloadavg()]
-    rows = [{"side": name, "samples": r["samples"], "seconds": r["seconds"],
-             "samples_per_s": r["samples"] / r["seconds"]} for name, r in sides.items()]
+    names = list(rounds[0])
+    rows = []
+    for name in names:
+        rates = [r[name]["samples"] / r[name]["seconds"] for r in rounds]
+        rows.append({"side": name, "samples": rounds[0][name]["samples"],
+                     "samples_per_s": statistics.median(rates),
+                     "rounds": [round(v) for v in rates]})
     baselines = [r["samples_per_s"] for r in rows if not r["side"].startswith("(c)")]
     best = max(baselines, default=None)
     for r in rows:
         r["of_best_baseline"] = r["samples_per_s"] / best if best else None
     dlopt_row = next((r for r in rows if r["side"].startswith("(c)")), None)
     ratio = dlopt_row["of_best_baseline"] if dlopt_row else None
-    md = common.table(rows, ["side", "samples", "seconds", "samples_per_s", "of_best_baseline"])
-    md += (f"\n\n(c) / max((a), (b)) = {ratio if ratio is None else round(ratio, 3)}; target "
+    md = common.table(rows, ["side", "samples", "rounds", "samples_per_s", "of_best_baseline"])
+    md += (f"\n\nsamples per round; samples_per_s: the median of the rounds. "
+           f"(c) / max((a), (b)) = {ratio if ratio is None else round(ratio, 3)}; target "
            f">= 0.95, ratio from this one run. Load average at the start {load_start}, "
            f"at the end {load}.\n")
-    if "(c) dlopt" in sides:
-        md += f"dlopt's epoch_seconds per epoch (first {args.warmup} untimed): " \
-              f"{[round(v, 2) for v in sides['(c) dlopt']['epoch_seconds']]}\n"
+    if dlopt_row:
+        md += "dlopt's epoch_seconds per epoch per round (first {} untimed): {}\n".format(
+            args.warmup, [[round(v, 2) for v in r[dlopt_row["side"]]["epoch_seconds"]]
+                          for r in rounds])
     common.write("streaming_throughput", "Streaming throughput (2 DDP workers, cnn 3x32x32, "
                  "flip + crop)", {"args": vars(args), "rows": rows, "best_baseline": best,
-                                  "sides": sides, "dlopt": dlopt_row,
+                                  "rounds": rounds, "dlopt": dlopt_row,
                                   "dlopt_over_best_baseline": ratio,
                                   "load_avg_at_start": load_start,
                                   "load_avg_at_end": load}, md)

@@ -169,6 +169,23 @@ def numpy_with_ids(root: Path, train: int, val: int, test: int, shards: int = 2)
     return root
 
 
+def id_images(root: Path, train: int, val: int, size: int = 8) -> Path:
+    """train/ and val/ class folders of RGB PNGs whose first pixel (channel 0, row 0, col 0)
+    is the image's id: 0..train-1 in train/, then val's (ids < 256)."""
+    from PIL import Image
+
+    assert train + val <= 256
+    rng = np.random.default_rng(0)
+    for i in range(train + val):
+        split, label = ("train" if i < train else "val"), i % len(CLASSES)
+        pixels = image(label, rng, size)
+        pixels[0, 0, 0] = i
+        folder = root / split / CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root
+
+
 RECORD_DIR = "DLOPT_TEST_RECORD_DIR"
 
 

@@ -1,8 +1,10 @@
 """Streamed sources on a real Ray cluster (Ray Data -> Ray Train / the in-trial loop) with a
 real MLflow SQLite store: one sweep per source kind trains and registers; a 2-worker DDP
 TorchTrainer built the way a trial builds it sees every training row exactly once per epoch
-with equal steps per rank; a model registered from an image folder scores raw images read
-from the folder through `mlflow.pyfunc.load_model` in a fresh process, as tagged."""
+with equal steps per rank; a model registered from an image folder (read by each rank's own
+DataLoader, and through Ray Data) scores raw images read from the folder through
+`mlflow.pyfunc.load_model` in a fresh process, as tagged; a 2-worker DDP sweep over an image
+folder read by the rank loader sees each training image once per epoch, reshuffled."""
 import json
 import os
 import subprocess
@@ -37,7 +39,7 @@ def sweep(work: Path, name: str, source: Source, workers: int = 1, epochs: int =
     return run(spec, tracking_uri=uri, storage=str(work / "ray_results"), progress=False), uri
 
 
-@pytest.mark.parametrize("kind", ["parquet", "numpy", "hf", "function"])
+@pytest.mark.parametrize("kind", ["parquet", "numpy", "hf", "function", "images"])
 def test_each_source_kind_trains_and_registers(kind, tmp_path, importable_fixtures):
     source = {
         "parquet": lambda: Source(format="parquet", path=str(fx.parquet(tmp_path / "d"))),
@@ -45,11 +47,13 @@ def test_each_source_kind_trains_and_registers(kind, tmp_path, importable_fixtur
         "hf": lambda: Source(format="hf", path=str(fx.hf(tmp_path / "d")), features="x"),
         "function": lambda: Source(format="function", function="source_fixtures:ray_rows",
                                    num_classes=4),
+        # 1 worker: the rank loader's DataLoader process forked inside the Tune trial
+        "images": lambda: Source(format="images", path=str(fx.images(tmp_path / "d"))),
     }[kind]()
     result, _ = sweep(tmp_path, f"it-src-{kind}", source, epochs=3)
     (trial,) = result.trials
     assert trial.status == "ok", trial
-    assert trial.metrics["val_accuracy"] > 0.5  # 4 classes: chance is 0.25
+    assert trial.metrics["val_accuracy"] > 0.5  # 4 classes (images: 3): chance <= 1/3
     (registered,) = result.registered
     if kind == "function":  # no files to read outside Ray: no test report
         return
@@ -116,11 +120,14 @@ print(json.dumps({"accuracy": float((model.predict(x) == y).mean()), "n": len(y)
 """
 
 
-def test_image_folder_ddp_sweep_and_pyfunc_on_raw_images(tmp_path):
+@pytest.mark.parametrize("reader", ["auto", "ray_data"])
+def test_image_folder_ddp_sweep_and_pyfunc_on_raw_images(reader, tmp_path):
+    """"auto": each rank's own DataLoader (dlopt.ml.rank_loader, its worker processes forked
+    inside the Ray Train worker); "ray_data": Ray Data shards, as every other format."""
     root = fx.images(tmp_path / "img", per_class=20, splits=("train", "val", "test"))
-    name = "it-src-images"
-    result, uri = sweep(tmp_path, name, Source(format="images", path=str(root)), workers=2,
-                        epochs=3, arch="cnn")
+    name = f"it-src-images-{reader}"
+    result, uri = sweep(tmp_path, name, Source(format="images", path=str(root), reader=reader),
+                        workers=2, epochs=3, arch="cnn")
     (trial,) = result.trials
     assert trial.status == "ok" and trial.metrics["val_accuracy"] > 0.6
     (registered,) = result.registered
@@ -131,3 +138,43 @@ def test_image_folder_ddp_sweep_and_pyfunc_on_raw_images(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.splitlines()[-1])
     assert got["n"] == 60 and got["accuracy"] == pytest.approx(tag, abs=1e-12) and tag > 0.6
+
+
+def test_rank_loader_ddp_reads_each_training_image_once_per_epoch(tmp_path, monkeypatch):
+    """A real 2-worker DDP sweep over an image folder read by each rank's own DataLoader
+    (dlopt.ml.rank_loader, a loader process forked inside each Ray Train worker): the model
+    sees each training image exactly once per epoch across the ranks (its first pixel is its
+    id), no validation image, the same steps on each rank, and a new order each epoch."""
+    from dlopt.ml import streams
+
+    train, val, epochs = 150, 30, 2
+    root = fx.id_images(tmp_path / "ids", train, val)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    monkeypatch.setenv(fx.RECORD_DIR, str(seen))
+    monkeypatch.setenv("PYTHONPATH", f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    source = Source(format="images", path=str(root), loader_workers=1)
+    result, _ = sweep(tmp_path, "it-src-rank-loader", source, workers=2, epochs=epochs,
+                      arch="source_fixtures:recording_mlp", hidden=[16])
+    (trial,) = result.trials
+    assert trial.status == "ok", trial
+
+    transform = streams.load(Data(source=source), seed=0).transform  # the statistics it used
+    mean, std = float(transform.mean[0].reshape(-1)[0]), float(transform.std[0].reshape(-1)[0])
+    per_rank = {}
+    for path in sorted(seen.glob("*.jsonl")):
+        rank = int(path.name.split("-")[0])
+        assert rank not in per_rank, "one process per rank (no restart)"
+        per_rank[rank] = [[round((row[0][0] * std + mean) * 255) for row in json.loads(line)]
+                          for line in path.read_text().splitlines()]
+    assert sorted(per_rank) == [0, 1]
+    steps = {len(b) for b in per_rank.values()}
+    assert len(steps) == 1  # the same number of steps on every rank (DDP's collectives)
+    per_epoch = steps.pop() // epochs
+    orders = []
+    for epoch in range(epochs):
+        rows = [i for batches in per_rank.values()
+                for b in batches[epoch * per_epoch:(epoch + 1) * per_epoch] for i in b]
+        assert sorted(rows) == list(range(train)), epoch  # each training image once, no val
+        orders.append(rows)
+    assert orders[0] != orders[1]  # reshuffled each epoch

@@ -116,6 +116,14 @@ def read_image(f) -> np.ndarray:
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
+def read_image_at(fs, path: str) -> np.ndarray:
+    """`read_image` of a file on `fs`: a local file opened by PIL itself, a remote one read
+    whole first (pyarrow's streams do not seek as PIL needs)."""
+    import pyarrow.fs as pafs
+
+    return read_image(path if isinstance(fs, pafs.LocalFileSystem) else _open(fs, path))
+
+
 def _column(col) -> np.ndarray:
     """An Arrow column as rows: numbers, lists of numbers, or HF Image structs (bytes)."""
     import io
@@ -274,7 +282,7 @@ def read_unit(source, unit: dict) -> tuple[np.ndarray, np.ndarray]:
     fs, _ = filesystem(source.path)
     fmt = source.format
     if fmt == "images":
-        x = np.stack([read_image(_open(fs, p)) for p in unit["files"]])
+        x = np.stack([read_image_at(fs, p) for p in unit["files"]])
         return x, np.asarray(unit["labels"], dtype=np.int64)
     if fmt == "cifar10":
         x, y = cifar_rows(fs, unit["file"], unit["start"], unit["stop"])

@@ -12,15 +12,19 @@ seen once per epoch across ranks and every rank takes the same number of steps);
 reads its shard with `ray.train.get_dataset_shard(...).iter_torch_batches`, and the full
 validation split (rank 0 evaluates and broadcasts, FSDP ranks all run it). A 1-worker
 in-trial trial iterates the datasets itself.
+An image folder is read otherwise, by default (`Source.reader`): each rank reads its share of
+the files with its own DataLoader (dlopt.ml.rank_loader, where the measurements are), and the
+TorchTrainer gets no datasets.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 from dlopt.ml import data as data_mod
+from dlopt.ml import rank_loader
 from dlopt.ml import source_files as files
 from dlopt.ml import streams
 from dlopt.ml.components import import_path
@@ -101,18 +105,59 @@ def _function_datasets(spec) -> tuple[dict, streams.Shape]:
     return out, streams.Shape(counts, num_classes, tuple(first["x"].shape[1:]))
 
 
-def training_transform(spec, train) -> InputTransform:
-    """The training split's statistics (one streaming pass, `iter_batches`), cached on this
-    machine by the source, seed and fractions: every trial of a sweep reads them once."""
+def uses_rank_loader(spec) -> bool:
+    """Whether each rank reads its own share of the files (dlopt.ml.rank_loader) instead of
+    a Ray Data shard: image folders, unless `Source.reader` asks for Ray Data."""
+    source = spec.data.source
+    return source is not None and source.format == "images" and source.reader != "ray_data"
+
+
+def loader_workers(spec) -> int:
+    source = spec.data.source
+    if source.loader_workers is not None:
+        return source.loader_workers
+    return rank_loader.default_workers(spec.resources.cpus_per_worker)
+
+
+def rank_datasets(spec, shape: streams.Shape, transform: InputTransform, rank: int,
+                  world: int) -> Datasets:
+    """The loop's Datasets read by this rank itself: its share of train, the whole val. The
+    layout is scanned again here (a folder listing and a few image headers, the same result
+    on every rank: the units' order is seeded) rather than shipped in the config."""
+    source, found = spec.data.source, streams.layout(spec.data, spec.seed)
+    read = {s: rank_loader.split_batches(source, found.units, s, rank=rank, world=world,
+                                         seed=spec.seed, workers=loader_workers(spec),
+                                         shuffle_buffer=source.shuffle_buffer)
+            for s in ("train", "val")}
+    return streams.streamed_datasets(spec.data, shape, transform, read)
+
+
+def source_splits(spec) -> tuple[streams.Shape, InputTransform, dict]:
+    """A streamed source's Shape, training statistics and the Ray datasets a TorchTrainer
+    shards ({} where the ranks read the files themselves)."""
+    if uses_rank_loader(spec):
+        source, found = spec.data.source, streams.layout(spec.data, spec.seed)
+        train = rank_loader.image_batches(source, found.units["train"], shuffle=False,
+                                          workers=loader_workers(spec))
+        transform = training_transform(spec, lambda: (x.numpy() for x, _ in train(STATS_BATCH)))
+        return streams.Shape.of(found), transform, {}
+    ds, shape = split_datasets(spec)
+    transform = training_transform(spec, lambda: (
+        b["x"] for b in ds["train"].iter_batches(batch_size=STATS_BATCH, batch_format="numpy")))
+    return shape, transform, {"train": ds["train"], "val": ds["val"]}
+
+
+def training_transform(spec, train_x: Callable[[], Iterable]) -> InputTransform:
+    """The training split's statistics (one streaming pass over `train_x()`, its raw inputs
+    batch by batch), cached on this machine by the source, seed and fractions: every trial
+    of a sweep reads them once."""
     key = json.dumps([spec.data.model_dump(mode="json"), spec.seed, 1], sort_keys=True)
     path = data_mod.cache_dir() / f"source-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     try:
         return InputTransform.from_json(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError):
         pass
-    transform = streams.fit_transform(
-        (b["x"] for b in train.iter_batches(batch_size=STATS_BATCH, batch_format="numpy")),
-        spec.data.task)
+    transform = streams.fit_transform(train_x(), spec.data.task)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}-{os.getpid()}.json")
@@ -158,6 +203,7 @@ def in_trial_datasets(spec) -> Optional[Datasets]:
     """A 1-worker in-trial trial's splits (None without a source: the in-memory path)."""
     if spec.data.source is None:
         return None
-    ds, shape = split_datasets(spec)
-    transform = training_transform(spec, ds["train"])
+    shape, transform, ds = source_splits(spec)
+    if not ds:
+        return rank_datasets(spec, shape, transform, rank=0, world=1)
     return worker_datasets(spec, shape, transform, ds["train"], ds["val"])

@@ -115,15 +115,14 @@ def make_trial_fn(plan: Plan, storage_path: str, teachers: Optional[TeacherPaylo
 
 
 def stream_config(spec) -> tuple[dict, dict]:
-    """A streamed source's train and val Ray datasets for the TorchTrainer, and what its
-    workers need besides (rows, classes, input shape, the training statistics), as JSON."""
+    """What a streamed source's workers need (rows, classes, input shape, the training
+    statistics), as JSON, and the train and val Ray datasets for the TorchTrainer (none
+    where each rank reads its own files: dlopt.runtime.streaming.uses_rank_loader)."""
     # in the trial process only: loads torch (docs/architecture.md, "Streamed data sources")
     from dlopt.runtime import streaming
 
-    ds, shape = streaming.split_datasets(spec)
-    transform = streaming.training_transform(spec, ds["train"])
-    return ({"shape": shape.to_json(), "transform": transform.to_json()},
-            {"train": ds["train"], "val": ds["val"]})
+    shape, transform, datasets = streaming.source_splits(spec)
+    return {"shape": shape.to_json(), "transform": transform.to_json()}, datasets
 
 
 def wait_until_tune_took_last_report(poll_s: float = 0.05, settle_s: float = 1.0) -> None:

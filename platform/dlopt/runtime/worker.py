@@ -119,7 +119,8 @@ def train_loop_per_worker(config: dict) -> None:
 
 def shard_datasets(spec, config: dict):
     """A streamed source's splits on this worker: its shard of train and the full val, from
-    the datasets the trial gave the TorchTrainer (dlopt.runtime.streaming); None otherwise."""
+    the datasets the trial gave the TorchTrainer or, for an image folder, read by this rank
+    itself (dlopt.runtime.streaming); None without a source."""
     if not config.get("stream"):
         return None
     import ray.train
@@ -128,6 +129,11 @@ def shard_datasets(spec, config: dict):
     from dlopt.ml.transform import InputTransform
 
     stream = config["stream"]
+    if streaming.uses_rank_loader(spec):  # this rank reads its own files, no Ray dataset
+        ctx = ray.train.get_context()
+        return streaming.rank_datasets(spec, Shape.from_json(stream["shape"]),
+                                       InputTransform.from_json(stream["transform"]),
+                                       ctx.get_world_rank(), ctx.get_world_size())
     return streaming.worker_datasets(spec, Shape.from_json(stream["shape"]),
                                      InputTransform.from_json(stream["transform"]),
                                      ray.train.get_dataset_shard("train"),

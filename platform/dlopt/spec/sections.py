@@ -58,8 +58,16 @@ class Source(_Base):
     # classification: the number of classes (default: from the labels' metadata or folders);
     # a label outside 0..num_classes-1 is refused before Ray starts
     num_classes: Optional[int] = Field(None, ge=2)
-    # rows each worker shuffles in a bounded buffer (0: the source's order)
+    # rows each worker shuffles in a bounded buffer (0: the source's order); an image folder
+    # read by the rank loader shuffles the whole split each epoch (0: the source's order)
     shuffle_buffer: int = Field(1024, ge=0)
+    # who reads the rows under Ray: "ray_data" (Ray Data tasks, every format), "torch" (each
+    # rank's own DataLoader over its share of the files: image folders only, where it is
+    # faster, dlopt.ml.rank_loader); "auto": "torch" for images, else "ray_data"
+    reader: Literal["auto", "ray_data", "torch"] = "auto"
+    # the rank loader's DataLoader processes per rank (0: in the rank's own process); unset:
+    # Resources.cpus_per_worker - 1, at least 1
+    loader_workers: Optional[int] = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _where(self):
@@ -70,6 +78,9 @@ class Source(_Base):
         elif not self.path:
             raise ValueError(f"path: format={self.format!r} reads files; set path to a local "
                              "folder or a storage URI")
+        if self.reader == "torch" and self.format != "images":
+            raise ValueError(f"reader: 'torch' reads image folders only (format='images'); "
+                             f"format={self.format!r} streams through Ray Data (reader='auto')")
         if self.shape is not None and any(d < 1 for d in self.shape):
             raise ValueError("shape: every dimension must be >= 1")
         return self
