@@ -10,6 +10,9 @@ One command, under 5 minutes on one GPU; uses every GPU it finds (N = torch.cuda
   at once (from Tune's own timestamps) must reach 4 x N;
 - samples/s of dlopt's 1-GPU trial against a plain PyTorch loop written below (not dlopt's
   `fit`), same data, model, optimizer and batch; 2+-GPU DDP scaling against 1 GPU;
+- an image folder (4,000 PNGs written by the script) streamed to the GPU by each rank's own
+  DataLoader (dlopt.ml.rank_loader: pinned batches, crop + flip on the GPU, bf16) on 1 GPU, and
+  sharded over N GPUs under NCCL;
 - peak nvidia-smi memory per GPU (one rank per GPU) for each case.
 Targets (issue 26): dlopt >= 0.95x the plain loop on 1 GPU; 2-GPU DDP >= 1.8x 1 GPU.
 Synthetic classification data (n x 256, 10 classes), MLP 256-1024-1024-10, batch 1024, Adam.
@@ -38,6 +41,8 @@ import common
 FEATURES, CLASSES, BATCH, HIDDEN = 256, 10, 1024, [1024, 1024]
 TEACHER = "gpu-accept-teacher"
 KILL_EPOCH = 2
+IMAGES, VAL_IMAGES = 4000, 200
+IMAGE_ROOT = "images"  # under the run's temporary folder; a placeholder path in --dry-run
 
 
 # ------------------------------------------------------------------ the specs
@@ -63,7 +68,24 @@ def spec(name: str, samples: int, epochs: int, *, precision: str = "32", workers
     )
 
 
-def specs(gpus: int, samples: int = 200_000, epochs: int = 4) -> tuple[dict, dict]:
+def image_spec(root: str, epochs: int, workers: int = 1):
+    """A streamed image folder on the GPU: the rank loader, crop + flip, bf16, a cnn."""
+    from dlopt import Augment, Data, Experiment, Model, Optimizer, Regularization, Resources
+    from dlopt import Search
+    from dlopt.spec import Source
+
+    return Experiment(
+        name=f"gpu-images{workers}", seed=0, epochs=epochs, precision="bf16-mixed",
+        data=Data(batch_size=256, source=Source(format="images", path=root)),
+        model=Model(arch="cnn"), optimizer=Optimizer(name="adam", lr=1e-3),
+        regularization=Regularization(augment=Augment(crop_padding=4, flip=True)),
+        search=Search(num_samples=1),
+        resources=Resources(num_workers=workers, use_gpu=True, cpus_per_worker=2,
+                            max_failures=0))
+
+
+def specs(gpus: int, samples: int = 200_000, epochs: int = 4,
+          image_root: str = IMAGE_ROOT) -> tuple[dict, dict]:
     """(name -> spec for every case that runs on `gpus` GPUs, name -> why a case does not)."""
     from dlopt import Distill, Prune, Quantize
 
@@ -79,6 +101,7 @@ def specs(gpus: int, samples: int = 200_000, epochs: int = 4) -> tuple[dict, dic
         # a quarter CPU each too: 4 x N trials fit the CPUs of any machine with N GPUs
         "fractional-4-per-gpu": spec("fractional", samples // 10, 3, gpus_per_worker=0.25,
                                      cpus=0.25, trials=4 * gpus),
+        "images-1gpu-rank-loader": image_spec(image_root, epochs),
     }
     skipped = {}
     if gpus >= 2:
@@ -87,6 +110,7 @@ def specs(gpus: int, samples: int = 200_000, epochs: int = 4) -> tuple[dict, dic
             hidden = [HIDDEN[0]] * max(len(HIDDEN), gpus - 1) if strategy == "pipeline" else None
             out[f"{strategy}-{gpus}gpu"] = spec(f"{strategy}{gpus}", samples, epochs,
                                                 workers=gpus, strategy=strategy, hidden=hidden)
+        out[f"images-{gpus}gpu-rank-loader"] = image_spec(image_root, epochs, workers=gpus)
     else:
         for strategy in ("ddp", "fsdp", "pipeline"):
             skipped[f"{strategy}-Ngpu"] = ("not run: 1 GPU found (N-GPU cases need 2+; NCCL "
@@ -215,7 +239,10 @@ def run_case(s, work: Path, name: str, **env: str) -> dict:
     client = MlflowClient(uri)
     seconds = [[m.value for m in sorted(client.get_metric_history(t.run_id, "epoch_seconds"),
                                         key=lambda m: m.step)] for t in result.trials if t.run_id]
-    train_n = round(s.data.n_samples * (1 - s.data.val_fraction - s.data.test_fraction))
+    if s.data.source is not None:  # an image folder: its train/ images
+        train_n = len(list((Path(s.data.source.path) / "train").glob("*/*.png")))
+    else:
+        train_n = round(s.data.n_samples * (1 - s.data.val_fraction - s.data.test_fraction))
     return {"status": [t.status for t in result.trials], "trials": len(result.trials),
             "samples_per_s": train_n / statistics.median((seconds[0][1:] or seconds[0]))
             if seconds and seconds[0] else None,
@@ -260,10 +287,14 @@ def scaler_survived(storage: Path, steps_per_epoch: int) -> dict:
 
 # ------------------------------------------------------------------ the run
 def run_all(gpus: int, samples: int, epochs: int) -> tuple[list[dict], dict]:
-    cases, skipped = specs(gpus, samples, epochs)
+    from streaming_throughput import write_folder
+
     rows, extra = [], {}
     with tempfile.TemporaryDirectory(prefix="dlopt-gpu-") as tmp:
         work = Path(tmp)
+        write_folder(work / IMAGE_ROOT / "train", IMAGES)
+        write_folder(work / IMAGE_ROOT / "val", VAL_IMAGES, seed=1)
+        cases, skipped = specs(gpus, samples, epochs, image_root=str(work / IMAGE_ROOT))
         for name, s in cases.items():
             env = {}
             if name == "ddp-1gpu-fp16-restart":

@@ -38,6 +38,10 @@ def test_every_spec_validates_plans_and_fits(gpu, gpus):
     assert {cases[c].precision for c in cases} == {"32", "bf16-mixed", "16-mixed"}
     stages = [s.stage for s in cases["compress-1gpu"].compression]
     assert set(stages) == {"prune", "quantize", "distill"}
+    images = cases["images-1gpu-rank-loader"]
+    assert images.data.source.format == "images" and images.regularization.augment.flip
+    if gpus > 1:
+        assert cases[f"images-{gpus}gpu-rank-loader"].resources.num_workers == gpus
     if gpus == 1:
         assert set(skipped) == {"ddp-Ngpu", "fsdp-Ngpu", "pipeline-Ngpu"}
     else:
@@ -50,7 +54,7 @@ def test_dry_run_exits_0_and_shows_each_case(gpu, capsys):
     assert gpu.main(["--dry-run", "--gpus", "2"]) == 0
     out = capsys.readouterr().out
     for case in ("ddp-2gpu", "fsdp-2gpu", "pipeline-2gpu", "fractional-4-per-gpu", "compress-1gpu",
-                 "ddp-1gpu-fp16-restart"):
+                 "ddp-1gpu-fp16-restart", "images-1gpu-rank-loader", "images-2gpu-rank-loader"):
         assert case in out
 
 

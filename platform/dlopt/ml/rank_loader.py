@@ -80,11 +80,13 @@ def default_workers(cpus_per_worker: float) -> int:
 
 
 def image_batches(source, units: list[dict], *, rank: int = 0, world: int = 1, seed: int = 0,
-                  shuffle: bool = True, workers: int = 1):
+                  shuffle: bool = True, workers: int = 1, pin_memory: bool = False):
     """`Batches` (dlopt.ml.streams) of an image split's rows on this rank, read by a
     DataLoader with `workers` processes (0: in this process). One loader is alive per split,
     its workers persistent across epochs; a new batch size (the probe's, then the loop's)
-    replaces it, and its workers end with it."""
+    replaces it, and its workers end with it. `pin_memory` (a CUDA rank): batches arrive in
+    pinned memory, pinned by the loader's thread, so the loop's copy to the GPU
+    (dlopt.ml.devices.to_device) does not pin them again on the training thread."""
     dataset = ImageFiles(source.path, [p for u in units for p in u["files"]],
                          [int(lab) for u in units for lab in u["labels"]])
     sampler = EpochRows(len(dataset), rank, world, seed, shuffle)
@@ -94,7 +96,8 @@ def image_batches(source, units: list[dict], *, rank: int = 0, world: int = 1, s
         if batch_size not in held:
             held.clear()
             held[batch_size] = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                                          num_workers=workers, persistent_workers=workers > 0)
+                                          num_workers=workers, persistent_workers=workers > 0,
+                                          pin_memory=pin_memory)
         return held[batch_size]
 
     def batches(batch_size: int, epoch: int = 0):
@@ -106,12 +109,13 @@ def image_batches(source, units: list[dict], *, rank: int = 0, world: int = 1, s
 
 
 def split_batches(source, units: dict, split: str, *, rank: int, world: int, seed: int,
-                  workers: int, shuffle_buffer: int) -> Optional[object]:
+                  workers: int, shuffle_buffer: int, pin_memory: bool = False) -> Optional[object]:
     """One split's `Batches` as the loop reads it: "train" sharded over the ranks and
     shuffled (unless `shuffle_buffer` is 0), the others whole and in order."""
     if not units.get(split):
         return None
     if split == "train":
         return image_batches(source, units[split], rank=rank, world=world, seed=seed,
-                             shuffle=shuffle_buffer > 0, workers=workers)
-    return image_batches(source, units[split], seed=seed, shuffle=False, workers=workers)
+                             shuffle=shuffle_buffer > 0, workers=workers, pin_memory=pin_memory)
+    return image_batches(source, units[split], seed=seed, shuffle=False, workers=workers,
+                         pin_memory=pin_memory)

@@ -127,7 +127,8 @@ def rank_datasets(spec, shape: streams.Shape, transform: InputTransform, rank: i
     source, found = spec.data.source, streams.layout(spec.data, spec.seed)
     read = {s: rank_loader.split_batches(source, found.units, s, rank=rank, world=world,
                                          seed=spec.seed, workers=loader_workers(spec),
-                                         shuffle_buffer=source.shuffle_buffer)
+                                         shuffle_buffer=source.shuffle_buffer,
+                                         pin_memory=spec.resources.use_gpu)
             for s in ("train", "val")}
     return streams.streamed_datasets(spec.data, shape, transform, read)
 
