@@ -98,6 +98,31 @@ def extend_and_kill(args: list, cwd, env: dict, client: MlflowClient, parent, ea
         second.wait(timeout=30)
 
 
+def sweep_then_kill_extension(args: list, cwd, env: dict, uri: str, timeout: float):
+    """`args` (the 3-trial sweep of `spec_file`) run to the end, then its `--extend 3` killed
+    mid-way (extend_and_kill); returns the MLflow client, the experiment and the sweep's
+    parent run, which the extension reopened."""
+    first = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("it-extend")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'sweep'")
+    earlier = {r.data.tags["dlopt.trial_id"] for r in children(client, parent)}
+    assert len(earlier) == 3
+    extend_and_kill(args, cwd, env, client, parent, earlier, timeout)
+    assert client.get_run(parent.info.run_id).info.status == "RUNNING"  # reopened, then killed
+    return client, exp, parent
+
+
+def resume_extension(ext: list, cwd, env: dict, extension_dir: str) -> None:
+    """`ext --resume` after the kill: it finds its extension's directory and adds 3 trials."""
+    third = subprocess.run([*ext, "--resume"], cwd=cwd, env=env, capture_output=True,
+                           text=True, timeout=400)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"its extension {extension_dir}" in third.stderr
+    assert "extended: 3 trials added" in third.stdout and "(6 in all" in third.stdout
+
+
 def test_extend_killed_then_resumed_covers_every_trial_once(tmp_path):
     ray_tmp = Path(tempfile.mkdtemp(prefix="dlx", dir="/tmp"))  # Ray's sockets: a short path
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1"}
@@ -105,26 +130,12 @@ def test_extend_killed_then_resumed_covers_every_trial_once(tmp_path):
     storage = tmp_path / "rr"
     args = [sys.executable, "-m", "dlopt.cli", "run", str(spec_file(tmp_path / "s.yaml")),
             "--tracking-uri", uri, "--storage", str(storage)]
-    first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("it-extend")
-    (parent,) = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'sweep'")
-    earlier = {r.data.tags["dlopt.trial_id"] for r in children(client, parent)}
-    assert len(earlier) == 3
-
+    client, exp, parent = sweep_then_kill_extension(args, tmp_path, env, uri, timeout=240)
     ext = [*args, "--extend", "3"]
-    extend_and_kill(args, tmp_path, env, client, parent, earlier, timeout=240)
-    assert client.get_run(parent.info.run_id).info.status == "RUNNING"  # reopened, then killed
     dirs = sorted(p.name for p in storage.iterdir() if p.is_dir())
     assert len(dirs) == 2 and dirs[1].startswith(f"{dirs[0]}-x3-"), dirs  # its own directory
 
-    third = subprocess.run([*ext, "--resume"], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=400)
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert f"its extension {dirs[1]}" in third.stderr
-    assert "extended: 3 trials added" in third.stdout and "(6 in all" in third.stdout
+    resume_extension(ext, tmp_path, env, dirs[1])
 
     parents = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'sweep'")
     assert [p.info.run_id for p in parents] == [parent.info.run_id]

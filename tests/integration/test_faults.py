@@ -217,6 +217,30 @@ def test_four_trials_at_once_on_sqlite_with_a_diverged_and_a_killed_trial(tmp_pa
 
 
 # ------------------------------------------------------------------ (2) the driver dies
+def kill_driver_mid_second_trial(args: list, cwd, env: dict, client: MlflowClient,
+                                 experiment: str, timeout: float) -> tuple[list, float]:
+    """Start `args` (a `dlopt run`) and SIGKILL its driver once trial 1 has finished and
+    trial 2 has logged 2 epochs; returns trial 1's runs and the kill time (ms)."""
+    first = subprocess.Popen(args, cwd=cwd, env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def progress():
+            exp = client.get_experiment_by_name(experiment)
+            runs = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'trial'")
+            done = [r for r in runs if "model_bytes" in r.data.metrics]
+            going = [r for r in runs if "model_bytes" not in r.data.metrics
+                     and len(client.get_metric_history(r.info.run_id, "train_loss")) >= 2]
+            return (done, going) if done and going else None
+
+        done, _ = wait_for(progress, timeout, "trial 1 finished and trial 2 at epoch 2", first)
+        os.kill(first.pid, signal.SIGKILL)  # the driver only; Ray's processes share its fate
+        killed_at = time.time() * 1000
+        first.wait(timeout=30)
+    finally:
+        kill_group(first)
+    return done, killed_at
+
+
 def test_driver_sigkilled_then_resume_reuses_runs(tmp_path):
     """SIGKILL `dlopt run` after trial 1 finished and trial 2 logged 2 epochs; `--resume`
     reruns nothing finished, continues trial 2 from its checkpoint, reuses the MLflow runs."""
@@ -228,25 +252,9 @@ def test_driver_sigkilled_then_resume_reuses_runs(tmp_path):
                      batch_size=16, experiment="faults-driver")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = dlopt_cmd("run", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "rr"))
-    first = subprocess.Popen(args, cwd=tmp_path, env=env, start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        client = MlflowClient(uri)
-
-        def progress():
-            exp = client.get_experiment_by_name("faults-driver")
-            runs = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'trial'")
-            done = [r for r in runs if "model_bytes" in r.data.metrics]
-            going = [r for r in runs if "model_bytes" not in r.data.metrics
-                     and len(client.get_metric_history(r.info.run_id, "train_loss")) >= 2]
-            return (done, going) if done and going else None
-
-        done, going = wait_for(progress, 240, "trial 1 finished and trial 2 at epoch 2", first)
-        os.kill(first.pid, signal.SIGKILL)  # the driver only; Ray's processes share its fate
-        killed_at = time.time() * 1000
-        first.wait(timeout=30)
-    finally:
-        kill_group(first)
+    client = MlflowClient(uri)
+    done, killed_at = kill_driver_mid_second_trial(args, tmp_path, env, client,
+                                                   "faults-driver", timeout=240)
     exp = client.get_experiment_by_name("faults-driver")
     parent_before = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'sweep'")
     assert len(parent_before) == 1

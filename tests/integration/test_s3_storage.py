@@ -21,16 +21,21 @@ from pathlib import Path
 import pyarrow.fs
 import pytest
 from mlflow.tracking import MlflowClient
-from test_extend_sweep import children, epochs_once, extend_and_kill, spec_file
+from test_extend_sweep import (
+    children,
+    epochs_once,
+    resume_extension,
+    spec_file,
+    sweep_then_kill_extension,
+)
 from test_faults import (
     assert_each_epoch_once,
     cli_env,
     dlopt_cmd,
     free_port,
-    kill_group,
+    kill_driver_mid_second_trial,
     short_tmp,
     spec_yaml,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -93,25 +98,9 @@ def test_driver_sigkilled_then_resume_on_s3_reuses_runs(tmp_path, s3):
                      batch_size=16, experiment="s3-driver")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = dlopt_cmd("run", str(spec), "--tracking-uri", uri, "--storage", f"s3://{BUCKET}/kill")
-    first = subprocess.Popen(args, cwd=tmp_path, env=env, start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        client = MlflowClient(uri)
-
-        def progress():
-            exp = client.get_experiment_by_name("s3-driver")
-            runs = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'trial'")
-            done = [r for r in runs if "model_bytes" in r.data.metrics]
-            going = [r for r in runs if "model_bytes" not in r.data.metrics
-                     and len(client.get_metric_history(r.info.run_id, "train_loss")) >= 2]
-            return (done, going) if done and going else None
-
-        done, _ = wait_for(progress, 300, "trial 1 finished and trial 2 at epoch 2", first)
-        os.kill(first.pid, signal.SIGKILL)  # the driver only; Ray's processes share its fate
-        killed_at = time.time() * 1000
-        first.wait(timeout=30)
-    finally:
-        kill_group(first)
+    client = MlflowClient(uri)
+    done, killed_at = kill_driver_mid_second_trial(args, tmp_path, env, client, "s3-driver",
+                                                   timeout=300)
     (sweep_dir,) = stored_dirs(fs, "kill")  # Tune's state is in the bucket
     exp = client.get_experiment_by_name("s3-driver")
     (parent_before,) = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'sweep'")
@@ -158,26 +147,12 @@ def test_extend_on_s3_killed_then_resumed_covers_every_trial_once(tmp_path, s3):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = dlopt_cmd("run", str(spec_file(tmp_path / "s.yaml")), "--tracking-uri", uri,
                      "--storage", f"s3://{BUCKET}/extend")
-    first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=400)
-    assert first.returncode == 0, first.stderr[-3000:]
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("it-extend")
-    (parent,) = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'sweep'")
-    earlier = {r.data.tags["dlopt.trial_id"] for r in children(client, parent)}
-    assert len(earlier) == 3
-
+    client, exp, parent = sweep_then_kill_extension(args, tmp_path, env, uri, timeout=300)
     ext = [*args, "--extend", "3"]
-    extend_and_kill(args, tmp_path, env, client, parent, earlier, timeout=300)
-    assert client.get_run(parent.info.run_id).info.status == "RUNNING"  # reopened, then killed
     dirs = stored_dirs(fs, "extend")
     assert len(dirs) == 2 and dirs[1].startswith(f"{dirs[0]}-x3-"), dirs  # its own directory
 
-    third = subprocess.run([*ext, "--resume"], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=400)
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert f"its extension {dirs[1]}" in third.stderr
-    assert "extended: 3 trials added" in third.stdout and "(6 in all" in third.stdout
+    resume_extension(ext, tmp_path, env, dirs[1])
 
     (after,) = client.search_runs([exp.experiment_id], "tags.`dlopt.role` = 'sweep'")
     assert after.info.run_id == parent.info.run_id and after.info.status == "FINISHED"

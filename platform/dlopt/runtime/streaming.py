@@ -120,11 +120,13 @@ def loader_workers(spec) -> int:
 
 
 def rank_datasets(spec, shape: streams.Shape, transform: InputTransform, rank: int,
-                  world: int) -> Datasets:
-    """The loop's Datasets read by this rank itself: its share of train, the whole val. The
-    layout is scanned again here (a folder listing and a few image headers, the same result
-    on every rank: the units' order is seeded) rather than shipped in the config."""
-    source, found = spec.data.source, streams.layout(spec.data, spec.seed)
+                  world: int, found=None) -> Datasets:
+    """The loop's Datasets read by this rank itself: its share of train, the whole val.
+    `found`: the source's layout where this process has it; a Train worker scans it again
+    (a folder listing and a few image headers, the same result on every rank: the units'
+    order is seeded) rather than getting it shipped in the config."""
+    source = spec.data.source
+    found = found or streams.layout(spec.data, spec.seed)
     read = {s: rank_loader.split_batches(source, found.units, s, rank=rank, world=world,
                                          seed=spec.seed, workers=loader_workers(spec),
                                          shuffle_buffer=source.shuffle_buffer,
@@ -137,15 +139,19 @@ def source_splits(spec) -> tuple[streams.Shape, InputTransform, dict]:
     """A streamed source's Shape, training statistics and the Ray datasets a TorchTrainer
     shards ({} where the ranks read the files themselves)."""
     if uses_rank_loader(spec):
-        source, found = spec.data.source, streams.layout(spec.data, spec.seed)
-        train = rank_loader.image_batches(source, found.units["train"], shuffle=False,
-                                          workers=loader_workers(spec))
-        transform = training_transform(spec, lambda: (x.numpy() for x, _ in train(STATS_BATCH)))
-        return streams.Shape.of(found), transform, {}
+        found = streams.layout(spec.data, spec.seed)
+        return streams.Shape.of(found), rank_transform(spec, found), {}
     ds, shape = split_datasets(spec)
     transform = training_transform(spec, lambda: (
         b["x"] for b in ds["train"].iter_batches(batch_size=STATS_BATCH, batch_format="numpy")))
     return shape, transform, {"train": ds["train"], "val": ds["val"]}
+
+
+def rank_transform(spec, found) -> InputTransform:
+    """The training statistics of an image folder, read by the rank loader in this process."""
+    train = rank_loader.image_batches(spec.data.source, found.units["train"], shuffle=False,
+                                      workers=loader_workers(spec))
+    return training_transform(spec, lambda: (x.numpy() for x, _ in train(STATS_BATCH)))
 
 
 def training_transform(spec, train_x: Callable[[], Iterable]) -> InputTransform:
@@ -204,7 +210,9 @@ def in_trial_datasets(spec) -> Optional[Datasets]:
     """A 1-worker in-trial trial's splits (None without a source: the in-memory path)."""
     if spec.data.source is None:
         return None
+    if uses_rank_loader(spec):  # one scan of the folder in this process
+        found = streams.layout(spec.data, spec.seed)
+        return rank_datasets(spec, streams.Shape.of(found), rank_transform(spec, found),
+                             rank=0, world=1, found=found)
     shape, transform, ds = source_splits(spec)
-    if not ds:
-        return rank_datasets(spec, shape, transform, rank=0, world=1)
     return worker_datasets(spec, shape, transform, ds["train"], ds["val"])
